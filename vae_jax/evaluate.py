@@ -1,0 +1,112 @@
+"""Evaluation: importance-sampled log-likelihood (IWAE bound) and the chapter's figures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vae_jax import losses
+from vae_jax.errors import ConfigError
+from vae_jax.train import model_inputs
+
+_LOG2PI = math.log(2 * math.pi)
+
+
+def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_size=100, chunk=250,
+             binarize_key=None):
+    """Mean over images of -log p(x), estimated with k importance samples from q(z|x):
+
+        log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k
+
+    (the IWAE bound; it tightens as k grows). Batched over images and over the k samples
+    (running logsumexp), so memory is bounded by batch_size * chunk decoder outputs whatever k is.
+    Bernoulli likelihood only (recon 'bce' or 'bce_logits').
+    """
+    if recon not in ("bce", "bce_logits"):
+        raise ConfigError(f"the importance-sampled likelihood needs a Bernoulli decoder (recon bce), got {recon!r}")
+    if not hasattr(model, "reparameterize"):
+        raise ConfigError("the importance-sampled likelihood needs a VAE (a model with q(z|x)), not an Autoencoder")
+    if k < 1:
+        raise ConfigError(f"--iwae-k must be >= 1, got {k}")
+    model.eval()
+    graphdef, st = nnx.split(model)
+    chunk = min(chunk, k)
+
+    @jax.jit
+    def chunk_logw(st, x, y, key, valid):
+        m = nnx.merge(graphdef, st)
+        xin, cond = model_inputs(m, x, y)
+        mu, logvar = m.encode(xin, *cond)
+        eps = jax.random.normal(key, (chunk,) + mu.shape, mu.dtype)
+        z = mu + jnp.exp(0.5 * logvar) * eps  # (chunk, b, D)
+        zf = z.reshape(-1, z.shape[-1])
+        condf = tuple(jnp.tile(c, (chunk, 1)) for c in cond)
+        logits = m.decode_logits(zf, *condf)
+        xf = jnp.tile(xin, (chunk,) + (1,) * (xin.ndim - 1))
+        log_px_z = -losses.reconstruction_per_sample(logits, xf, "bce_logits").reshape(chunk, -1)
+        log_pz = -0.5 * jnp.sum(z ** 2 + _LOG2PI, -1)
+        log_qz = -0.5 * jnp.sum(eps ** 2 + logvar + _LOG2PI, -1)
+        logw = log_px_z + log_pz - log_qz
+        logw = jnp.where(jnp.arange(chunk)[:, None] < valid, logw, -jnp.inf)  # last chunk may be partial
+        return jax.nn.logsumexp(logw, axis=0)
+
+    total = 0.0
+    n = images.shape[0]
+    for bi, a in enumerate(range(0, n, batch_size)):
+        x, y = images[a:a + batch_size], labels[a:a + batch_size]
+        if binarize_key is not None:
+            x = jax.random.bernoulli(jax.random.fold_in(binarize_key, bi), x).astype(x.dtype)
+        lse = jnp.full((x.shape[0],), -jnp.inf)
+        for ci, c0 in enumerate(range(0, k, chunk)):
+            kk = jax.random.fold_in(jax.random.fold_in(key, bi), ci)
+            lse = jnp.logaddexp(lse, chunk_logw(st, x, y, kk, min(chunk, k - c0)))
+        total += float(jnp.sum(lse - math.log(k)))
+    return -total / n
+
+
+def make_figures(model, test_ds, history, outdir, *, key, n_scatter=5000):
+    """The chapter's figures for a trained model, as PNGs in outdir; returns {name: path}."""
+    from vae_jax import figures
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    image_shape = tuple(test_ds.images.shape[1:])
+    imgs = jnp.asarray(test_ds.images[:n_scatter], jnp.float32)
+    labels = (jnp.asarray(test_ds.labels[:n_scatter], jnp.int32) if test_ds.labels is not None
+              else jnp.zeros((imgs.shape[0],), jnp.int32))
+    xin, cond = model_inputs(model, imgs, labels)
+    enc = model.encode(xin, *cond)
+    mu = enc[0] if isinstance(enc, tuple) else enc  # Autoencoder.encode returns z
+
+    def decode_fn(z, c=None):
+        z = jnp.asarray(z, mu.dtype)
+        if model.conditional:
+            y = jnp.zeros((z.shape[0],), jnp.int32) if c is None else c
+            return np.asarray(model.decode(z, jax.nn.one_hot(y, model.num_classes, dtype=z.dtype)))
+        return np.asarray(model.decode(z))
+
+    out = {}
+    n = min(10, imgs.shape[0])
+    recon = model.decode(mu[:n], *(c[:n] for c in cond))
+    out["reconstruction"] = figures.save_reconstructions(np.asarray(imgs[:n]), np.asarray(recon),
+                                                         outdir / "reconstruction.png", image_shape=image_shape)
+    z = jax.random.normal(key, (16, mu.shape[-1]), mu.dtype)
+    out["samples"] = figures.save_sample_grid(decode_fn(z, jnp.arange(16) % 10), outdir / "samples.png",
+                                              image_shape=image_shape)
+    out["latent"] = figures.save_latent_scatter(np.asarray(mu), np.asarray(labels), outdir / "latent.png")
+    out["manifold"] = figures.save_manifold(decode_fn, outdir / "manifold.png", n=20, image_shape=image_shape,
+                                            latent_dim=mu.shape[-1])
+    pairs = [(np.asarray(mu[2 * i]), np.asarray(mu[2 * i + 1])) for i in range(min(3, mu.shape[0] // 2))]
+    if pairs:
+        for mode in ("linear", "spherical"):
+            out[f"interpolation_{mode}"] = figures.save_interpolation(
+                decode_fn, pairs, outdir / f"interpolation_{mode}.png", mode=mode, image_shape=image_shape)
+    if history:
+        out["loss_curves"] = figures.save_loss_curves(history, outdir / "loss_curves.png")
+    return {k: str(v) for k, v in out.items()}

@@ -1,0 +1,268 @@
+"""The chapter's figures (sections 2.5-2.6) as PNG files, on numpy arrays and plain callables.
+
+Every function works for every model: images may be flat (B, D) (MLP models, reshaped with
+``image_shape``, default 28x28x1) or NHWC (B, H, W, C) with C = 1 or 3 (conv models); decoders
+are passed as ``decode_fn`` mapping a (M, latent_dim) float32 numpy array to images.
+Each ``save_*`` function writes one PNG, closes its figure and returns the path it wrote.
+Bad input raises ``DataError`` / ``ConfigError`` (both ``ValueError``) with one line.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.stats import norm  # noqa: E402
+
+from vae_jax.errors import ConfigError, DataError  # noqa: E402
+
+DEFAULT_IMAGE_SHAPE = (28, 28, 1)
+_CURVE_KEYS = ("train_recon", "train_kl", "test_recon", "test_kl")
+
+
+def _array(x, name, ndims=None):
+    """``x`` as a finite, non-empty float64 array with ``ndim`` in ``ndims``."""
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{name} is not a numeric array: {e}") from None
+    if ndims is not None and a.ndim not in ndims:
+        want = " or ".join(f"{d}-D" for d in ndims)
+        raise DataError(f"{name} must be {want}, got shape {a.shape}")
+    if a.size == 0:
+        raise DataError(f"{name} is empty (shape {a.shape})")
+    if not np.isfinite(a).all():
+        raise DataError(f"{name} contains NaN or inf")
+    return a
+
+
+def _positive_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def to_images(x, image_shape=None):
+    """(B, D) or (B, H, W, C) -> (B, H, W, C) float in [0, 1]; flat input is reshaped to
+    ``image_shape`` (default (28, 28, 1)); NHWC input keeps its own shape."""
+    a = _array(x, "images", ndims=(2, 4))
+    if a.ndim == 2:
+        shape = tuple(DEFAULT_IMAGE_SHAPE if image_shape is None else image_shape)
+        if len(shape) != 3 or math.prod(shape) != a.shape[1]:
+            raise DataError(
+                f"flat images of size {a.shape[1]} do not fit image_shape {shape} (need (H, W, C))"
+            )
+        a = a.reshape((a.shape[0],) + shape)
+    if a.shape[-1] not in (1, 3):
+        raise DataError(f"images must have 1 or 3 channels (NHWC), got shape {a.shape}")
+    return np.clip(a, 0.0, 1.0)
+
+
+def _show(ax, image):
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        ax.imshow(image)
+    ax.axis("off")
+
+
+def _save(fig, path):
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _decode(decode_fn, z, image_shape):
+    images = to_images(np.asarray(decode_fn(z.astype(np.float32))), image_shape)
+    if len(images) != len(z):
+        raise DataError(f"decode_fn returned {len(images)} images for {len(z)} latent points")
+    return images
+
+
+def save_reconstructions(originals, recons, path, image_shape=None, n=10):
+    """Two rows, 'Original' above 'Reconstructed', of the first ``n`` images."""
+    originals, recons = to_images(originals, image_shape), to_images(recons, image_shape)
+    if originals.shape != recons.shape:
+        raise DataError(
+            f"originals {originals.shape} and recons {recons.shape} must have the same shape"
+        )
+    n = min(_positive_int(n, "n"), len(originals))
+    fig, axes = plt.subplots(2, n, figsize=(n, 2), squeeze=False)
+    for i in range(n):
+        _show(axes[0, i], originals[i])
+        _show(axes[1, i], recons[i])
+    axes[0, 0].set_title("Original", fontsize=10)
+    axes[1, 0].set_title("Reconstructed", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_sample_grid(samples, path, image_shape=None, title="Randomly Generated Samples", ncols=None):
+    """All samples in a grid: ``ncols`` wide (default ceil(sqrt(B)), so 4x4 for 16)."""
+    images = to_images(samples, image_shape)
+    ncols = math.ceil(math.sqrt(len(images))) if ncols is None else _positive_int(ncols, "ncols")
+    ncols = min(ncols, len(images))
+    nrows = math.ceil(len(images) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.5 * ncols, 1.5 * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < len(images):
+            _show(ax, images[i])
+        else:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=14)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_latent_scatter(z, labels, path):
+    """Scatter of latent codes coloured by label (tab10); for dim > 2 a 2-D PCA projection."""
+    z = _array(z, "z", ndims=(2,))
+    if z.shape[1] < 2:
+        raise DataError(f"z must have at least 2 latent dimensions, got shape {z.shape}")
+    if labels is not None:
+        labels = _array(labels, "labels", ndims=(1,))
+        if len(labels) != len(z):
+            raise DataError(f"labels has {len(labels)} entries but z has {len(z)} rows")
+    if z.shape[1] == 2:
+        xy, axis, title = z, "Latent Dimension", "2D Latent Space Visualization"
+    else:
+        centred = z - z.mean(axis=0)
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
+        xy = centred @ vt[:2].T
+        explained = (s[:2] ** 2).sum() / max((s**2).sum(), np.finfo(float).tiny)
+        axis = "Principal Component"
+        title = f"PCA projection of {z.shape[1]}-D latent space ({explained:.0%} of variance)"
+    fig, ax = plt.subplots(figsize=(10, 8))
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], alpha=0.6, s=5)
+    else:
+        fig.colorbar(ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", alpha=0.6, s=5), ax=ax)
+    ax.set_xlabel(f"{axis} 1")
+    ax.set_ylabel(f"{axis} 2")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def manifold_grid(n, grid_range=None):
+    """(n*n, 2) latent grid; row-major so image (i, j) uses (x_j, y_i), top row = largest y.
+
+    Default: Kingma & Welling's z = Phi^-1(linspace(0.05, 0.95, n)); with ``grid_range`` the
+    chapter's evenly spaced linspace(-grid_range, grid_range, n).
+    """
+    n = _positive_int(n, "n", minimum=2)
+    if grid_range is None:
+        values = norm.ppf(np.linspace(0.05, 0.95, n))
+    elif not (np.isfinite(grid_range) and grid_range > 0):
+        raise ConfigError(f"grid_range must be a positive number, got {grid_range!r}")
+    else:
+        values = np.linspace(-grid_range, grid_range, n)
+    xs, ys = np.meshgrid(values, values[::-1])
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+def save_manifold(decode_fn, path, n=20, image_shape=DEFAULT_IMAGE_SHAPE, latent_dim=2):
+    """Decode the ``manifold_grid(n)`` (in the first two latent dims, others 0) and tile it."""
+    latent_dim = _positive_int(latent_dim, "latent_dim", minimum=2)
+    grid = manifold_grid(n)
+    z = np.zeros((len(grid), latent_dim))
+    z[:, :2] = grid
+    images = _decode(decode_fn, z, image_shape)
+    _, h, w, c = images.shape
+    tiled = images.reshape(n, n, h, w, c).transpose(0, 2, 1, 3, 4).reshape(n * h, n * w, c)
+    fig, ax = plt.subplots(figsize=(10, 10))
+    _show(ax, tiled)
+    extra = "" if latent_dim == 2 else f", dims 1-2 of {latent_dim}, others 0"
+    ax.set_title(f"Latent Space Manifold (2D{extra})", fontsize=14)
+    return _save(fig, path)
+
+
+def _endpoints(z0, z1):
+    z0, z1 = _array(z0, "z0", ndims=(1,)), _array(z1, "z1", ndims=(1,))
+    if z0.shape != z1.shape:
+        raise DataError(f"z0 {z0.shape} and z1 {z1.shape} must have the same shape")
+    return z0, z1
+
+
+def lerp(z0, z1, t):
+    """(1 - t) z0 + t z1; ``t`` scalar -> (D,), ``t`` of shape (T,) -> (T, D)."""
+    z0, z1 = _endpoints(z0, z1)
+    t = np.asarray(t, dtype=np.float64)[..., None]
+    return (1.0 - t) * z0 + t * z1
+
+
+def slerp(z0, z1, t):
+    """Spherical interpolation (Shoemake); falls back to lerp for (anti)parallel or zero vectors."""
+    z0, z1 = _endpoints(z0, z1)
+    norms = np.linalg.norm(z0) * np.linalg.norm(z1)
+    omega = np.arccos(np.clip(z0 @ z1 / norms, -1.0, 1.0)) if norms > 0 else 0.0
+    sin_omega = np.sin(omega)
+    if sin_omega < 1e-6:
+        return lerp(z0, z1, t)
+    t = np.asarray(t, dtype=np.float64)[..., None]
+    return (np.sin((1.0 - t) * omega) * z0 + np.sin(t * omega) * z1) / sin_omega
+
+
+def interpolation_path(z0, z1, num_steps, mode="linear"):
+    """(num_steps, D) points from z0 to z1 (both included), ``mode`` 'linear' or 'spherical'."""
+    functions = {"linear": lerp, "spherical": slerp}
+    if mode not in functions:
+        raise ConfigError(f"mode must be 'linear' or 'spherical', got {mode!r}")
+    t = np.linspace(0.0, 1.0, _positive_int(num_steps, "num_steps", minimum=2))
+    return functions[mode](z0, z1, t)
+
+
+def save_interpolation(decode_fn, z_pairs, path, num_steps=10, mode="linear", image_shape=None):
+    """One row per (z_start, z_end) pair: the decoded ``interpolation_path``.
+
+    ``z_pairs`` has shape (P, 2, D), or (2, D) for a single pair.
+    """
+    pairs = _array(z_pairs, "z_pairs", ndims=(2, 3))
+    if pairs.ndim == 2:
+        pairs = pairs[None]
+    if pairs.shape[1] != 2:
+        raise DataError(f"z_pairs must have shape (P, 2, D) or (2, D), got {np.shape(z_pairs)}")
+    z = np.concatenate([interpolation_path(a, b, num_steps, mode) for a, b in pairs])
+    images = _decode(decode_fn, z, image_shape)
+    fig, axes = plt.subplots(
+        len(pairs), num_steps, figsize=(num_steps, len(pairs)), squeeze=False
+    )
+    for ax, image in zip(axes.flat, images):
+        _show(ax, image)
+    fig.suptitle(f"Latent Space Interpolation ({mode})", fontsize=14)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_loss_curves(metrics, path):
+    """Per-epoch train/test loss; a second panel with recon and KL terms when present."""
+    if not isinstance(metrics, (list, tuple)) or not metrics:
+        raise DataError("metrics must be a non-empty list of per-epoch dicts")
+    required = ("epoch", "train_loss", "test_loss")
+    missing = [k for k in required if any(not isinstance(m, dict) or k not in m for m in metrics)]
+    if missing:
+        raise DataError(f"every metrics entry needs the keys {required}; missing {missing}")
+    extra = [k for k in _CURVE_KEYS if all(k in m for m in metrics)]
+    series = {k: _array([m[k] for m in metrics], k, ndims=(1,)) for k in required + tuple(extra)}
+    epochs = series.pop("epoch")
+    fig, axes = plt.subplots(1, 2 if extra else 1, figsize=(12 if extra else 6, 4), squeeze=False)
+    panels = [(("train_loss", "test_loss"), "Loss"), (tuple(extra), "Recon / KL")]
+    for ax, (keys, ylabel) in zip(axes.flat, panels):
+        for key in keys:
+            ax.plot(epochs, series[key], marker="o", label=key)
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle("Training Curves", fontsize=14)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,292 @@
+"""Training and evaluation: one train step and one eval step for every model and loss variant.
+
+`train_and_evaluate(config, workdir)` is the main job. Randomness comes from keys derived from
+(seed, purpose, epoch, step) with `jax.random.fold_in`, so a run is reproducible and a resumed
+run continues exactly where the checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from vae_jax import input_pipeline, losses, models
+from vae_jax.errors import ConfigError
+
+# Purposes folded into the run's root key (stable: changing them changes every stream).
+_INIT, _SHUFFLE, _TRAIN, _EVAL = 0, 1, 2, 3
+
+
+@dataclasses.dataclass
+class Config:
+    model: str = "vae"
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    latent_dim: Optional[int] = None  # None: the chapter's default for the model
+    hidden_dim: Optional[int] = None  # MLP models only
+    recon: str = "bce_logits"  # see vae_jax.losses
+    beta: float = 1.0
+    kl_anneal_epochs: int = 0  # KL weight = min(1, epoch / E) (epochs counted from 1); 0: off
+    binarize: str = "none"  # "none" | "dynamic" (Bernoulli draws from the step's key)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    train_limit: Optional[int] = None  # use only the first N training images (tests, quick runs)
+    test_limit: Optional[int] = None
+    iwae_k: int = 0  # >0: importance-sampled log-likelihood with k samples after training
+    checkpoint: bool = True
+    figures: bool = True
+    progress: bool = True
+
+    def validate(self):
+        if self.model not in models.MODELS:
+            raise ConfigError(f"unknown model {self.model!r}: use one of {', '.join(models.MODELS)}")
+        if self.recon not in losses.RECON_KINDS:
+            raise ConfigError(f"unknown reconstruction loss {self.recon!r}: use one of {', '.join(losses.RECON_KINDS)}")
+        if self.binarize not in ("none", "dynamic"):
+            raise ConfigError(f"unknown binarization {self.binarize!r}: use 'none' or 'dynamic'")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        for name in ("latent_dim", "hidden_dim", "train_limit", "test_limit"):
+            v = getattr(self, name)
+            if v is not None and int(v) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise ConfigError(f"--beta must be a non-negative number, got {self.beta}")
+        if self.kl_anneal_epochs < 0 or self.iwae_k < 0:
+            raise ConfigError("--kl-anneal-epochs and --iwae-k must be >= 0")
+        return self
+
+
+def build_model(config: Config, image_shape, num_classes=10, *, rngs):
+    """The model named by config, sized for the data (input_dim/channels from image_shape)."""
+    cls = models.MODELS[config.model]
+    kw = {}
+    if config.latent_dim is not None:
+        kw["latent_dim"] = int(config.latent_dim)
+    if getattr(cls, "flat_input", False):
+        kw["input_dim"] = int(np.prod(image_shape))
+        if config.hidden_dim is not None:
+            kw["hidden_dim"] = int(config.hidden_dim)
+        if cls.conditional:
+            kw["num_classes"] = num_classes
+    else:
+        kw["input_channels"] = int(image_shape[-1])
+    return cls(**kw, rngs=rngs)
+
+
+def kl_weight_for(config: Config, epoch: int) -> float:
+    """KL annealing weight for a 1-based epoch: min(1, epoch / E); 1 when annealing is off."""
+    if config.kl_anneal_epochs <= 0:
+        return 1.0
+    return min(1.0, epoch / config.kl_anneal_epochs)
+
+
+def model_inputs(model, x, y):
+    """The arguments after `x` for this model: the one-hot label for conditional models."""
+    x = x.reshape(x.shape[0], -1) if getattr(model, "flat_input", False) else x
+    cond = (jax.nn.one_hot(y, model.num_classes, dtype=x.dtype),) if model.conditional else ()
+    return x, cond
+
+
+def loss_terms(model, x, y, key, *, recon, beta, kl_weight, eps=None):
+    """(total, (recon_loss, kl_loss)) summed over the batch: the one ELBO every model trains on."""
+    x, cond = model_inputs(model, x, y)
+    logits, mu, logvar = model.forward_logits(x, key, *cond, eps=eps)
+    out = logits if recon == "bce_logits" else jax.nn.sigmoid(logits)
+    total, rec, kl = losses.elbo(out, x, mu, logvar, recon=recon, beta=beta, kl_weight=kl_weight)
+    return total, (rec, kl)
+
+
+class Trainer:
+    """Holds the model's graph definitions and the jitted steps; the state is a plain pytree.
+
+    state = {"params", "batch_stats", "opt_state", "step"}
+    """
+
+    def __init__(self, model, config: Config):
+        self.config = config
+        model.train()
+        self.graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        model.eval()
+        self.eval_graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
+        model.train()
+        self.tx = optax.adam(config.lr)
+        self.init_state = {"params": params, "batch_stats": batch_stats,
+                           "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
+        self.train_step = jax.jit(self._train_step)
+        self.eval_step = jax.jit(self._eval_step)
+
+    def merge(self, state, train=False):
+        return nnx.merge(self.graphdef if train else self.eval_graphdef, state["params"], state["batch_stats"])
+
+    def _train_step(self, state, images, labels, idx, key, kl_weight):
+        """One Adam step on the batch images[idx]: (state, batch, key) -> (state, metrics)."""
+        cfg = self.config
+        x, y = images[idx], labels[idx]
+        bin_key, eps_key = jax.random.split(key)
+        if cfg.binarize == "dynamic":
+            x = jax.random.bernoulli(bin_key, x).astype(x.dtype)
+
+        def loss_fn(params):
+            model = nnx.merge(self.graphdef, params, state["batch_stats"], copy=True)
+            total, aux = loss_terms(model, x, y, eps_key, recon=cfg.recon, beta=cfg.beta, kl_weight=kl_weight)
+            return total, (aux, nnx.state(model, nnx.BatchStat))
+
+        (total, ((rec, kl), batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "step": state["step"] + 1}
+        return new, {"loss": total, "recon": rec, "kl": kl}
+
+    def _eval_step(self, state, images, labels, idx, key, kl_weight):
+        """Loss sums on images[idx] in eval mode, z sampled as in the chapter's test_epoch."""
+        cfg = self.config
+        x, y = images[idx], labels[idx]
+        bin_key, eps_key = jax.random.split(key)
+        if cfg.binarize == "dynamic":
+            x = jax.random.bernoulli(bin_key, x).astype(x.dtype)
+        model = self.merge(state)
+        total, (rec, kl) = loss_terms(model, x, y, eps_key, recon=cfg.recon, beta=cfg.beta, kl_weight=kl_weight)
+        return {"loss": total, "recon": rec, "kl": kl}
+
+
+def _run_batches(step_fn, state, images, labels, order, batch_size, key, kl_weight, *, train, desc, progress):
+    """Run step_fn over the batches of `order`; return (state, per-sample means of the sums)."""
+    slices = input_pipeline.batch_slices(len(order), batch_size)
+    sums = None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(slices), desc=desc, leave=False, dynamic_ncols=True)
+    for i, (a, b) in enumerate(slices):
+        k = jax.random.fold_in(key, i)
+        if train:
+            state, m = step_fn(state, images, labels, order[a:b], k, kl_weight)
+        else:
+            m = step_fn(state, images, labels, order[a:b], k, kl_weight)
+        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    n = len(order)
+    return state, {k: float(v) / n for k, v in sums.items()}
+
+
+def epoch_keys(seed: int, epoch: int):
+    root = jax.random.key(seed)
+    return {p: jax.random.fold_in(jax.random.fold_in(root, p), epoch) for p in (_SHUFFLE, _TRAIN, _EVAL)}
+
+
+def train_epoch(trainer, state, data, config, epoch):
+    """One epoch (1-based) of training then evaluation; returns (state, metrics dict)."""
+    keys = epoch_keys(config.seed, epoch)
+    kw = kl_weight_for(config, epoch)
+    train_x, train_y, test_x, test_y = data
+    order = input_pipeline.epoch_permutation(keys[_SHUFFLE], train_x.shape[0])
+    t0 = time.perf_counter()
+    state, tr = _run_batches(trainer.train_step, state, train_x, train_y, order, config.batch_size,
+                             keys[_TRAIN], kw, train=True, desc=f"epoch {epoch}", progress=config.progress)
+    train_time = time.perf_counter() - t0
+    test_order = jnp.arange(test_x.shape[0], dtype=jnp.int32)
+    _, te = _run_batches(trainer.eval_step, state, test_x, test_y, test_order, config.batch_size,
+                         keys[_EVAL], kw, train=False, desc="test", progress=False)
+    metrics = {"epoch": epoch, "kl_weight": kw,
+               "train_loss": tr["loss"], "train_recon": tr["recon"], "train_kl": tr["kl"],
+               "test_loss": te["loss"], "test_recon": te["recon"], "test_kl": te["kl"],
+               "train_time_s": train_time}
+    return state, metrics
+
+
+def load_data(config: Config):
+    """(train, test) Datasets for the config; labels default to zeros when the data has none."""
+    train = input_pipeline.load_dataset(config.dataset, "train", config.data_dir)
+    test = input_pipeline.load_dataset(config.dataset, "test", config.data_dir)
+    if config.train_limit:
+        train = dataclasses.replace(train, images=train.images[: config.train_limit],
+                                    labels=None if train.labels is None else train.labels[: config.train_limit])
+    if config.test_limit:
+        test = dataclasses.replace(test, images=test.images[: config.test_limit],
+                                   labels=None if test.labels is None else test.labels[: config.test_limit])
+    return train, test
+
+
+def device_arrays(ds):
+    labels = ds.labels if ds.labels is not None else np.zeros(len(ds.images), np.int32)
+    return jnp.asarray(ds.images, jnp.float32), jnp.asarray(labels, jnp.int32)
+
+
+def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=print) -> dict[str, Any]:
+    """Train `config.model` on `config.dataset`, writing into `workdir`:
+
+    metrics.jsonl (one JSON object per epoch), config.json, checkpoints/ (orbax, each epoch),
+    figures/*.png at the end, summary.json. Returns the summary.
+    """
+    from vae_jax import checkpoints  # orbax is imported only when a run checkpoints
+
+    config.validate()
+    workdir = Path(workdir)
+    run = checkpoints.RunDir(workdir, config, resume=resume)
+    train_ds, test_ds = load_data(config)
+    if config.model == "cvae" and train_ds.labels is None:
+        raise ConfigError(f"--model cvae needs labels, and dataset {config.dataset!r} has none: use mnist or digits")
+    data = (*device_arrays(train_ds), *device_arrays(test_ds))
+    image_shape = train_ds.images.shape[1:]
+
+    root = jax.random.key(config.seed)
+    model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)))
+    trainer = Trainer(model, config)
+    state, start_epoch = run.restore(trainer.init_state)
+    if start_epoch:
+        log(f"resumed from epoch {start_epoch} in {workdir}")
+    history = run.read_metrics()
+    t_run = time.perf_counter()
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        state, m = train_epoch(trainer, state, data, config, epoch)
+        if not all(math.isfinite(m[k]) for k in ("train_loss", "test_loss")):
+            raise FloatingPointError(
+                f"non-finite loss at epoch {epoch} (train {m['train_loss']}, test {m['test_loss']}): "
+                f"lower --lr or check the data; the last good checkpoint (epoch {epoch - 1}) is kept")
+        history.append(m)
+        run.append_metrics(m)
+        if config.checkpoint:
+            run.save(epoch, state)
+        log(f"Epoch {epoch}/{config.epochs}  Train - Loss: {m['train_loss']:.4f}, Recon: {m['train_recon']:.4f}, "
+            f"KL: {m['train_kl']:.4f}  Test - Loss: {m['test_loss']:.4f}, Recon: {m['test_recon']:.4f}, "
+            f"KL: {m['test_kl']:.4f}  ({m['train_time_s']:.1f}s)")
+    wall = time.perf_counter() - t_run
+    summary = {"workdir": str(workdir), "config": dataclasses.asdict(config), "epochs": len(history),
+               "wall_time_s": wall, "final": history[-1] if history else None}
+    model = trainer.merge(state)
+    if config.iwae_k:
+        from vae_jax import evaluate
+        summary["iwae_nll"] = evaluate.iwae_nll(model, data[2], data[3], k=config.iwae_k,
+                                                key=jax.random.fold_in(root, 7), recon=config.recon,
+                                                binarize_key=None)
+        log(f"importance-sampled NLL (k={config.iwae_k}): {summary['iwae_nll']:.3f} nats")
+    if config.figures:
+        from vae_jax import evaluate
+        summary["figures"] = evaluate.make_figures(model, test_ds, history, workdir / "figures",
+                                                   key=jax.random.fold_in(root, 8))
+    run.write_summary(summary)
+    if history:
+        f = history[-1]
+        log(f"done: {len(history)} epochs, test loss {f['test_loss']:.4f} per sample "
+            f"(recon {f['test_recon']:.4f}, KL {f['test_kl']:.4f}); wrote {workdir}")
+    return summary
