@@ -51,13 +51,18 @@ class RunDir:
         elif has_run:
             raise ConfigError(f"workdir {self.dir} already holds a run -- pass --resume to continue it, "
                               "or choose another --workdir")
-        else:
-            _atomic_write(self.config_path, json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        self.resume = resume
         self._manager = None
+
+    def write_config(self, image_shape):
+        """config.json: the run's options plus the data's image shape (to rebuild the model)."""
+        if not self.resume:
+            cfg = dict(dataclasses.asdict(self.config), image_shape=list(image_shape))
+            _atomic_write(self.config_path, json.dumps(cfg, indent=2) + "\n")
 
     def _check_same_config(self, saved):
         cur = dataclasses.asdict(self.config)
-        for k in sorted(set(saved) | set(cur)):
+        for k in sorted(cur):
             if k not in _RESUMABLE and saved.get(k) != cur.get(k):
                 raise CheckpointError(
                     f"cannot resume {self.dir}: it was trained with {k}={saved.get(k)!r}, this run asks for "

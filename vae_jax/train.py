@@ -248,6 +248,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
         raise ConfigError(f"--model cvae needs labels, and dataset {config.dataset!r} has none: use mnist or digits")
     data = (*device_arrays(train_ds), *device_arrays(test_ds))
     image_shape = train_ds.images.shape[1:]
+    run.write_config(image_shape)
 
     root = jax.random.key(config.seed)
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)))
@@ -290,3 +291,25 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
         log(f"done: {len(history)} epochs, test loss {f['test_loss']:.4f} per sample "
             f"(recon {f['test_recon']:.4f}, KL {f['test_kl']:.4f}); wrote {workdir}")
     return summary
+
+
+def restore_run(workdir):
+    """(model in eval mode, config, image_shape) of the latest checkpoint of a run directory."""
+    from vae_jax import checkpoints
+    from vae_jax.errors import CheckpointError
+
+    workdir = Path(workdir)
+    path = workdir / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"no run in {workdir}: config.json is missing -- pass the --workdir of a `vae-jax train` run")
+    saved = json.loads(path.read_text())
+    image_shape = tuple(saved.pop("image_shape"))
+    fields = {f.name for f in dataclasses.fields(Config)}
+    config = Config(**{k: v for k, v in saved.items() if k in fields})
+    run = checkpoints.RunDir(workdir, config, resume=True)
+    model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), _INIT)))
+    trainer = Trainer(model, config)
+    state, epoch = run.restore(trainer.init_state)
+    if not epoch:
+        raise CheckpointError(f"no checkpoint in {workdir}/checkpoints -- train first (vae-jax train --workdir {workdir})")
+    return trainer.merge(state), config, image_shape

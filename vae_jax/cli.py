@@ -1,0 +1,188 @@
+"""The `vae-jax` command: train, eval, plot, export, prepare.
+
+Bad input ends with one line `vae-jax: error: ...` naming the problem and the fix, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vae_jax.errors import ConfigError, VaeJaxError
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
+    return v
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
+    return v
+
+
+def _parser():
+    from vae_jax import losses, models
+
+    p = argparse.ArgumentParser(prog="vae-jax", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (default: the chapter's VAE on the embedded digits)")
+    t.add_argument("--model", default="vae", choices=list(models.MODELS))
+    t.add_argument("--dataset", default="digits",
+                   help="digits (embedded, no download), mnist, fashion_mnist, binarized_mnist, celeb_a, image_folder")
+    t.add_argument("--data-dir", default=None, help="folder with the original files or a prepared tfds data_dir")
+    t.add_argument("--latent-dim", type=_positive_int, default=None)
+    t.add_argument("--hidden-dim", type=_positive_int, default=None)
+    t.add_argument("--recon", default="bce_logits", choices=list(losses.RECON_KINDS))
+    t.add_argument("--beta", type=_nonneg_float, default=1.0)
+    t.add_argument("--kl-anneal-epochs", type=_nonneg_int, default=0)
+    t.add_argument("--binarize", default="none", choices=["none", "dynamic"])
+    t.add_argument("--epochs", type=_positive_int, default=10)
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--lr", type=_positive_float, default=1e-3)
+    t.add_argument("--seed", type=_nonneg_int, default=0)
+    t.add_argument("--train-limit", type=_positive_int, default=None, help="use the first N training images")
+    t.add_argument("--test-limit", type=_positive_int, default=None, help="use the first N test images")
+    t.add_argument("--iwae-k", type=_nonneg_int, default=0, help="importance-sampled NLL with k samples at the end")
+    t.add_argument("--workdir", default=None, help="run directory (default runs/<model>_<dataset>_seed<seed>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
+    t.add_argument("--no-figures", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("eval", help="test ELBO and importance-sampled NLL of a trained run")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--iwae-k", type=_positive_int, default=5000)
+    e.add_argument("--seed", type=_nonneg_int, default=0)
+
+    pl = sub.add_parser("plot", help="the chapter's figures for a trained run")
+    pl.add_argument("--workdir", required=True)
+    pl.add_argument("--data-dir", default=None)
+    pl.add_argument("--out", default=None, help="output folder (default <workdir>/plots); must not exist")
+    pl.add_argument("--seed", type=_nonneg_int, default=0)
+
+    x = sub.add_parser("export", help="write a trained run's weights as a torch .pt state_dict")
+    x.add_argument("--workdir", required=True)
+    x.add_argument("--out", required=True, help="the .pt file to write (must not exist)")
+
+    pr = sub.add_parser("prepare", help="prepare a tfds dataset offline from a folder of the original files")
+    pr.add_argument("--dataset", default="mnist")
+    pr.add_argument("--manual-dir", required=True, help="folder holding the original files")
+    pr.add_argument("--data-dir", required=True, help="tfds data_dir to write")
+    return p
+
+
+def _fresh_path(path, what):
+    path = Path(path)
+    if path.exists():
+        raise ConfigError(f"{what} {path} already exists -- choose another path; nothing was overwritten")
+    return path
+
+
+def _run(args):
+    import dataclasses
+
+    from vae_jax import train
+
+    if args.command == "train":
+        fields = {f.name for f in dataclasses.fields(train.Config)}
+        kw = {k: v for k, v in vars(args).items() if k in fields}
+        config = train.Config(**kw, figures=not args.no_figures, progress=not args.no_progress)
+        workdir = args.workdir or f"runs/{config.model}_{config.dataset}_seed{config.seed}"
+        train.train_and_evaluate(config, workdir, resume=args.resume)
+        return 0
+
+    if args.command == "prepare":
+        from vae_jax import input_pipeline
+
+        input_pipeline.prepare_tfds(args.dataset, args.manual_dir, args.data_dir)
+        print(f"prepared {args.dataset} in {args.data_dir}")
+        return 0
+
+    model, config, _ = train.restore_run(args.workdir)
+    if args.command == "export":
+        from vae_jax import convert
+
+        out = _fresh_path(args.out, "export file")
+        convert.save_pt(model, out)
+        print(f"wrote {out} ({type(model).__name__} state_dict, torch keys)")
+        return 0
+
+    import jax
+
+    if getattr(args, "data_dir", None):
+        config.data_dir = args.data_dir
+    _, test_ds = train.load_data(config)
+    key = jax.random.key(args.seed)
+    if args.command == "eval":
+        from vae_jax import evaluate
+
+        out = Path(args.workdir) / f"eval_k{args.iwae_k}_seed{args.seed}.json"
+        _fresh_path(out, "evaluation file")
+        test_x, test_y = train.device_arrays(test_ds)
+        nll = evaluate.iwae_nll(model, test_x, test_y, k=args.iwae_k, key=key, recon=config.recon)
+        result = {"iwae_k": args.iwae_k, "iwae_nll": nll, "num_test": int(test_x.shape[0])}
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result))
+        return 0
+    if args.command == "plot":
+        from vae_jax import evaluate
+
+        out = _fresh_path(args.out or Path(args.workdir) / "plots", "plot folder")
+        history = [json.loads(line) for line in (Path(args.workdir) / "metrics.jsonl").read_text().splitlines() if line]
+        paths = evaluate.make_figures(model, test_ds, history, out, key=key)
+        print("\n".join(paths.values()))
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except VaeJaxError as e:
+        print(f"vae-jax: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"vae-jax: error: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("vae-jax: interrupted; the last epoch's checkpoint is kept (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
