@@ -25,6 +25,7 @@ def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_si
 
     (the IWAE bound; it tightens as k grows). Batched over images and over the k samples
     (running logsumexp), so memory is bounded by batch_size * chunk decoder outputs whatever k is.
+    The noise of image i depends only on (key, i, chunk index): batch_size does not change the result.
     Bernoulli likelihood only (recon 'bce' or 'bce_logits').
     """
     if recon not in ("bce", "bce_logits"):
@@ -38,11 +39,14 @@ def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_si
     chunk = min(chunk, k)
 
     @jax.jit
-    def chunk_logw(st, x, y, key, valid):
+    def chunk_logw(st, x, y, index, ci, valid):
         m = nnx.merge(graphdef, st)
         xin, cond = model_inputs(m, x, y)
         mu, logvar = m.encode(xin, *cond)
-        eps = jax.random.normal(key, (chunk,) + mu.shape, mu.dtype)
+        # eps of image i, chunk ci comes from fold_in(fold_in(key, i), ci): batching does not change it
+        draw = lambda i: jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), ci),
+                                           (chunk, mu.shape[-1]), mu.dtype)
+        eps = jnp.swapaxes(jax.vmap(draw)(index), 0, 1)
         z = mu + jnp.exp(0.5 * logvar) * eps  # (chunk, b, D)
         zf = z.reshape(-1, z.shape[-1])
         condf = tuple(jnp.tile(c, (chunk, 1)) for c in cond)
@@ -62,9 +66,9 @@ def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_si
         if binarize_key is not None:
             x = jax.random.bernoulli(jax.random.fold_in(binarize_key, bi), x).astype(x.dtype)
         lse = jnp.full((x.shape[0],), -jnp.inf)
+        index = jnp.arange(a, a + x.shape[0])
         for ci, c0 in enumerate(range(0, k, chunk)):
-            kk = jax.random.fold_in(jax.random.fold_in(key, bi), ci)
-            lse = jnp.logaddexp(lse, chunk_logw(st, x, y, kk, min(chunk, k - c0)))
+            lse = jnp.logaddexp(lse, chunk_logw(st, x, y, index, ci, min(chunk, k - c0)))
         total += float(jnp.sum(lse - math.log(k)))
     return -total / n
 

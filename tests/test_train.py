@@ -1,0 +1,202 @@
+"""End-to-end training: the embedded default, real MNIST files, resume, figures, export, CLI errors."""
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from vae_jax import cli, train
+from vae_jax.errors import CheckpointError, ConfigError
+
+DATA = os.environ.get("VAE_DATA_DIR")
+needs_data = pytest.mark.skipif(not DATA, reason="VAE_DATA_DIR not set: real MNIST files absent")
+
+QUICK = dict(epochs=2, batch_size=64, train_limit=300, test_limit=100, progress=False)
+
+
+def _params(workdir):
+    model, _, _ = train.restore_run(workdir)
+    from vae_jax import convert
+    return convert.to_numpy_state_dict(model)
+
+
+def test_default_run_writes_metrics_checkpoints_and_every_figure(tmp_path):
+    summary = train.train_and_evaluate(train.Config(**QUICK), tmp_path / "run", log=lambda s: None)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        for k in ("epoch", "train_loss", "test_loss", "test_recon", "test_kl"):
+            assert np.isfinite(r[k])
+        assert r["test_loss"] == pytest.approx(r["test_recon"] + r["test_kl"], rel=1e-5)
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    figs = summary["figures"]
+    assert set(figs) == {"reconstruction", "samples", "latent", "manifold", "interpolation_linear",
+                         "interpolation_spherical", "loss_curves"}
+    for p in figs.values():
+        data = Path(p).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, p
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+
+
+def test_same_seed_same_metrics_other_seed_differs(tmp_path):
+    cfg = dict(QUICK, epochs=1, checkpoint=False, figures=False)
+    a = train.train_and_evaluate(train.Config(**cfg), tmp_path / "a", log=lambda s: None)["final"]
+    b = train.train_and_evaluate(train.Config(**cfg), tmp_path / "b", log=lambda s: None)["final"]
+    c = train.train_and_evaluate(train.Config(**cfg, seed=1), tmp_path / "c", log=lambda s: None)["final"]
+    for k in ("train_loss", "test_loss"):
+        assert a[k] == b[k]
+        assert a[k] != c[k]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    cfg = dict(QUICK, epochs=3, figures=False)
+    train.train_and_evaluate(train.Config(**cfg), tmp_path / "full", log=lambda s: None)
+    train.train_and_evaluate(train.Config(**dict(cfg, epochs=1)), tmp_path / "part", log=lambda s: None)
+    train.train_and_evaluate(train.Config(**cfg), tmp_path / "part", resume=True, log=lambda s: None)
+    full = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    part = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "train_time_s"} for l in lines]
+    assert strip(full) == strip(part)
+    pf, pp = _params(tmp_path / "full"), _params(tmp_path / "part")
+    assert pf.keys() == pp.keys()
+    for k in pf:
+        np.testing.assert_array_equal(pf[k], pp[k])
+
+
+def test_last_partial_batch_compiles_once(tmp_path):
+    cfg = train.Config(**dict(QUICK, epochs=3, train_limit=150, batch_size=64, checkpoint=False, figures=False))
+    from flax import nnx
+    model = train.build_model(cfg, (28, 28, 1), rngs=nnx.Rngs(0))
+    tr = train.Trainer(model, cfg)
+    ds_train, ds_test = train.load_data(cfg)
+    data = (*train.device_arrays(ds_train), *train.device_arrays(ds_test))
+    state = tr.init_state
+    for epoch in (1, 2, 3):
+        state, _ = train.train_epoch(tr, state, data, cfg, epoch)
+    assert tr.train_step._cache_size() == 2  # a full batch (64) and the last partial one (22)
+    assert int(state["step"]) == 3 * 3
+
+
+@pytest.mark.parametrize("model", ["ae", "cvae", "conv_vae28"])
+def test_other_models_train(tmp_path, model):
+    cfg = train.Config(**dict(QUICK, model=model, epochs=1, checkpoint=False))
+    s = train.train_and_evaluate(cfg, tmp_path / model, log=lambda s: None)
+    assert np.isfinite(s["final"]["test_loss"])
+    assert all(Path(p).stat().st_size > 2000 for p in s["figures"].values())
+
+
+def test_kl_annealing_weight_and_beta_change_the_loss(tmp_path):
+    cfg = train.Config(kl_anneal_epochs=4)
+    assert [train.kl_weight_for(cfg, e) for e in (1, 2, 4, 6)] == [0.25, 0.5, 1.0, 1.0]
+    base = dict(QUICK, epochs=1, checkpoint=False, figures=False)
+    m = train.train_and_evaluate(train.Config(**base, kl_anneal_epochs=4), tmp_path / "a", log=lambda s: None)["final"]
+    assert m["kl_weight"] == 0.25
+    assert m["test_loss"] == pytest.approx(m["test_recon"] + 0.25 * m["test_kl"], rel=1e-5)
+    m = train.train_and_evaluate(train.Config(**base, beta=4.0), tmp_path / "b", log=lambda s: None)["final"]
+    assert m["test_loss"] == pytest.approx(m["test_recon"] + 4.0 * m["test_kl"], rel=1e-5)
+
+
+@needs_data
+def test_real_mnist_slice_trains_and_exports_to_the_chapter_class(tmp_path):
+    from vae_torch_ref.chapter_source import chapter_namespace
+
+    work = tmp_path / "mnist"
+    cfg = train.Config(**dict(QUICK, dataset="mnist", data_dir=DATA, train_limit=1000, test_limit=500))
+    s = train.train_and_evaluate(cfg, work, log=lambda s: None)
+    assert s["final"]["test_loss"] < 400  # a 784-pixel Bernoulli model that learned something
+    out = tmp_path / "vae.pt"
+    assert cli.main(["export", "--workdir", str(work), "--out", str(out)]) == 0
+    chapter_vae = chapter_namespace()["VAE"](input_dim=784, hidden_dim=400, latent_dim=20)
+    chapter_vae.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    model, _, _ = train.restore_run(work)
+    x = np.random.default_rng(0).random((4, 784), dtype=np.float32)
+    mu_t, logvar_t = chapter_vae.encode(torch.from_numpy(x))
+    mu_j, logvar_j = model.encode(jnp.asarray(x))
+    np.testing.assert_allclose(mu_t.detach().numpy(), np.asarray(mu_j), atol=1e-5)
+    np.testing.assert_allclose(logvar_t.detach().numpy(), np.asarray(logvar_j), atol=1e-5)
+
+
+@needs_data
+def test_iwae_bound_is_tighter_than_the_elbo(tmp_path):
+    from vae_jax import evaluate
+
+    cfg2 = train.Config(**dict(QUICK, dataset="binarized_mnist", data_dir=DATA, train_limit=2000, test_limit=200,
+                               epochs=2, figures=False))
+    s = train.train_and_evaluate(cfg2, tmp_path / "r2", log=lambda s: None)
+    model, _, _ = train.restore_run(tmp_path / "r2")
+    _, test = train.load_data(cfg2)
+    x, y = train.device_arrays(test)
+    key = jax.random.key(0)
+    nll1 = evaluate.iwae_nll(model, x, y, k=1, key=key, chunk=1)
+    nll64 = evaluate.iwae_nll(model, x, y, k=64, key=key, chunk=16)
+    nll64b = evaluate.iwae_nll(model, x, y, k=64, key=key, chunk=16, batch_size=37)
+    assert nll64 < nll1  # the IWAE bound tightens with k
+    assert abs(nll1 - s["final"]["test_loss"]) < 3.0  # k=1 is the ELBO (up to Monte Carlo noise)
+    assert nll64b == pytest.approx(nll64, rel=1e-6)  # batching does not change the estimate
+
+
+def _cli(args, capsys):
+    code = cli.main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def test_cli_refuses_to_overwrite_a_run_and_names_the_fix(tmp_path, capsys):
+    work = tmp_path / "run"
+    base = ["train", "--workdir", str(work), "--epochs", "1", "--train-limit", "200", "--test-limit", "50",
+            "--no-figures", "--no-progress"]
+    assert cli.main(base) == 0
+    before = (work / "metrics.jsonl").read_bytes()
+    code, err = _cli(base, capsys)
+    assert code == 2 and len(err) == 1 and "already holds a run" in err[0] and "--resume" in err[0]
+    assert (work / "metrics.jsonl").read_bytes() == before
+    code, err = _cli(base + ["--resume", "--latent-dim", "5"], capsys)
+    assert code == 2 and len(err) == 1 and "latent_dim" in err[0]
+    out = tmp_path / "exists.pt"
+    out.write_bytes(b"keep me")
+    code, err = _cli(["export", "--workdir", str(work), "--out", str(out)], capsys)
+    assert code == 2 and "already exists" in err[0] and out.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--epochs", "-1"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--model", "nope"], "--model"),
+    (["--lr", "abc"], "--lr"),
+])
+def test_cli_bad_values_exit_nonzero_with_one_line(tmp_path, capsys, args, fragment):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--workdir", str(tmp_path / "w")] + args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err.strip().splitlines()[-1]
+    assert not (tmp_path / "w").exists()
+
+
+def test_config_errors_name_the_option():
+    with pytest.raises(ConfigError, match="unknown model"):
+        train.Config(model="nope").validate()
+    with pytest.raises(ConfigError, match="--epochs"):
+        train.Config(epochs=0).validate()
+    with pytest.raises(CheckpointError, match="config.json"):
+        train.restore_run("/nonexistent/run")
+
+
+def test_end_to_end_on_tfds_mock_data(tmp_path):
+    """train.py on tfds.testing.mock_data, as Flax's examples test their trainers."""
+    from vae_jax import input_pipeline
+
+    tfds = input_pipeline._tfds()
+    (tmp_path / "tfds" / "mnist" / "3.0.1").mkdir(parents=True)
+    (tmp_path / "tfds" / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+    with tfds.testing.mock_data(num_examples=96):
+        cfg = train.Config(dataset="mnist", data_dir=str(tmp_path / "tfds"), epochs=2, batch_size=32,
+                           progress=False)
+        s = train.train_and_evaluate(cfg, tmp_path / "run", log=lambda s: None)
+    assert s["epochs"] == 2 and np.isfinite(s["final"]["test_loss"])
+    assert all(Path(p).stat().st_size > 2000 for p in s["figures"].values())
