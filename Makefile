@@ -22,7 +22,7 @@ test: install
 	$(BIN)/python -m pytest -q tests parity_tests
 
 train: install
-	$(BIN)/vae-jax train --workdir runs/default
+	$(BIN)/vae-jax train --workdir runs/train-$$(date +%Y%m%d-%H%M%S) $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs
