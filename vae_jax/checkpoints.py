@@ -7,8 +7,10 @@ resumed run must have the same configuration (only --epochs may grow).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -29,25 +31,44 @@ def _atomic_write(path: Path, text: str):
     os.replace(tmp, path)
 
 
+def read_config(path: Path) -> dict:
+    """A run's config.json as a dict; a damaged file is a CheckpointError."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__} -- restore the run's original "
+                              "config.json or train again in another --workdir") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(saved).__name__}, not a run's options -- restore "
+                              "the run's original config.json or train again in another --workdir")
+    return saved
+
+
 class RunDir:
-    def __init__(self, workdir, config, *, resume=False):
+    """read_only: only read an existing run (export/eval/plot): nothing is created or written."""
+
+    def __init__(self, workdir, config, *, resume=False, read_only=False):
         self.dir = Path(workdir)
         self.config = config
+        self.read_only = read_only
         self.metrics_path = self.dir / "metrics.jsonl"
         self.config_path = self.dir / "config.json"
         self.ckpt_dir = (self.dir / "checkpoints").absolute()
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / ".write_probe"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise ConfigError(f"cannot write to workdir {self.dir}: {e.strerror} -- choose a writable --workdir") from None
+        if not read_only:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                probe = self.dir / ".write_probe"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as e:
+                raise ConfigError(f"cannot write to workdir {self.dir}: {e.strerror} -- choose a writable "
+                                  "--workdir") from None
         has_run = self.config_path.exists() or self.metrics_path.exists() or self.ckpt_dir.exists()
-        if resume:
+        if resume or read_only:
             if not self.config_path.exists():
                 raise CheckpointError(f"nothing to resume in {self.dir}: no config.json -- drop --resume to start a new run")
-            self._check_same_config(json.loads(self.config_path.read_text()))
+            self._saved = read_config(self.config_path)
+            self._check_same_config(self._saved)
         elif has_run:
             raise ConfigError(f"workdir {self.dir} already holds a run -- pass --resume to continue it, "
                               "or choose another --workdir")
@@ -59,6 +80,10 @@ class RunDir:
         if not self.resume:
             cfg = dict(dataclasses.asdict(self.config), image_shape=list(image_shape))
             _atomic_write(self.config_path, json.dumps(cfg, indent=2) + "\n")
+        elif list(self._saved.get("image_shape", [])) != list(image_shape):
+            raise CheckpointError(f"cannot resume {self.dir}: it was trained on images of shape "
+                                  f"{tuple(self._saved.get('image_shape', ()))}, this data has {tuple(image_shape)} "
+                                  "-- use the same data or another --workdir")
 
     def _check_same_config(self, saved):
         cur = dataclasses.asdict(self.config)
@@ -73,8 +98,17 @@ class RunDir:
         if self._manager is None:
             import orbax.checkpoint as ocp
 
-            self._manager = ocp.CheckpointManager(
-                self.ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
+            # Orbax writes each checkpoint into <epoch>.orbax-checkpoint-tmp and renames it when complete:
+            # a process killed while writing leaves only that tmp folder, which latest_step ignores and the
+            # next save of that epoch replaces.
+            try:
+                self._manager = ocp.CheckpointManager(
+                    self.ckpt_dir, options=ocp.CheckpointManagerOptions(
+                        max_to_keep=2, enable_async_checkpointing=False, create=not self.read_only),
+                    item_handlers=ocp.StandardCheckpointHandler())
+            except Exception as e:  # noqa: BLE001 -- orbax raises many types for a damaged folder
+                raise CheckpointError(f"cannot read the checkpoints in {self.ckpt_dir} ({type(e).__name__}) -- "
+                                      "restore the folder or train again in another --workdir") from None
         return self._manager
 
     def latest_epoch(self) -> int:
@@ -96,11 +130,23 @@ class RunDir:
         if not epoch:
             return init_state, 0
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, init_state)
+        where = f"checkpoint {self.ckpt_dir}/{epoch}"
         try:
-            state = self.manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
-        except Exception as e:  # noqa: BLE001 -- orbax raises many types for a foreign tree
-            raise CheckpointError(f"checkpoint {self.ckpt_dir}/{epoch} does not fit this model "
-                                  f"({type(e).__name__}) -- use the options it was trained with") from None
+            saved = _flat(self.manager.item_metadata(epoch))
+        except Exception as e:  # noqa: BLE001 -- orbax raises many types for a damaged folder
+            raise CheckpointError(f"{where} is damaged: its metadata cannot be read ({type(e).__name__}) -- "
+                                  "restore the folder or train again in another --workdir") from None
+        mismatch = _mismatch(saved, _flat(abstract))
+        if mismatch:
+            raise CheckpointError(f"{where} does not fit this model: {mismatch} -- use the options it was "
+                                  "trained with, or another --workdir")
+        try:
+            with _quiet_unraisable():
+                state = self.manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # noqa: BLE001 -- tensorstore raises bare Exceptions for damaged data
+            raise CheckpointError(f"{where} is damaged: its arrays cannot be read ({type(e).__name__}) -- "
+                                  "restore the folder, or delete this epoch's folder to resume from the "
+                                  "one before") from None
         return state, epoch
 
     def read_metrics(self):
@@ -108,8 +154,19 @@ class RunDir:
         if not self.metrics_path.exists():
             return []
         upto = self.latest_epoch()
-        rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r["epoch"] <= upto]
+        lines = [line for line in self.metrics_path.read_text(errors="replace").splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+                epoch = int(row["epoch"])
+            except (ValueError, TypeError, KeyError):
+                if number == len(lines):  # a line cut short by a crash: its epoch is trained again
+                    break
+                raise CheckpointError(f"line {number} of {self.metrics_path} is damaged -- restore the file "
+                                      "or train again in another --workdir") from None
+            if epoch <= upto:
+                rows.append(row)
         _atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
@@ -121,6 +178,47 @@ class RunDir:
 
     def write_summary(self, summary):
         _atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+
+
+def _flat(tree) -> dict:
+    """{'params.encoder_fc1.kernel.value': leaf} for a state pytree or orbax's tree metadata."""
+    def name(k):
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
+    tree = getattr(tree, "tree", tree)
+    return {".".join(name(k) for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _mismatch(saved: dict, expected: dict) -> str:
+    """'' when the checkpoint's arrays match the model's, else the first difference in words."""
+    params_first = sorted(expected.items(), key=lambda item: not item[0].startswith("params."))
+    for key, want in params_first:
+        if key not in saved:
+            return f"it has no {key!r} (the model expects shape {tuple(want.shape)})"
+        got = saved[key]
+        if tuple(got.shape) != tuple(want.shape) or np.dtype(got.dtype) != np.dtype(want.dtype):
+            return (f"{key!r} is {np.dtype(got.dtype).name}{tuple(got.shape)} in the checkpoint, the model "
+                    f"expects {np.dtype(want.dtype).name}{tuple(want.shape)}")
+    extra = sorted(set(saved) - set(expected))
+    if extra:
+        return f"it holds {extra[0]!r} of shape {tuple(saved[extra[0]].shape)}, which the model does not have"
+    return ""
+
+
+class _quiet_unraisable:
+    """Drop the 'Exception ignored in <coroutine ...>' tracebacks orbax leaves behind when a read fails."""
+
+    def __enter__(self):
+        self.hook = sys.unraisablehook
+        sys.unraisablehook = lambda unraisable: None
+
+    def __exit__(self, *exc):
+        gc.collect()  # finalize the abandoned coroutines while the hook is silenced
+        sys.unraisablehook = self.hook
+        return False
 
 
 def _json_default(o):

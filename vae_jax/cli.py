@@ -1,12 +1,16 @@
-"""The `vae-jax` command: train, eval, plot, export, prepare.
+"""The `vae-jax` command: train, eval, plot, export, prepare, experiment.
 
 Bad input ends with one line `vae-jax: error: ...` naming the problem and the fix, exit code 2.
+A non-finite loss ends with one such line and exit code 3 (the last good checkpoint is kept).
+Anything else unexpected is reported as one line with exit code 1 (a bug: set VAE_JAX_DEBUG=1
+for the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -53,10 +57,22 @@ def _nonneg_float(s):
     return v
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block): `vae-jax: error: ... (see ...--help)`, exit 2."""
+
+    def error(self, message):
+        message = " ".join(message.split())
+        self.exit(2, f"vae-jax: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _one_line(e) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def _parser():
     from vae_jax import losses, models
 
-    p = argparse.ArgumentParser(prog="vae-jax", description=__doc__.splitlines()[0])
+    p = _Parser(prog="vae-jax", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (default: the chapter's VAE on the embedded digits)")
@@ -102,13 +118,27 @@ def _parser():
     pr.add_argument("--dataset", default="mnist")
     pr.add_argument("--manual-dir", required=True, help="folder holding the original files")
     pr.add_argument("--data-dir", required=True, help="tfds data_dir to write")
+
+    from vae_jax.experiments import EXPERIMENTS, SIZES
+
+    ex = sub.add_parser("experiment", help="one of the chapter's exercises: train its variants, write tables and figures")
+    ex.add_argument("name", choices=list(EXPERIMENTS))
+    ex.add_argument("--workdir", required=True, help="output folder; each variant trains in <workdir>/<variant>/")
+    ex.add_argument("--data-dir", default=None)
+    ex.add_argument("--dataset", default="digits", choices=["mnist", "digits"])
+    ex.add_argument("--size", default="reduced", choices=list(SIZES),
+                    help="reduced: a tiny run (tests); full: 10 epochs, batch 128, Adam 1e-3")
+    ex.add_argument("--seed", type=_nonneg_int, default=0)
     return p
 
 
-def _fresh_path(path, what):
+def _fresh_path(path, what, *, parent_must_exist=False):
     path = Path(path)
     if path.exists():
         raise ConfigError(f"{what} {path} already exists -- choose another path; nothing was overwritten")
+    if parent_must_exist and not path.parent.is_dir():
+        raise ConfigError(f"cannot write {what} {path}: the folder {path.parent} does not exist -- create it "
+                          "or choose another path")
     return path
 
 
@@ -125,6 +155,13 @@ def _run(args):
         train.train_and_evaluate(config, workdir, resume=args.resume)
         return 0
 
+    if args.command == "experiment":
+        from vae_jax import experiments
+
+        experiments.run_experiment(args.name, args.workdir, dataset=args.dataset, data_dir=args.data_dir,
+                                   size=args.size, seed=args.seed)
+        return 0
+
     if args.command == "prepare":
         from vae_jax import input_pipeline
 
@@ -132,15 +169,16 @@ def _run(args):
         print(f"prepared {args.dataset} in {args.data_dir}")
         return 0
 
-    model, config, _ = train.restore_run(args.workdir)
     if args.command == "export":
         from vae_jax import convert
 
-        out = _fresh_path(args.out, "export file")
+        out = _fresh_path(args.out, "export file", parent_must_exist=True)
+        model, _, _ = train.restore_run(args.workdir)
         convert.save_pt(model, out)
         print(f"wrote {out} ({type(model).__name__} state_dict, torch keys)")
         return 0
 
+    model, config, _ = train.restore_run(args.workdir)
     import jax
 
     if getattr(args, "data_dir", None):
@@ -161,8 +199,15 @@ def _run(args):
     if args.command == "plot":
         from vae_jax import evaluate
 
+        from vae_jax.errors import CheckpointError
+
         out = _fresh_path(args.out or Path(args.workdir) / "plots", "plot folder")
-        history = [json.loads(line) for line in (Path(args.workdir) / "metrics.jsonl").read_text().splitlines() if line]
+        metrics = Path(args.workdir) / "metrics.jsonl"
+        try:
+            history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read {metrics} ({type(e).__name__}) -- the loss-curve figure needs "
+                                  "the run's metrics; restore the file") from None
         paths = evaluate.make_figures(model, test_ds, history, out, key=key)
         print("\n".join(paths.values()))
         return 0
@@ -174,14 +219,25 @@ def main(argv=None):
     try:
         return _run(args)
     except VaeJaxError as e:
-        print(f"vae-jax: error: {e}", file=sys.stderr)
+        print(f"vae-jax: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
-        print(f"vae-jax: error: {e}", file=sys.stderr)
+        print(f"vae-jax: error: {_one_line(e)}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("vae-jax: interrupted; the last epoch's checkpoint is kept (resume with --resume)", file=sys.stderr)
         return 130
+    except OSError as e:  # the disk, not the options: full, read-only, a path that vanished
+        where = f" {e.filename}" if e.filename else ""
+        print(f"vae-jax: error: cannot access{where}: {e.strerror or _one_line(e)} -- check the path, its "
+              "permissions and the free space", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 -- last resort: one line instead of a traceback
+        if os.environ.get("VAE_JAX_DEBUG"):
+            raise
+        print(f"vae-jax: internal error: {type(e).__name__}: {_one_line(e)[:300]} -- this is a bug, please "
+              "report it with the command line (VAE_JAX_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def to_numpy_state_dict(model) -> "OrderedDict[str, np.ndarray]":
     sd = OrderedDict()
     for key, module, attr, to_t, _ in _entries(model):
         v = np.asarray(getattr(module, attr).value)
-        sd[key] = np.ascontiguousarray(to_t(v) if to_t else v)
+        sd[key] = np.array(to_t(v) if to_t else v, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
     return OrderedDict(sorted(sd.items()))
 
 
@@ -95,7 +95,7 @@ def load_torch_state_dict(model, state_dict) -> None:
     for key, module, attr, _, from_t in _entries(model):
         var = getattr(module, attr)
         v = given[key]
-        var.value = jnp.asarray(np.ascontiguousarray(from_t(v) if from_t else v), dtype=var.value.dtype)
+        var.value = jnp.asarray(np.array(from_t(v) if from_t else v, order="C"), dtype=var.value.dtype)
 
 
 def save_pt(model, path) -> None:

@@ -51,6 +51,17 @@ _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 _AMAT_SPLITS = {"train": "train", "valid": "valid", "validation": "valid", "test": "test"}
 _TFDS_SPLITS = {"valid": "validation"}
 _PREPARE_HINT = "or prepare tfds with `vae-jax prepare`"
+# Where the original files come from, for the message about a missing data directory (_find_file).
+_SOURCES = {
+    "mnist": "the 4 MNIST files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+             "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (e.g. from "
+             "https://storage.googleapis.com/cvdf-datasets/mnist/)",
+    "fashion_mnist": "the 4 Fashion-MNIST files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                     "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (from "
+                     "https://github.com/zalandoresearch/fashion-mnist)",
+    "binarized_mnist": "binarized_mnist_{train,valid,test}.amat (from "
+                       "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/)",
+}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -187,6 +198,9 @@ def _load_digits(split: str):
 
 def _find_file(data_dir, name: str, filename: str, what: str) -> Path:
     """data_dir[/name]/filename[.gz], the first that exists."""
+    if not Path(data_dir).is_dir():
+        raise DataError(f"data directory {data_dir} does not exist — put {_SOURCES[name]} in a folder "
+                        f"and pass it as --data-dir, {_PREPARE_HINT}")
     for folder in (Path(data_dir) / name, Path(data_dir)):
         for candidate in (folder / f"{filename}.gz", folder / filename):
             if candidate.is_file():

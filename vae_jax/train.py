@@ -53,6 +53,8 @@ class Config:
     def validate(self):
         if self.model not in models.MODELS:
             raise ConfigError(f"unknown model {self.model!r}: use one of {', '.join(models.MODELS)}")
+        if self.dataset not in input_pipeline.DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}: use one of {', '.join(input_pipeline.DATASETS)}")
         if self.recon not in losses.RECON_KINDS:
             raise ConfigError(f"unknown reconstruction loss {self.recon!r}: use one of {', '.join(losses.RECON_KINDS)}")
         if self.binarize not in ("none", "dynamic"):
@@ -70,6 +72,9 @@ class Config:
             raise ConfigError(f"--beta must be a non-negative number, got {self.beta}")
         if self.kl_anneal_epochs < 0 or self.iwae_k < 0:
             raise ConfigError("--kl-anneal-epochs and --iwae-k must be >= 0")
+        if self.iwae_k and (self.model == "ae" or self.recon not in ("bce", "bce_logits")):
+            raise ConfigError(f"--iwae-k needs a VAE with a Bernoulli decoder, not --model {self.model} "
+                              f"--recon {self.recon}: drop --iwae-k or use another model/--recon")
         return self
 
 
@@ -166,10 +171,28 @@ class Trainer:
         return {"loss": total, "recon": rec, "kl": kl}
 
 
+def _test_step_sleep() -> float:
+    """Test-only: seconds to sleep after each training step, from $VAE_JAX_TEST_STEP_SLEEP.
+
+    Lets the crash-safety test kill a training process in the middle of an epoch
+    deterministically; unset (the default) it costs nothing.
+    """
+    try:
+        return max(0.0, float(os.environ.get("VAE_JAX_TEST_STEP_SLEEP") or 0))
+    except ValueError:
+        return 0.0
+
+
 def _run_batches(step_fn, state, images, labels, order, batch_size, key, kl_weight, *, train, desc, progress):
-    """Run step_fn over the batches of `order`; return (state, per-sample means of the sums)."""
+    """Run step_fn over the batches of `order`; return (state, per-sample means of the sums, losses).
+
+    `losses` holds each step's loss sum as an on-device scalar (nothing is synchronized per step);
+    `first_nonfinite(losses)` finds the first bad step when the epoch's sum is not finite.
+    """
     slices = input_pipeline.batch_slices(len(order), batch_size)
     sums = None
+    losses = []
+    sleep = _test_step_sleep() if train else 0.0
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -181,12 +204,21 @@ def _run_batches(step_fn, state, images, labels, order, batch_size, key, kl_weig
         else:
             m = step_fn(state, images, labels, order[a:b], k, kl_weight)
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+        losses.append(m["loss"])
+        if sleep:
+            time.sleep(sleep)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     n = len(order)
-    return state, {k: float(v) / n for k, v in sums.items()}
+    return state, {k: float(v) / n for k, v in sums.items()}, losses
+
+
+def first_nonfinite(losses) -> Optional[int]:
+    """Index of the first non-finite value in a list of scalars, or None."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(jnp.stack(losses)))) if losses else []
+    return int(bad[0]) if len(bad) else None
 
 
 def epoch_keys(seed: int, epoch: int):
@@ -201,17 +233,46 @@ def train_epoch(trainer, state, data, config, epoch):
     train_x, train_y, test_x, test_y = data
     order = input_pipeline.epoch_permutation(keys[_SHUFFLE], train_x.shape[0])
     t0 = time.perf_counter()
-    state, tr = _run_batches(trainer.train_step, state, train_x, train_y, order, config.batch_size,
-                             keys[_TRAIN], kw, train=True, desc=f"epoch {epoch}", progress=config.progress)
+    state, tr, step_losses = _run_batches(trainer.train_step, state, train_x, train_y, order, config.batch_size,
+                                          keys[_TRAIN], kw, train=True, desc=f"epoch {epoch}",
+                                          progress=config.progress)
     train_time = time.perf_counter() - t0
+    if not math.isfinite(tr["loss"]):
+        bad = first_nonfinite(step_losses)
+        where = f"step {bad + 1} of {len(step_losses)}" if bad is not None else "the epoch's sum"
+        raise FloatingPointError(f"non-finite training loss at epoch {epoch}, {where}: lower --lr or check the data")
     test_order = jnp.arange(test_x.shape[0], dtype=jnp.int32)
-    _, te = _run_batches(trainer.eval_step, state, test_x, test_y, test_order, config.batch_size,
-                         keys[_EVAL], kw, train=False, desc="test", progress=False)
+    _, te, _ = _run_batches(trainer.eval_step, state, test_x, test_y, test_order, config.batch_size,
+                            keys[_EVAL], kw, train=False, desc="test", progress=False)
+    if not math.isfinite(te["loss"]):
+        raise FloatingPointError(f"non-finite test loss at epoch {epoch} (train loss {tr['loss']}): "
+                                 "lower --lr or check the data")
     metrics = {"epoch": epoch, "kl_weight": kw,
                "train_loss": tr["loss"], "train_recon": tr["recon"], "train_kl": tr["kl"],
                "test_loss": te["loss"], "test_recon": te["recon"], "test_kl": te["kl"],
                "train_time_s": train_time}
     return state, metrics
+
+
+def check_model_fits(config: Config, image_shape):
+    """ConfigError unless the model runs on images of `image_shape`.
+
+    Traced with abstract values only (jax.eval_shape): nothing is initialized or computed.
+    """
+    def loss():
+        model = build_model(config, image_shape, rngs=nnx.Rngs(0))
+        model.eval()
+        x, y = jnp.zeros((1, *image_shape), jnp.float32), jnp.zeros((1,), jnp.int32)
+        return loss_terms(model, x, y, jax.random.key(0), recon=config.recon, beta=config.beta, kl_weight=1.0)[0]
+
+    try:
+        jax.eval_shape(loss)
+    except (TypeError, ValueError) as e:
+        detail = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(
+            f"--model {config.model} does not fit the {config.dataset} images of shape {tuple(image_shape)} "
+            f"({type(e).__name__}: {detail}) -- use ae, vae, cvae or conv_vae28 for 28x28 images, "
+            "celeba_vae for 64x64 RGB") from None
 
 
 def load_data(config: Config):
@@ -248,8 +309,9 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
         raise ConfigError(f"--model cvae needs labels, and dataset {config.dataset!r} has none: use mnist or digits")
     data = (*device_arrays(train_ds), *device_arrays(test_ds))
     image_shape = train_ds.images.shape[1:]
-    run.write_config(image_shape)
 
+    check_model_fits(config, image_shape)
+    run.write_config(image_shape)  # only once the options and the data are known to work
     root = jax.random.key(config.seed)
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)))
     trainer = Trainer(model, config)
@@ -259,11 +321,13 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
     history = run.read_metrics()
     t_run = time.perf_counter()
     for epoch in range(start_epoch + 1, config.epochs + 1):
-        state, m = train_epoch(trainer, state, data, config, epoch)
-        if not all(math.isfinite(m[k]) for k in ("train_loss", "test_loss")):
+        try:
+            state, m = train_epoch(trainer, state, data, config, epoch)
+        except FloatingPointError as e:
+            kept = run.latest_epoch() if config.checkpoint else 0
             raise FloatingPointError(
-                f"non-finite loss at epoch {epoch} (train {m['train_loss']}, test {m['test_loss']}): "
-                f"lower --lr or check the data; the last good checkpoint (epoch {epoch - 1}) is kept")
+                f"{e}; " + (f"the last good checkpoint (epoch {kept}) in {workdir} is kept" if kept
+                            else "no checkpoint was written")) from None
         history.append(m)
         run.append_metrics(m)
         if config.checkpoint:
@@ -302,11 +366,15 @@ def restore_run(workdir):
     path = workdir / "config.json"
     if not path.exists():
         raise CheckpointError(f"no run in {workdir}: config.json is missing -- pass the --workdir of a `vae-jax train` run")
-    saved = json.loads(path.read_text())
-    image_shape = tuple(saved.pop("image_shape"))
+    saved = checkpoints.read_config(path)
     fields = {f.name for f in dataclasses.fields(Config)}
-    config = Config(**{k: v for k, v in saved.items() if k in fields})
-    run = checkpoints.RunDir(workdir, config, resume=True)
+    try:
+        image_shape = tuple(int(d) for d in saved.pop("image_shape"))
+        config = Config(**{k: v for k, v in saved.items() if k in fields}).validate()
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e}) -- restore it from the run's "
+                              "original config.json or train again") from None
+    run = checkpoints.RunDir(workdir, config, resume=True, read_only=True)
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), _INIT)))
     trainer = Trainer(model, config)
     state, epoch = run.restore(trainer.init_state)

@@ -1,6 +1,8 @@
 """MNIST without torchvision: the original IDX files -> TensorDatasets / the chapter's loaders."""
 import gzip
+import math
 import os
+import zlib
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ def read_idx(path):
     if raw[:2] == b'\x1f\x8b':
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise ValueError('%s: bad or truncated gzip data (%s)' % (path, e)) from None
     if len(raw) < 4:
         raise ValueError('%s: truncated: %d bytes, no IDX header' % (path, len(raw)))
@@ -41,7 +43,7 @@ def read_idx(path):
     if len(raw) < header:
         raise ValueError('%s: truncated: %d bytes, header needs %d' % (path, len(raw), header))
     shape = tuple(int.from_bytes(raw[4 + 4 * k:8 + 4 * k], 'big') for k in range(ndim))
-    expected = header + int(np.prod(shape))
+    expected = header + math.prod(shape)  # Python ints: np.prod overflows on a corrupt header
     if len(raw) < expected:
         raise ValueError('%s: truncated: %d bytes, header %s needs %d'
                          % (path, len(raw), shape, expected))
