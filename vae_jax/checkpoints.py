@@ -19,7 +19,7 @@ import numpy as np
 from vae_jax.errors import CheckpointError, ConfigError
 
 # Fields that may differ between a run and its resumption.
-_RESUMABLE = {"epochs", "progress", "figures", "iwae_k", "checkpoint", "data_dir"}
+_RESUMABLE = {"epochs", "progress", "figures", "iwae_k", "checkpoint", "data_dir", "devices"}
 
 
 def _atomic_write(path: Path, text: str):

@@ -93,6 +93,8 @@ def _parser():
     t.add_argument("--train-limit", type=_positive_int, default=None, help="use the first N training images")
     t.add_argument("--test-limit", type=_positive_int, default=None, help="use the first N test images")
     t.add_argument("--iwae-k", type=_nonneg_int, default=0, help="importance-sampled NLL with k samples at the end")
+    t.add_argument("--devices", type=_positive_int, default=1,
+                   help="data-parallel over N devices (global batch = --batch-size); see README")
     t.add_argument("--workdir", default=None, help="run directory (default runs/<model>_<dataset>_seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     t.add_argument("--no-figures", action="store_true")

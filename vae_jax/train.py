@@ -46,6 +46,7 @@ class Config:
     train_limit: Optional[int] = None  # use only the first N training images (tests, quick runs)
     test_limit: Optional[int] = None
     iwae_k: int = 0  # >0: importance-sampled log-likelihood with k samples after training
+    devices: int = 1  # data parallelism over this many devices; batch_size stays the GLOBAL batch
     checkpoint: bool = True
     figures: bool = True
     progress: bool = True
@@ -59,7 +60,7 @@ class Config:
             raise ConfigError(f"unknown reconstruction loss {self.recon!r}: use one of {', '.join(losses.RECON_KINDS)}")
         if self.binarize not in ("none", "dynamic"):
             raise ConfigError(f"unknown binarization {self.binarize!r}: use 'none' or 'dynamic'")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "devices"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         for name in ("latent_dim", "hidden_dim", "train_limit", "test_limit"):
@@ -70,6 +71,10 @@ class Config:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if not (self.beta >= 0 and math.isfinite(self.beta)):
             raise ConfigError(f"--beta must be a non-negative number, got {self.beta}")
+        if int(self.devices) > jax.device_count():
+            raise ConfigError(f"--devices {self.devices} asks for more devices than JAX sees ({jax.device_count()}): "
+                              f"on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={self.devices}, "
+                              "or lower --devices")
         if self.kl_anneal_epochs < 0 or self.iwae_k < 0:
             raise ConfigError("--kl-anneal-epochs and --iwae-k must be >= 0")
         if self.iwae_k and (self.model == "ae" or self.recon not in ("bce", "bce_logits")):
@@ -136,6 +141,32 @@ class Trainer:
                            "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
         self.train_step = jax.jit(self._train_step)
         self.eval_step = jax.jit(self._eval_step)
+        self.mesh = None
+
+    def shard(self, devices: int):
+        """Data parallelism over the first `devices` devices (one host or many after
+        jax.distributed.initialize()): state and data replicated, each batch's indices split along
+        the mesh's 'data' axis, so XLA partitions the step and all-reduces the gradients. The batch
+        is the GLOBAL batch: results equal a single-device run up to float summation order."""
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+        have = jax.device_count()
+        if devices > have:
+            raise ConfigError(f"--devices {devices} asks for more devices than JAX sees ({have}): on CPU set "
+                              f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}, or lower --devices")
+        self.mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
+        self._replicated = NamedSharding(self.mesh, P())
+        self._split = NamedSharding(self.mesh, P("data"))
+
+    def replicate(self, tree):
+        return tree if self.mesh is None else jax.device_put(tree, self._replicated)
+
+    def place_batch(self, idx):
+        """Split a batch's indices over the mesh (replicated when its size does not divide evenly)."""
+        if self.mesh is None:
+            return idx
+        n = self.mesh.devices.size
+        return jax.device_put(idx, self._split if idx.shape[0] % n == 0 else self._replicated)
 
     def merge(self, state, train=False):
         return nnx.merge(self.graphdef if train else self.eval_graphdef, state["params"], state["batch_stats"])
@@ -183,7 +214,8 @@ def _test_step_sleep() -> float:
         return 0.0
 
 
-def _run_batches(step_fn, state, images, labels, order, batch_size, key, kl_weight, *, train, desc, progress):
+def _run_batches(step_fn, state, images, labels, order, batch_size, key, kl_weight, *, train, desc, progress,
+                 place=lambda idx: idx):
     """Run step_fn over the batches of `order`; return (state, per-sample means of the sums, losses).
 
     `losses` holds each step's loss sum as an on-device scalar (nothing is synchronized per step);
@@ -199,10 +231,11 @@ def _run_batches(step_fn, state, images, labels, order, batch_size, key, kl_weig
         bar = tqdm(total=len(slices), desc=desc, leave=False, dynamic_ncols=True)
     for i, (a, b) in enumerate(slices):
         k = jax.random.fold_in(key, i)
+        idx = place(order[a:b])
         if train:
-            state, m = step_fn(state, images, labels, order[a:b], k, kl_weight)
+            state, m = step_fn(state, images, labels, idx, k, kl_weight)
         else:
-            m = step_fn(state, images, labels, order[a:b], k, kl_weight)
+            m = step_fn(state, images, labels, idx, k, kl_weight)
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
         losses.append(m["loss"])
         if sleep:
@@ -235,7 +268,7 @@ def train_epoch(trainer, state, data, config, epoch):
     t0 = time.perf_counter()
     state, tr, step_losses = _run_batches(trainer.train_step, state, train_x, train_y, order, config.batch_size,
                                           keys[_TRAIN], kw, train=True, desc=f"epoch {epoch}",
-                                          progress=config.progress)
+                                          progress=config.progress, place=trainer.place_batch)
     train_time = time.perf_counter() - t0
     if not math.isfinite(tr["loss"]):
         bad = first_nonfinite(step_losses)
@@ -243,7 +276,8 @@ def train_epoch(trainer, state, data, config, epoch):
         raise FloatingPointError(f"non-finite training loss at epoch {epoch}, {where}: lower --lr or check the data")
     test_order = jnp.arange(test_x.shape[0], dtype=jnp.int32)
     _, te, _ = _run_batches(trainer.eval_step, state, test_x, test_y, test_order, config.batch_size,
-                            keys[_EVAL], kw, train=False, desc="test", progress=False)
+                            keys[_EVAL], kw, train=False, desc="test", progress=False,
+                            place=trainer.place_batch)
     if not math.isfinite(te["loss"]):
         raise FloatingPointError(f"non-finite test loss at epoch {epoch} (train loss {tr['loss']}): "
                                  "lower --lr or check the data")
@@ -316,6 +350,9 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)))
     trainer = Trainer(model, config)
     state, start_epoch = run.restore(trainer.init_state)
+    if config.devices > 1:
+        trainer.shard(config.devices)
+        state, data = trainer.replicate(state), trainer.replicate(data)
     if start_epoch:
         log(f"resumed from epoch {start_epoch} in {workdir}")
     history = run.read_metrics()
