@@ -37,7 +37,9 @@ def main(argv=None):
             js = train.train_and_evaluate(cfg, d, log=lambda s: print("[jax]", s))
         t_jax = time.perf_counter() - t0
         t0 = time.perf_counter()
-        th = train_torch(a.data_dir, epochs=a.epochs, seed=seed)
+        # num_workers=0: the same shuffled batches as the chapter's 2 workers (workers change speed only;
+        # on 2 busy cores they thrash)
+        th = train_torch(a.data_dir, epochs=a.epochs, seed=seed, num_workers=0)
         t_torch = time.perf_counter() - t0
         rows.append({"seed": seed, "jax_test_loss": js["final"]["test_loss"], "torch_test_loss": th[-1]["test_loss"],
                      "jax_wall_s": t_jax, "torch_wall_s": t_torch})

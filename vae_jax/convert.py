@@ -40,10 +40,21 @@ _RULES = {
 }
 
 
+def _rules_for(module):
+    """The rules of the first _RULES type `module` is an instance of (subclasses such as
+    SubPixelConvTranspose map like their base class)."""
+    rules = _RULES.get(type(module))
+    if rules is None:
+        for cls, r in _RULES.items():
+            if isinstance(module, cls):
+                return r
+    return rules
+
+
 def _entries(model):
     """Yield (torch key, module, flax attribute, to_torch, from_torch) for every tensor."""
     for path, module in nnx.iter_modules(model):
-        rules = _RULES.get(type(module))
+        rules = _rules_for(module)
         if rules is None:
             continue
         prefix = ".".join(str(p) for p in path if p != "layers")

@@ -28,7 +28,7 @@ def kl_divergence_gaussian(mu, logvar):
     return -0.5 * jnp.sum(1 + logvar - jnp.square(mu) - jnp.exp(logvar), axis=-1)
 
 
-_BCE_EPS = 1e-12  # torch's EPSILON in binary_cross_entropy_backward
+_BCE_EPS = 9.999999960041972e-13  # torch's EPSILON in binary_cross_entropy_backward: float32(1e-12), also in float64
 
 
 @jax.custom_vjp

@@ -52,23 +52,152 @@ def Linear(din, dout, *, rngs, param_dtype=jnp.float32):
     return nnx.Linear(din, dout, kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs)
 
 
-def Conv2d(cin, cout, *, rngs, param_dtype=jnp.float32):
-    """torch Conv2d(cin, cout, kernel_size=4, stride=2, padding=1) in NHWC."""
+# Which form the k4 s2 p1 layers compute with (the parameters are the same either way):
+#   "lax":      nnx.Conv / nnx.ConvTranspose (XLA's strided / transposed convolution)
+#   "subpixel": SubPixelConvTranspose (stride-1 3x3 conv to 4*cout channels + depth-to-space)
+#   "s2d":      SpaceToDepthConv (space-to-depth + stride-1 2x2 conv)
+#   "auto":     per layer, the form scripts/bench_tconv.py measured faster (forward+backward,
+#               batch 128, XLA:CPU): sub-pixel for the transposed convs without output_padding
+#               and with cout >= 32 (3-8x faster: XLA:CPU's transposed-conv weight gradient is
+#               slow), lax for the 3->7 output_padding layer and the last (cout 1 or 3) layers;
+#               space-to-depth for strided convs on an odd-sized input (ConvVAE's 7 -> 3 layer,
+#               ~5x), lax for the others.
+# Every form is an exact rewrite of the same linear map (float summation order aside).
+TCONV_IMPL = "auto"
+CONV_IMPL = "auto"
+
+
+def _tconv_form(impl, cout, output_padding):
+    impl = impl or TCONV_IMPL
+    if impl == "auto":
+        return "subpixel" if (not output_padding and cout >= 32) else "lax"
+    return impl
+
+
+def subpixel_kernel(kernel):
+    """Flax ConvTranspose kernel (4, 4, cin, cout) (torch's, spatially flipped) -> the equivalent
+    stride-1 kernel (3, 3, cin, 4 * cout), output channels ordered (row phase, col phase, cout).
+
+    1-D, torch weight w, flipped kf[j] = w[3 - j]: y[2m] = x[m] w1 + x[m-1] w3 and
+    y[2m+1] = x[m+1] w0 + x[m] w2, so over the window (x[m-1], x[m], x[m+1]) the taps are
+    phase 0: (kf0, kf2, 0) and phase 1: (0, kf1, kf3).
+    """
+    cin, cout = kernel.shape[2], kernel.shape[3]
+    z = jnp.zeros((cin, cout), kernel.dtype)
+    taps = ((0, 2, None), (None, 1, 3))  # phase -> flipped-kernel index at window position 0, 1, 2
+    phases = []
+    for r in (0, 1):
+        for c in (0, 1):
+            phases.append(jnp.stack([jnp.stack([z if (taps[r][a] is None or taps[c][b] is None)
+                                                else kernel[taps[r][a], taps[c][b]] for b in range(3)])
+                                     for a in range(3)]))  # (3, 3, cin, cout)
+    return jnp.stack(phases, axis=-2).reshape(3, 3, cin, 4 * cout)
+
+
+def subpixel_conv_transpose(x, kernel, bias=None, *, output_padding=0, precision=None,
+                            preferred_element_type=None):
+    """torch ConvTranspose2d(k=4, s=2, p=1, output_padding) on NHWC `x` with a Flax (flipped)
+    kernel, as a stride-1 3x3 convolution producing 4*cout channels followed by depth-to-space.
+    output_padding=1: one more zero row/column of input at the high end, output cropped to 2H+1."""
+    b, h, w, _ = x.shape
+    cout = kernel.shape[-1]
+    e = 1 if output_padding else 0
+    y = jax.lax.conv_general_dilated(x, subpixel_kernel(kernel), (1, 1), ((1, 1 + e), (1, 1 + e)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
+                                     preferred_element_type=preferred_element_type)
+    ho, wo = y.shape[1], y.shape[2]
+    y = y.reshape(b, ho, wo, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * ho, 2 * wo, cout)
+    if e:
+        y = y[:, :2 * h + 1, :2 * w + 1]
+    return y if bias is None else y + bias
+
+
+def space_to_depth_conv(x, kernel, bias=None, *, precision=None, preferred_element_type=None):
+    """torch Conv2d(k=4, s=2, p=1) on NHWC `x` with a Flax HWIO kernel, as space-to-depth of the
+    padded input followed by a stride-1 2x2 VALID convolution (kernel (2, 2, 4*cin, cout)).
+
+    1-D: y[i] = sum_k xp[2i + k] w[k] = (xp[2i], xp[2i+1]).(w0, w1) + (xp[2i+2], xp[2i+3]).(w2, w3),
+    xp the input padded by 1 low and to length 2 * out + 2 high (out = (H - 2) // 2 + 1).
+    """
+    b, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    oh, ow = (h - 2) // 2 + 1, (w - 2) // 2 + 1
+    xp = jnp.pad(x, ((0, 0), (1, 2 * oh + 1 - h), (1, 2 * ow + 1 - w), (0, 0)))
+    s = xp.reshape(b, oh + 1, 2, ow + 1, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(b, oh + 1, ow + 1, 4 * cin)
+    k = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * cin, cout)
+    y = jax.lax.conv_general_dilated(s, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=precision, preferred_element_type=preferred_element_type)
+    return y if bias is None else y + bias
+
+
+class SubPixelConvTranspose(nnx.ConvTranspose):
+    """nnx.ConvTranspose (k4 s2, padding _TCONV_PAD or _TCONV_PAD_OUT1) computed in sub-pixel form.
+
+    Same parameters (kernel (4, 4, cin, cout), bias) and state layout as nnx.ConvTranspose, so
+    vae_jax.convert and checkpoints treat it as one; only __call__ differs.
+    """
+
+    def __call__(self, inputs):
+        pad = tuple(tuple(p) for p in self.padding)
+        if pad not in (_TCONV_PAD, _TCONV_PAD_OUT1) or inputs.ndim != 4:
+            return super().__call__(inputs)
+        kernel = self.kernel[...]
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        return subpixel_conv_transpose(inputs, kernel, bias, output_padding=int(pad == _TCONV_PAD_OUT1),
+                                       precision=self.precision,
+                                       preferred_element_type=self.preferred_element_type)
+
+
+class SpaceToDepthConv(nnx.Conv):
+    """nnx.Conv (k4 s2 p1) computed as space-to-depth + stride-1 2x2 conv; same parameters.
+
+    odd_only=True: only for inputs of odd height or width (where it is faster on XLA:CPU);
+    nnx.Conv's form otherwise. Decided from the static input shape at trace time.
+    """
+
+    def __init__(self, *args, odd_only=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.odd_only = odd_only
+
+    def __call__(self, inputs, out_sharding=None):
+        if inputs.ndim != 4 or (self.odd_only and inputs.shape[1] % 2 == 0 and inputs.shape[2] % 2 == 0):
+            return super().__call__(inputs)
+        kernel = self.kernel[...]
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        return space_to_depth_conv(inputs, kernel, bias, precision=self.precision,
+                                   preferred_element_type=self.preferred_element_type)
+
+
+def Conv2d(cin, cout, *, rngs, param_dtype=jnp.float32, impl=None):
+    """torch Conv2d(cin, cout, kernel_size=4, stride=2, padding=1) in NHWC.
+
+    impl: "lax" (nnx.Conv), "s2d" (SpaceToDepthConv) or "auto" (SpaceToDepthConv on odd-sized
+    inputs only); None: CONV_IMPL. Same parameters whichever.
+    """
     init = _torch_uniform(cin * 16)
-    return nnx.Conv(cin, cout, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                    kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs)
+    impl = impl or CONV_IMPL
+    kw = dict(kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs)
+    if impl in ("s2d", "auto"):
+        return SpaceToDepthConv(cin, cout, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                                odd_only=impl == "auto", **kw)
+    return nnx.Conv(cin, cout, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), **kw)
 
 
-def ConvTranspose2d(cin, cout, *, output_padding=0, rngs, param_dtype=jnp.float32):
+def ConvTranspose2d(cin, cout, *, output_padding=0, rngs, param_dtype=jnp.float32, impl=None):
     """torch ConvTranspose2d(cin, cout, kernel_size=4, stride=2, padding=1) in NHWC.
 
     Kernel layout (kh, kw, cin, cout), spatially flipped relative to torch's (cin, cout, kh, kw).
     torch computes fan_in of a transposed conv from weight.size(1) = cout, so does this init.
+    impl: "lax" (nnx.ConvTranspose), "subpixel" (SubPixelConvTranspose) or "auto" (see
+    TCONV_IMPL); None: TCONV_IMPL. Same parameters whichever.
     """
     init = _torch_uniform(cout * 16)
     pad = _TCONV_PAD_OUT1 if output_padding else _TCONV_PAD
-    return nnx.ConvTranspose(cin, cout, (4, 4), strides=(2, 2), padding=pad,
-                             kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs)
+    cls = SubPixelConvTranspose if _tconv_form(impl, cout, output_padding) == "subpixel" else nnx.ConvTranspose
+    return cls(cin, cout, (4, 4), strides=(2, 2), padding=pad,
+               kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs)
 
 
 class BatchNorm2d(nnx.Module):

@@ -1,0 +1,60 @@
+"""The sub-pixel transposed conv and the space-to-depth conv equal the lax forms they replace,
+and vae_jax.convert maps them like their base classes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from vae_jax import convert
+from vae_jax import models as M
+
+
+@pytest.mark.parametrize("cin,cout,h,op", [(5, 3, 7, 0), (5, 3, 3, 1), (4, 6, 8, 0), (2, 1, 14, 0), (3, 2, 4, 1)])
+def test_subpixel_equals_conv_transpose(cin, cout, h, op):
+    a = M.ConvTranspose2d(cin, cout, output_padding=op, rngs=nnx.Rngs(0), impl="lax")
+    b = M.ConvTranspose2d(cin, cout, output_padding=op, rngs=nnx.Rngs(0), impl="subpixel")
+    assert isinstance(b, M.SubPixelConvTranspose)
+    x = jax.random.normal(jax.random.key(1), (2, h, h, cin))
+    with jax.default_matmul_precision("highest"):
+        ya, yb = a(x), b(x)
+        ga = _grads(a, x)
+        gb = _grads(b, x)
+    assert ya.shape == yb.shape == (2, 2 * h + op, 2 * h + op, cout)
+    np.testing.assert_allclose(yb, ya, atol=1e-5, rtol=1e-5)
+    for u, v in zip(gb, ga):
+        np.testing.assert_allclose(u, v, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cin,cout,h", [(1, 4, 28), (3, 5, 14), (4, 6, 7), (2, 3, 64), (2, 3, 8), (2, 3, 5)])
+def test_space_to_depth_equals_conv(cin, cout, h):
+    a = M.Conv2d(cin, cout, rngs=nnx.Rngs(0), impl="lax")
+    b = M.Conv2d(cin, cout, rngs=nnx.Rngs(0), impl="s2d")
+    assert isinstance(b, M.SpaceToDepthConv)
+    x = jax.random.normal(jax.random.key(1), (2, h, h, cin))
+    with jax.default_matmul_precision("highest"):
+        ya, yb = a(x), b(x)
+        ga = _grads(a, x)
+        gb = _grads(b, x)
+    assert ya.shape == yb.shape
+    np.testing.assert_allclose(yb, ya, atol=1e-5, rtol=1e-5)
+    for u, v in zip(gb, ga):
+        np.testing.assert_allclose(u, v, atol=1e-4, rtol=1e-4)
+
+
+def _grads(layer, x):
+    """Gradients of a nonlinear function of the output w.r.t. (kernel, bias, input)."""
+    graphdef, params = nnx.split(layer, nnx.Param)
+    gp, gx = jax.grad(lambda p, x: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x))), (0, 1))(params, x)
+    return gp["kernel"][...], gp["bias"][...], gx
+
+
+def test_convert_maps_subclasses():
+    class Both(nnx.Module):
+        def __init__(self):
+            self.t = M.ConvTranspose2d(5, 3, rngs=nnx.Rngs(0), impl="subpixel")
+            self.c = M.Conv2d(2, 3, rngs=nnx.Rngs(0), impl="s2d")
+
+    sd = convert.to_numpy_state_dict(Both())
+    assert {k: v.shape for k, v in sd.items()} == {"c.bias": (3,), "c.weight": (3, 2, 4, 4),
+                                                   "t.bias": (3,), "t.weight": (5, 3, 4, 4)}
