@@ -41,7 +41,7 @@ TOLERANCES: dict[tuple[str, str], Tol] = {
     (F32, "forward"): Tol("abs", 1e-5, (
         "encode (mu, logvar), decode, decode_logits, the full forward with injected eps, in eval "
         "and (CelebAVAE) train mode; BatchNorm running_mean/var after train-mode passes. "
-        "Measured <= 2.5e-6 (CelebAVAE), <= 5e-7 (the rest)")),
+        "Measured <= 3e-6 (CelebAVAE), <= 5e-7 (the rest)")),
     (F32, "loss"): Tol("rel", 1e-6, (
         "total / recon of every loss variant, computed op by op (eager) from identical inputs: "
         "test_losses.py. Measured <= 2e-7")),
@@ -60,7 +60,7 @@ TOLERANCES: dict[tuple[str, str], Tol] = {
     # its value (measured up to 4e-6 for ConvVAE's 128-d latent). Judged relative to the size of
     # what is summed, 0.5 * sum(1 + |logvar| + mu^2 + exp(logvar)) -- the backward-stable scale.
     (F32, "kl"): Tol("rel_scale", 1e-6, "KL, relative to 0.5 * sum(1 + |logvar| + mu^2 + exp(logvar)). "
-                     "Measured <= 1.2e-8"),
+                     "Measured <= 5e-8"),
     (F32, "grad"): Tol("rel", 1e-5, (
         "d total / d parameter, per parameter tensor in torch layout, every loss variant. Measured "
         "<= 5.5e-6. Compared only on batches where no ReLU input changes sign between the frameworks "
@@ -84,23 +84,24 @@ TOLERANCES: dict[tuple[str, str], Tol] = {
     # rule itself, fed identical gradients, agrees to float32 rounding ("adam_rule").
     (F32, "adam"): Tol("abs", ADAM_HARD_BOUND, (
         "parameters after 5 Adam steps: Adam's step bound 2 * 1.01 * lr * steps. Measured: MLPs "
-        "<= 1.5e-3 (a few sign-ambiguous elements; 99.9 % of elements within 2e-7), conv models "
-        "<= 6.6e-3 (chaotic)")),
+        "and ConvVAE28 <= 1.4e-3 (a few sign-ambiguous elements; 99.9 % of elements within 3e-7), "
+        "ConvVAE <= 6.6e-3 and CelebAVAE <= 4.4e-3 (chaotic; 99.9th percentile ~2e-3)")),
     (F32, "adam_loss"): Tol("rel", 5e-4, (
         "loss of each Adam step: step 0 has identical parameters (measured <= 1.5e-6, the jit "
-        "sum); later steps follow the parameters (measured <= 1.1e-4, CelebAVAE)")),
+        "sum); later steps follow the parameters (measured <= 2.1e-4, CelebAVAE)")),
     (F32, "adam_bn_stats"): Tol("abs", 2e-2, (
         "CelebAVAE running_mean/var after the Adam steps (running_mean net of the BatchNorm-fed "
-        "bias difference): they follow the float32 parameter trajectories. Measured <= 6.3e-3")),
+        "bias difference): they follow the float32 parameter trajectories. Measured <= 1.6e-3 "
+        "(batch 2; 6.3e-3 with batch 4)")),
     (F32, "adam_bn_bias"): Tol("abs", ADAM_HARD_BOUND, "CelebAVAE BatchNorm-fed biases after Adam: "
-                               "noise-driven, Adam's step bound. Measured <= 9e-3"),
+                               "noise-driven, Adam's step bound. Measured <= 9.3e-3"),
     # Optimizer alone: optax.adam and torch.optim.Adam fed the SAME gradients (including zero,
     # sub-eps and huge elements) for 5 steps: only the update formula's rounding differs.
     (F32, "adam_rule"): Tol("rel", 1e-6, "identical gradients, 5 steps, lr 1e-3: parameters, relative to "
                             "max|parameter| (one float32 ulp of a parameter is 6e-8 of it). Measured <= 4e-8"),
     (F32, "exact"): Tol("exact", 0.0, "num_batches_tracked, the Autoencoder's zero KL, conversion round trips"),
     # ============================================================================ float64
-    (F64, "forward"): Tol("abs", 1e-12, "as float32. Measured <= 1e-14"),
+    (F64, "forward"): Tol("abs", 1e-12, "as float32. Measured <= 7.3e-15"),
     (F64, "loss"): Tol("rel", 1e-12, "as float32. Measured <= 4e-16"),
     (F64, "loss_jit"): Tol("rel", 1e-12, "as float32 (jitted sums: eps64 * sqrt(n) ~ 1e-14). Measured <= 3e-15"),
     (F64, "kl"): Tol("rel_scale", 1e-12, "as float32. Measured <= 1e-16"),
@@ -118,8 +119,8 @@ TOLERANCES: dict[tuple[str, str], Tol] = {
     # is still amplified by lr / eps = 1e5 in Adam's update: ~1e-7 per step, i.e. far from +-lr but
     # above the other parameters' 1e-11.
     (F64, "adam_bn_bias"): Tol("abs", 1e-6, "CelebAVAE BatchNorm-fed biases after Adam: lr * noise / eps "
-                               "per step. Measured <= 1.9e-7"),
-    (F64, "adam_rule"): Tol("rel", 1e-14, "as float32. Measured <= 1e-16"),
+                               "per step. Measured <= 2e-7"),
+    (F64, "adam_rule"): Tol("rel", 1e-14, "as float32. Measured 0"),
     (F64, "exact"): Tol("exact", 0.0, "as float32"),
 }
 
