@@ -171,13 +171,18 @@ class Trainer:
     def merge(self, state, train=False):
         return nnx.merge(self.graphdef if train else self.eval_graphdef, state["params"], state["batch_stats"])
 
+    def _batch(self, images, labels, idx, key):
+        """(x, y, eps_key) of the batch images[idx]; dynamic binarization draws from the step's key."""
+        x, y = images[idx], labels[idx]
+        bin_key, eps_key = jax.random.split(key)
+        if self.config.binarize == "dynamic":
+            x = jax.random.bernoulli(bin_key, x).astype(x.dtype)
+        return x, y, eps_key
+
     def _train_step(self, state, images, labels, idx, key, kl_weight):
         """One Adam step on the batch images[idx]: (state, batch, key) -> (state, metrics)."""
         cfg = self.config
-        x, y = images[idx], labels[idx]
-        bin_key, eps_key = jax.random.split(key)
-        if cfg.binarize == "dynamic":
-            x = jax.random.bernoulli(bin_key, x).astype(x.dtype)
+        x, y, eps_key = self._batch(images, labels, idx, key)
 
         def loss_fn(params):
             model = nnx.merge(self.graphdef, params, state["batch_stats"], copy=True)
@@ -193,10 +198,7 @@ class Trainer:
     def _eval_step(self, state, images, labels, idx, key, kl_weight):
         """Loss sums on images[idx] in eval mode, z sampled as in the chapter's test_epoch."""
         cfg = self.config
-        x, y = images[idx], labels[idx]
-        bin_key, eps_key = jax.random.split(key)
-        if cfg.binarize == "dynamic":
-            x = jax.random.bernoulli(bin_key, x).astype(x.dtype)
+        x, y, eps_key = self._batch(images, labels, idx, key)
         model = self.merge(state)
         total, (rec, kl) = loss_terms(model, x, y, eps_key, recon=cfg.recon, beta=cfg.beta, kl_weight=kl_weight)
         return {"loss": total, "recon": rec, "kl": kl}
