@@ -224,5 +224,20 @@ def main(argv=None):
         return 1
 
 
+def console_main():
+    """The `vae-jax` console script: main(), and on failure an immediate exit.
+
+    After a failed restore, orbax/tensorstore background threads can still print a traceback
+    while the interpreter shuts down ("Event loop is closed"), breaking the one-line contract; on
+    an error nothing is left to write (checkpoints are written synchronously), so exit at once.
+    """
+    code = main()
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())
