@@ -122,6 +122,12 @@ class RunDir:
         self.manager.save(epoch, args=ocp.args.StandardSave(state))
         self.manager.wait_until_finished()
 
+    def _close_quietly(self):
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001 -- best effort on an already failed restore
+            pass
+
     def restore(self, init_state):
         """(state, epoch): the latest checkpoint, or init_state and 0 when there is none."""
         import orbax.checkpoint as ocp
@@ -144,6 +150,7 @@ class RunDir:
             with _quiet_unraisable():
                 state = self.manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # noqa: BLE001 -- tensorstore raises bare Exceptions for damaged data
+            self._close_quietly()  # let orbax's background work end before the error goes up
             raise CheckpointError(f"{where} is damaged: its arrays cannot be read ({type(e).__name__}) -- "
                                   "restore the folder, or delete this epoch's folder to resume from the "
                                   "one before") from None

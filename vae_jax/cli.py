@@ -235,6 +235,10 @@ def console_main():
     if code:
         sys.stdout.flush()
         sys.stderr.flush()
+        # the one error line is out: silence whatever background threads still print, then leave
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        sys.stderr = sys.__stderr__ = open(os.devnull, "w")
         os._exit(code)
     return code
 
