@@ -293,24 +293,7 @@ def nhwc(a):
 
 # ------------------------------------------------------------------------ torch's eps injection
 
-@contextlib.contextmanager
-def inject_eps(eps: torch.Tensor, expected_draws: int = 1):
-    """Within the block, torch.randn_like(t) returns `eps` (shape and dtype must match t)."""
-    real = torch.randn_like
-    draws = []
-
-    def fake(t, *args, **kwargs):
-        assert tuple(t.shape) == tuple(eps.shape) and t.dtype == eps.dtype, (
-            f"randn_like{tuple(t.shape)} {t.dtype} but injected eps is {tuple(eps.shape)} {eps.dtype}")
-        draws.append(1)
-        return eps.clone()
-
-    torch.randn_like = fake
-    try:
-        yield
-    finally:
-        torch.randn_like = real
-    assert len(draws) == expected_draws, f"torch drew eps {len(draws)} times, expected {expected_draws}"
+from vae_torch_ref.noise import inject_eps  # noqa: E402,F401 -- re-exported for the suite
 
 
 # ------------------------------------------------------------------- JAX: one jitted case

@@ -73,8 +73,7 @@ def peak_rss_mb():
 
 def torch_model(name):
     from vae_torch_ref import models as TM
-    return {"ae": TM.Autoencoder, "vae": TM.VAE, "cvae": TM.CVAE, "conv_vae28": TM.ConvVAE28,
-            "celeba_vae": TM.CelebAVAE}[name]()
+    return TM.MODELS[name]()
 
 
 def torch_loss_fn(name, model, recon):

@@ -22,7 +22,7 @@ from vae_torch_ref import models as tm
 from vae_torch_ref import train as tt
 from vae_torch_ref.data import mnist_loaders
 
-MODELS = {"vae": tm.VAE, "ae": tm.Autoencoder, "cvae": tm.CVAE, "conv_vae28": tm.ConvVAE28}
+MODELS = {k: tm.MODELS[k] for k in ("vae", "ae", "cvae", "conv_vae28")}  # the MNIST models
 
 
 def train_torch(data_dir, *, model="vae", epochs=10, batch_size=128, lr=1e-3, seed=0, workdir=None,

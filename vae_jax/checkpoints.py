@@ -87,11 +87,14 @@ class RunDir:
 
     def _check_same_config(self, saved):
         cur = dataclasses.asdict(self.config)
+        defaults = {f.name: f.default for f in dataclasses.fields(self.config)}  # fields newer than the run
         for k in sorted(cur):
-            if k not in _RESUMABLE and saved.get(k) != cur.get(k):
+            resumable = k in _RESUMABLE and not (k == "epochs" and cur.get("lr_schedule", "constant") != "constant")
+            if not resumable and saved.get(k, defaults.get(k)) != cur.get(k):
                 raise CheckpointError(
                     f"cannot resume {self.dir}: it was trained with {k}={saved.get(k)!r}, this run asks for "
-                    f"{k}={cur.get(k)!r} -- use the same options or another --workdir")
+                    f"{k}={cur.get(k)!r}" + (" (--lr-schedule cosine fixes the schedule's length)"
+                                             if k == "epochs" else "") + " -- use the same options or another --workdir")
 
     @property
     def manager(self):
@@ -122,12 +125,6 @@ class RunDir:
         self.manager.save(epoch, args=ocp.args.StandardSave(state))
         self.manager.wait_until_finished()
 
-    def _close_quietly(self):
-        try:
-            self.manager.close()
-        except Exception:  # noqa: BLE001 -- best effort on an already failed restore
-            pass
-
     def restore(self, init_state):
         """(state, epoch): the latest checkpoint, or init_state and 0 when there is none."""
         import orbax.checkpoint as ocp
@@ -150,7 +147,8 @@ class RunDir:
             with _quiet_unraisable():
                 state = self.manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # noqa: BLE001 -- tensorstore raises bare Exceptions for damaged data
-            self._close_quietly()  # let orbax's background work end before the error goes up
+            # The manager is left open: closing it closes the asyncio loop that reads still in flight
+            # report to, and their callbacks then print "Event loop is closed" tracebacks.
             raise CheckpointError(f"{where} is damaged: its arrays cannot be read ({type(e).__name__}) -- "
                                   "restore the folder, or delete this epoch's folder to resume from the "
                                   "one before") from None

@@ -61,6 +61,9 @@ def _parser():
     t.add_argument("--model", default="vae", choices=list(models.MODELS))
     t.add_argument("--dataset", default="digits",
                    help="digits (embedded, no download), mnist, fashion_mnist, binarized_mnist, celeb_a, image_folder")
+    t.add_argument("--test-dataset", default=None,
+                   help="evaluate on this dataset's test split instead (same image shape), e.g. train on mnist "
+                        "with --binarize dynamic and test on binarized_mnist")
     t.add_argument("--data-dir", default=None, help="folder with the original files or a prepared tfds data_dir")
     t.add_argument("--latent-dim", type=_positive_int, default=None)
     t.add_argument("--hidden-dim", type=_positive_int, default=None)
@@ -71,6 +74,8 @@ def _parser():
     t.add_argument("--epochs", type=_positive_int, default=10)
     t.add_argument("--batch-size", type=_positive_int, default=128)
     t.add_argument("--lr", type=_positive_float, default=1e-3)
+    t.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="cosine: decay --lr to 0 over --epochs (a resume must keep --epochs)")
     t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--train-limit", type=_positive_int, default=None, help="use the first N training images")
     t.add_argument("--test-limit", type=_positive_int, default=None, help="use the first N test images")
@@ -198,47 +203,52 @@ def _run(args):
     raise AssertionError(args.command)
 
 
-def main(argv=None):
+def main(argv=None, *, console=False):
+    """Run one command; on failure write ONE line to stderr and return the exit code.
+
+    console=True (the `vae-jax` script, which exits right after): stderr is silenced before the
+    line is written to a saved copy of it, so nothing a library's background thread prints late
+    (orbax/tensorstore after a failed restore) can join it.
+    """
     args = _parser().parse_args(argv)
+
+    def fail(line, code):
+        if console:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            err = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            sys.stderr = sys.__stderr__ = open(os.devnull, "w")
+            os.write(err, (line + "\n").encode())
+        else:
+            print(line, file=sys.stderr)
+        return code
+
     try:
         return _run(args)
     except VaeJaxError as e:
-        print(f"vae-jax: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return fail(f"vae-jax: error: {_one_line(e)}", 2)
     except FloatingPointError as e:
-        print(f"vae-jax: error: {_one_line(e)}", file=sys.stderr)
-        return 3
+        return fail(f"vae-jax: error: {_one_line(e)}", 3)
     except KeyboardInterrupt:
-        print("vae-jax: interrupted; the last epoch's checkpoint is kept (resume with --resume)", file=sys.stderr)
-        return 130
+        return fail("vae-jax: interrupted; the last epoch's checkpoint is kept (resume with --resume)", 130)
     except OSError as e:  # the disk, not the options: full, read-only, a path that vanished
         where = f" {e.filename}" if e.filename else ""
-        print(f"vae-jax: error: cannot access{where}: {e.strerror or _one_line(e)} -- check the path, its "
-              "permissions and the free space", file=sys.stderr)
-        return 2
+        return fail(f"vae-jax: error: cannot access{where}: {e.strerror or _one_line(e)} -- check the path, its "
+                    "permissions and the free space", 2)
     except Exception as e:  # noqa: BLE001 -- last resort: one line instead of a traceback
         if os.environ.get("VAE_JAX_DEBUG"):
             raise
-        print(f"vae-jax: internal error: {type(e).__name__}: {_one_line(e)[:300]} -- this is a bug, please "
-              "report it with the command line (VAE_JAX_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 1
+        return fail(f"vae-jax: internal error: {type(e).__name__}: {_one_line(e)[:300]} -- this is a bug, please "
+                    "report it with the command line (VAE_JAX_DEBUG=1 shows the traceback)", 1)
 
 
 def console_main():
-    """The `vae-jax` console script: main(), and on failure an immediate exit.
-
-    After a failed restore, orbax/tensorstore background threads can still print a traceback
-    while the interpreter shuts down ("Event loop is closed"), breaking the one-line contract; on
-    an error nothing is left to write (checkpoints are written synchronously), so exit at once.
-    """
-    code = main()
+    """The `vae-jax` console script: main(console=True), and on failure an immediate exit
+    (everything the run wrote is already on disk: checkpoints are written synchronously)."""
+    code = main(console=True)
     if code:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # the one error line is out: silence whatever background threads still print, then leave
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        sys.stderr = sys.__stderr__ = open(os.devnull, "w")
         os._exit(code)
     return code
 

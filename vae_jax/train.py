@@ -32,6 +32,7 @@ _INIT, _SHUFFLE, _TRAIN, _EVAL = 0, 1, 2, 3
 class Config:
     model: str = "vae"
     dataset: str = "digits"
+    test_dataset: Optional[str] = None  # evaluate on another dataset's test split (same image shape)
     data_dir: Optional[str] = None
     latent_dim: Optional[int] = None  # None: the chapter's default for the model
     hidden_dim: Optional[int] = None  # MLP models only
@@ -42,6 +43,7 @@ class Config:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # "constant" | "cosine" (to 0 over `epochs`; fixes --epochs for a resume)
     seed: int = 0
     train_limit: Optional[int] = None  # use only the first N training images (tests, quick runs)
     test_limit: Optional[int] = None
@@ -56,6 +58,10 @@ class Config:
             raise ConfigError(f"unknown model {self.model!r}: use one of {', '.join(models.MODELS)}")
         if self.dataset not in input_pipeline.DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}: use one of {', '.join(input_pipeline.DATASETS)}")
+        if self.test_dataset is not None and self.test_dataset not in input_pipeline.DATASETS:
+            raise ConfigError(f"unknown test dataset {self.test_dataset!r}: use one of {', '.join(input_pipeline.DATASETS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown learning-rate schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
         if self.recon not in losses.RECON_KINDS:
             raise ConfigError(f"unknown reconstruction loss {self.recon!r}: use one of {', '.join(losses.RECON_KINDS)}")
         if self.binarize not in ("none", "dynamic"):
@@ -81,6 +87,16 @@ class Config:
             raise ConfigError(f"--iwae-k needs a VAE with a Bernoulli decoder, not --model {self.model} "
                               f"--recon {self.recon}: drop --iwae-k or use another model/--recon")
         return self
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(config: Config, steps_per_epoch: Optional[int]):
+    """Adam's learning rate: the constant --lr, or a cosine decay from --lr to 0 over the run's steps."""
+    if config.lr_schedule == "constant" or not steps_per_epoch:
+        return config.lr
+    return optax.cosine_decay_schedule(config.lr, decay_steps=int(config.epochs) * int(steps_per_epoch))
 
 
 def build_model(config: Config, image_shape, num_classes=10, *, rngs):
@@ -129,14 +145,16 @@ class Trainer:
     state = {"params", "batch_stats", "opt_state", "step"}
     """
 
-    def __init__(self, model, config: Config):
+    def __init__(self, model, config: Config, steps_per_epoch: Optional[int] = None):
         self.config = config
         model.train()
         self.graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         model.eval()
         self.eval_graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
         model.train()
-        self.tx = optax.adam(config.lr)
+        if config.lr_schedule != "constant" and not steps_per_epoch:
+            raise ConfigError(f"--lr-schedule {config.lr_schedule} needs the number of steps per epoch")
+        self.tx = optax.adam(learning_rate(config, steps_per_epoch))
         self.init_state = {"params": params, "batch_stats": batch_stats,
                            "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
         self.train_step = jax.jit(self._train_step)
@@ -179,14 +197,17 @@ class Trainer:
             x = jax.random.bernoulli(bin_key, x).astype(x.dtype)
         return x, y, eps_key
 
-    def _train_step(self, state, images, labels, idx, key, kl_weight):
-        """One Adam step on the batch images[idx]: (state, batch, key) -> (state, metrics)."""
+    def _train_step(self, state, images, labels, idx, key, kl_weight, eps=None):
+        """One Adam step on the batch images[idx]: (state, batch, key) -> (state, metrics).
+
+        eps: the reparameterization noise, when given (cross-framework comparisons); else drawn from key."""
         cfg = self.config
         x, y, eps_key = self._batch(images, labels, idx, key)
 
         def loss_fn(params):
             model = nnx.merge(self.graphdef, params, state["batch_stats"], copy=True)
-            total, aux = loss_terms(model, x, y, eps_key, recon=cfg.recon, beta=cfg.beta, kl_weight=kl_weight)
+            total, aux = loss_terms(model, x, y, eps_key, recon=cfg.recon, beta=cfg.beta, kl_weight=kl_weight,
+                                    eps=eps)
             return total, (aux, nnx.state(model, nnx.BatchStat))
 
         (total, ((rec, kl), batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -314,7 +335,11 @@ def check_model_fits(config: Config, image_shape):
 def load_data(config: Config):
     """(train, test) Datasets for the config; labels default to zeros when the data has none."""
     train = input_pipeline.load_dataset(config.dataset, "train", config.data_dir)
-    test = input_pipeline.load_dataset(config.dataset, "test", config.data_dir)
+    test = input_pipeline.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir)
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise ConfigError(f"--test-dataset {config.test_dataset} has images of shape {test.images.shape[1:]}, "
+                          f"the training data {config.dataset} {train.images.shape[1:]} -- use a test dataset "
+                          "with the same image shape")
     if config.train_limit:
         train = dataclasses.replace(train, images=train.images[: config.train_limit],
                                     labels=None if train.labels is None else train.labels[: config.train_limit])
@@ -350,7 +375,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
     run.write_config(image_shape)  # only once the options and the data are known to work
     root = jax.random.key(config.seed)
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)))
-    trainer = Trainer(model, config)
+    trainer = Trainer(model, config, steps_per_epoch=steps_per_epoch(config, train_ds))
     state, start_epoch = run.restore(trainer.init_state)
     if config.devices > 1:
         trainer.shard(config.devices)
@@ -396,6 +421,10 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
     return summary
 
 
+def steps_per_epoch(config: Config, train_ds) -> int:
+    return len(input_pipeline.batch_slices(len(train_ds.images), config.batch_size))
+
+
 def restore_run(workdir):
     """(model in eval mode, config, image_shape) of the latest checkpoint of a run directory."""
     from vae_jax import checkpoints
@@ -415,7 +444,7 @@ def restore_run(workdir):
                               "original config.json or train again") from None
     run = checkpoints.RunDir(workdir, config, resume=True, read_only=True)
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), _INIT)))
-    trainer = Trainer(model, config)
+    trainer = Trainer(model, config, steps_per_epoch=1)  # the schedule only shapes opt_state
     state, epoch = run.restore(trainer.init_state)
     if not epoch:
         raise CheckpointError(f"no checkpoint in {workdir}/checkpoints -- train first (vae-jax train --workdir {workdir})")

@@ -423,3 +423,8 @@ class CVAE(nn.Module):
             y_onehot = y_onehot.expand(num_samples, -1)
         samples = self.decode(z, y_onehot)
         return samples
+
+
+# Not in the chapter: the reference classes under the names vae_jax.models.MODELS uses.
+MODELS = {"ae": Autoencoder, "vae": VAE, "cvae": CVAE, "conv_vae": ConvVAE, "conv_vae28": ConvVAE28,
+          "celeba_vae": CelebAVAE}
