@@ -200,3 +200,42 @@ def test_end_to_end_on_tfds_mock_data(tmp_path):
         s = train.train_and_evaluate(cfg, tmp_path / "run", log=lambda s: None)
     assert s["epochs"] == 2 and np.isfinite(s["final"]["test_loss"])
     assert all(Path(p).stat().st_size > 2000 for p in s["figures"].values())
+
+
+def test_cosine_schedule_decays_to_zero_and_fixes_epochs_for_a_resume(tmp_path):
+    cfg = train.Config(**dict(QUICK, lr_schedule="cosine", epochs=3, figures=False))
+    lr = train.learning_rate(cfg, steps_per_epoch=5)
+    assert float(lr(0)) == pytest.approx(1e-3) and float(lr(15)) == pytest.approx(0.0, abs=1e-12)
+    assert 0 < float(lr(7)) < 1e-3
+    assert train.learning_rate(train.Config(), steps_per_epoch=5) == 1e-3  # constant: a number
+    # the schedule is what trains: cosine and constant runs diverge after the first step
+    const = train.train_and_evaluate(train.Config(**dict(QUICK, epochs=1, figures=False)), tmp_path / "c",
+                                     log=lambda s: None)["final"]
+    cos = train.train_and_evaluate(train.Config(**dict(QUICK, epochs=1, figures=False, lr_schedule="cosine")),
+                                   tmp_path / "s", log=lambda s: None)["final"]
+    assert cos["train_loss"] != const["train_loss"]
+    with pytest.raises(CheckpointError, match="epochs=1.*epochs=2.*cosine"):
+        train.train_and_evaluate(train.Config(**dict(QUICK, epochs=2, figures=False, lr_schedule="cosine")),
+                                 tmp_path / "s", resume=True, log=lambda s: None)
+    # a constant-lr run may be extended
+    train.train_and_evaluate(train.Config(**dict(QUICK, epochs=2, figures=False)), tmp_path / "c",
+                             resume=True, log=lambda s: None)
+
+
+@needs_data
+def test_test_dataset_evaluates_on_another_split(tmp_path):
+    """Train on dynamically binarized grayscale MNIST, test on the static binarized MNIST test set."""
+    cfg = dict(QUICK, epochs=1, figures=False, checkpoint=False, dataset="mnist", data_dir=DATA)
+    a = train.train_and_evaluate(train.Config(**cfg, binarize="dynamic", test_dataset="binarized_mnist"),
+                                 tmp_path / "a", log=lambda s: None)
+    b = train.train_and_evaluate(train.Config(**cfg, binarize="dynamic"), tmp_path / "b", log=lambda s: None)
+    assert a["final"]["train_loss"] == b["final"]["train_loss"]  # same training ...
+    assert a["final"]["test_loss"] != b["final"]["test_loss"]  # ... other test images
+    _, test = train.load_data(train.Config(dataset="mnist", data_dir=DATA, test_dataset="binarized_mnist"))
+    assert set(np.unique(test.images)) == {0.0, 1.0} and len(test.images) == 10000
+    from PIL import Image
+    (tmp_path / "imgs" / "test").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / "imgs" / "test" / f"{i}.png")
+    with pytest.raises(ConfigError, match="same image shape"):  # 28x28x1 digits, 64x64x3 images
+        train.load_data(train.Config(dataset="digits", test_dataset="image_folder", data_dir=str(tmp_path / "imgs")))
