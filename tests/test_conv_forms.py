@@ -10,8 +10,31 @@ from vae_jax import convert
 from vae_jax import models as M
 
 
+@pytest.fixture(params=["matmul", "lax"])
+def s1_impl(request, monkeypatch):
+    """Both ways the sub-pixel / space-to-depth forms compute their stride-1 convolution."""
+    monkeypatch.setattr(M, "CONV_S1_IMPL", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("kh,kw,pad", [(3, 3, ((1, 1), (1, 1))), (3, 3, ((1, 2), (1, 2))), (2, 2, ((0, 0), (0, 0))),
+                                       (2, 3, ((0, 1), (2, 0)))])
+def test_conv_s1_matmul_equals_lax_convolution(kh, kw, pad):
+    x = jax.random.normal(jax.random.key(0), (3, 6, 5, 4))
+    k = jax.random.normal(jax.random.key(1), (kh, kw, 4, 7))
+    with jax.default_matmul_precision("highest"):
+        a = M.conv_s1(x, k, pad, impl="lax")
+        b = M.conv_s1(x, k, pad, impl="matmul")
+        ga = jax.grad(lambda x, k: jnp.sum(jnp.sin(M.conv_s1(x, k, pad, impl="lax"))), (0, 1))(x, k)
+        gb = jax.grad(lambda x, k: jnp.sum(jnp.sin(M.conv_s1(x, k, pad, impl="matmul"))), (0, 1))(x, k)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
+    for u, v in zip(gb, ga):
+        np.testing.assert_allclose(u, v, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("cin,cout,h,op", [(5, 3, 7, 0), (5, 3, 3, 1), (4, 6, 8, 0), (2, 1, 14, 0), (3, 2, 4, 1)])
-def test_subpixel_equals_conv_transpose(cin, cout, h, op):
+def test_subpixel_equals_conv_transpose(cin, cout, h, op, s1_impl):
     a = M.ConvTranspose2d(cin, cout, output_padding=op, rngs=nnx.Rngs(0), impl="lax")
     b = M.ConvTranspose2d(cin, cout, output_padding=op, rngs=nnx.Rngs(0), impl="subpixel")
     assert isinstance(b, M.SubPixelConvTranspose)
@@ -27,7 +50,7 @@ def test_subpixel_equals_conv_transpose(cin, cout, h, op):
 
 
 @pytest.mark.parametrize("cin,cout,h", [(1, 4, 28), (3, 5, 14), (4, 6, 7), (2, 3, 64), (2, 3, 8), (2, 3, 5)])
-def test_space_to_depth_equals_conv(cin, cout, h):
+def test_space_to_depth_equals_conv(cin, cout, h, s1_impl):
     a = M.Conv2d(cin, cout, rngs=nnx.Rngs(0), impl="lax")
     b = M.Conv2d(cin, cout, rngs=nnx.Rngs(0), impl="s2d")
     assert isinstance(b, M.SpaceToDepthConv)

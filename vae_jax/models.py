@@ -56,12 +56,13 @@ def Linear(din, dout, *, rngs, param_dtype=jnp.float32):
 #   "lax":      nnx.Conv / nnx.ConvTranspose (XLA's strided / transposed convolution)
 #   "subpixel": SubPixelConvTranspose (stride-1 3x3 conv to 4*cout channels + depth-to-space)
 #   "s2d":      SpaceToDepthConv (space-to-depth + stride-1 2x2 conv)
-#   "auto":     per layer, the form scripts/bench_tconv.py measured faster (forward+backward,
-#               batch 128, XLA:CPU): sub-pixel for the transposed convs without output_padding
-#               and with cout >= 32 (3-8x faster: XLA:CPU's transposed-conv weight gradient is
-#               slow), lax for the 3->7 output_padding layer and the last (cout 1 or 3) layers;
-#               space-to-depth for strided convs on an odd-sized input (ConvVAE's 7 -> 3 layer,
-#               ~5x), lax for the others.
+#   "auto":     per layer, the form measured faster for a whole training step (batch 128, XLA:CPU,
+#               profiled with jax.profiler; scripts/bench.py): sub-pixel for the transposed convs with
+#               cout >= 32 (output_padding included), lax for the last (cout 1 or 3) layers; space-to-
+#               depth for strided convs on an odd-sized input (ConvVAE's 7 -> 3 layer), lax for the
+#               others. XLA:CPU's own transposed conv (and a strided conv's input gradient, which is
+#               one) runs 5-10x slower than these matmul forms. ConvVAE28 step: 391 ms with the
+#               stride-1 convs as lax convolutions, 150 ms as im2col matmuls (CONV_S1_IMPL below).
 # Every form is an exact rewrite of the same linear map (float summation order aside).
 TCONV_IMPL = "auto"
 CONV_IMPL = "auto"
@@ -70,8 +71,28 @@ CONV_IMPL = "auto"
 def _tconv_form(impl, cout, output_padding):
     impl = impl or TCONV_IMPL
     if impl == "auto":
-        return "subpixel" if (not output_padding and cout >= 32) else "lax"
+        return "subpixel" if cout >= 32 else "lax"
     return impl
+
+
+# How the stride-1 convolutions of the sub-pixel and space-to-depth forms are computed:
+#   "lax":    lax.conv_general_dilated (XLA's convolution)
+#   "matmul": im2col -- the kh*kw shifted windows concatenated on the channel axis -- and one
+#             matmul with the (kh*kw*cin, cout) kernel; the backward pass is a matmul and pads.
+CONV_S1_IMPL = "matmul"
+
+
+def conv_s1(x, kernel, padding, *, precision=None, preferred_element_type=None, impl=None):
+    """Stride-1 NHWC convolution with an HWIO kernel and explicit ((lo, hi), (lo, hi)) padding."""
+    if (impl or CONV_S1_IMPL) == "lax":
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            precision=precision, preferred_element_type=preferred_element_type)
+    kh, kw, cin, cout = kernel.shape
+    xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    cols = jnp.concatenate([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+    return jnp.dot(cols, kernel.reshape(kh * kw * cin, cout), precision=precision,
+                   preferred_element_type=preferred_element_type)
 
 
 def subpixel_kernel(kernel):
@@ -102,9 +123,8 @@ def subpixel_conv_transpose(x, kernel, bias=None, *, output_padding=0, precision
     b, h, w, _ = x.shape
     cout = kernel.shape[-1]
     e = 1 if output_padding else 0
-    y = jax.lax.conv_general_dilated(x, subpixel_kernel(kernel), (1, 1), ((1, 1 + e), (1, 1 + e)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
-                                     preferred_element_type=preferred_element_type)
+    y = conv_s1(x, subpixel_kernel(kernel), ((1, 1 + e), (1, 1 + e)), precision=precision,
+                preferred_element_type=preferred_element_type)
     ho, wo = y.shape[1], y.shape[2]
     y = y.reshape(b, ho, wo, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * ho, 2 * wo, cout)
     if e:
@@ -125,8 +145,7 @@ def space_to_depth_conv(x, kernel, bias=None, *, precision=None, preferred_eleme
     xp = jnp.pad(x, ((0, 0), (1, 2 * oh + 1 - h), (1, 2 * ow + 1 - w), (0, 0)))
     s = xp.reshape(b, oh + 1, 2, ow + 1, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(b, oh + 1, ow + 1, 4 * cin)
     k = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * cin, cout)
-    y = jax.lax.conv_general_dilated(s, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     precision=precision, preferred_element_type=preferred_element_type)
+    y = conv_s1(s, k, ((0, 0), (0, 0)), precision=precision, preferred_element_type=preferred_element_type)
     return y if bias is None else y + bias
 
 
