@@ -59,8 +59,9 @@ def Linear(din, dout, *, rngs, param_dtype=jnp.float32):
 #   "auto":     per layer, the form measured faster for a whole training step (batch 128, XLA:CPU,
 #               profiled with jax.profiler; scripts/bench.py): sub-pixel for the transposed convs with
 #               cout >= 32 (output_padding included), lax for the last (cout 1 or 3) layers; space-to-
-#               depth for strided convs on an odd-sized input (ConvVAE's 7 -> 3 layer), lax for the
-#               others. XLA:CPU's own transposed conv (and a strided conv's input gradient, which is
+#               depth for strided convs on an odd-sized input (ConvVAE's 7 -> 3 layer) or one of at
+#               least 32 rows (CelebA's first two: their lax weight gradients dominated the
+#               profile), lax for the others. XLA:CPU's own transposed conv (and a strided conv's input gradient, which is
 #               one) runs 5-10x slower than these matmul forms. ConvVAE28 step: 391 ms with the
 #               stride-1 convs as lax convolutions, 150 ms as im2col matmuls (CONV_S1_IMPL below).
 # Every form is an exact rewrite of the same linear map (float summation order aside).
@@ -168,11 +169,15 @@ class SubPixelConvTranspose(nnx.ConvTranspose):
                                        preferred_element_type=self.preferred_element_type)
 
 
+S2D_MIN_SIZE = 32  # "auto": space-to-depth also for even inputs this large (CelebA's 64 and 32)
+
+
 class SpaceToDepthConv(nnx.Conv):
     """nnx.Conv (k4 s2 p1) computed as space-to-depth + stride-1 2x2 conv; same parameters.
 
-    odd_only=True: only for inputs of odd height or width (where it is faster on XLA:CPU);
-    nnx.Conv's form otherwise. Decided from the static input shape at trace time.
+    odd_only=True ("auto"): only for inputs of odd height or width, or of at least S2D_MIN_SIZE
+    rows (where it measured faster on XLA:CPU); nnx.Conv's form otherwise. Decided from the static
+    input shape at trace time.
     """
 
     def __init__(self, *args, odd_only=False, **kwargs):
@@ -180,7 +185,8 @@ class SpaceToDepthConv(nnx.Conv):
         self.odd_only = odd_only
 
     def __call__(self, inputs, out_sharding=None):
-        if inputs.ndim != 4 or (self.odd_only and inputs.shape[1] % 2 == 0 and inputs.shape[2] % 2 == 0):
+        h, w = inputs.shape[1:3] if inputs.ndim == 4 else (0, 0)
+        if inputs.ndim != 4 or (self.odd_only and h % 2 == 0 and w % 2 == 0 and h < S2D_MIN_SIZE):
             return super().__call__(inputs)
         kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
