@@ -38,15 +38,8 @@ def test_subpixel_equals_conv_transpose(cin, cout, h, op, s1_impl):
     a = M.ConvTranspose2d(cin, cout, output_padding=op, rngs=nnx.Rngs(0), impl="lax")
     b = M.ConvTranspose2d(cin, cout, output_padding=op, rngs=nnx.Rngs(0), impl="subpixel")
     assert isinstance(b, M.SubPixelConvTranspose)
-    x = jax.random.normal(jax.random.key(1), (2, h, h, cin))
-    with jax.default_matmul_precision("highest"):
-        ya, yb = a(x), b(x)
-        ga = _grads(a, x)
-        gb = _grads(b, x)
-    assert ya.shape == yb.shape == (2, 2 * h + op, 2 * h + op, cout)
-    np.testing.assert_allclose(yb, ya, atol=1e-5, rtol=1e-5)
-    for u, v in zip(gb, ga):
-        np.testing.assert_allclose(u, v, atol=1e-4, rtol=1e-4)
+    ya, yb = _assert_same_layer(a, b, (2, h, h, cin))
+    assert ya.shape == (2, 2 * h + op, 2 * h + op, cout)
 
 
 @pytest.mark.parametrize("cin,cout,h", [(1, 4, 28), (3, 5, 14), (4, 6, 7), (2, 3, 64), (2, 3, 8), (2, 3, 5)])
@@ -54,7 +47,12 @@ def test_space_to_depth_equals_conv(cin, cout, h, s1_impl):
     a = M.Conv2d(cin, cout, rngs=nnx.Rngs(0), impl="lax")
     b = M.Conv2d(cin, cout, rngs=nnx.Rngs(0), impl="s2d")
     assert isinstance(b, M.SpaceToDepthConv)
-    x = jax.random.normal(jax.random.key(1), (2, h, h, cin))
+    _assert_same_layer(a, b, (2, h, h, cin))
+
+
+def _assert_same_layer(a, b, shape):
+    """Layers a and b (same parameters) give the same output and the same gradients; returns both outputs."""
+    x = jax.random.normal(jax.random.key(1), shape)
     with jax.default_matmul_precision("highest"):
         ya, yb = a(x), b(x)
         ga = _grads(a, x)
@@ -63,6 +61,7 @@ def test_space_to_depth_equals_conv(cin, cout, h, s1_impl):
     np.testing.assert_allclose(yb, ya, atol=1e-5, rtol=1e-5)
     for u, v in zip(gb, ga):
         np.testing.assert_allclose(u, v, atol=1e-4, rtol=1e-4)
+    return ya, yb
 
 
 def _grads(layer, x):

@@ -89,7 +89,7 @@ class RunDir:
         cur = dataclasses.asdict(self.config)
         defaults = {f.name: f.default for f in dataclasses.fields(self.config)}  # fields newer than the run
         for k in sorted(cur):
-            resumable = k in _RESUMABLE and not (k == "epochs" and cur.get("lr_schedule", "constant") != "constant")
+            resumable = k in _RESUMABLE and not (k == "epochs" and cur["lr_schedule"] != "constant")
             if not resumable and saved.get(k, defaults.get(k)) != cur.get(k):
                 raise CheckpointError(
                     f"cannot resume {self.dir}: it was trained with {k}={saved.get(k)!r}, this run asks for "

@@ -61,9 +61,9 @@ def Linear(din, dout, *, rngs, param_dtype=jnp.float32):
 #               cout >= 32 (output_padding included), lax for the last (cout 1 or 3) layers; space-to-
 #               depth for strided convs on an odd-sized input (ConvVAE's 7 -> 3 layer) or one of at
 #               least 32 rows (CelebA's first two: their lax weight gradients dominated the
-#               profile), lax for the others. XLA:CPU's own transposed conv (and a strided conv's input gradient, which is
-#               one) runs 5-10x slower than these matmul forms. ConvVAE28 step: 391 ms with the
-#               stride-1 convs as lax convolutions, 150 ms as im2col matmuls (CONV_S1_IMPL below).
+#               profile), lax for the others. XLA:CPU's own transposed conv (and a strided conv's
+#               input gradient, which is one) is the slow part: a ConvVAE28 step takes 349 ms in
+#               the lax forms and 153 ms in these, with CONV_S1_IMPL = "matmul" (scripts/bench.py).
 # Every form is an exact rewrite of the same linear map (float summation order aside).
 TCONV_IMPL = "auto"
 CONV_IMPL = "auto"

@@ -94,8 +94,10 @@ LR_SCHEDULES = ("constant", "cosine")
 
 def learning_rate(config: Config, steps_per_epoch: Optional[int]):
     """Adam's learning rate: the constant --lr, or a cosine decay from --lr to 0 over the run's steps."""
-    if config.lr_schedule == "constant" or not steps_per_epoch:
+    if config.lr_schedule == "constant":
         return config.lr
+    if not steps_per_epoch:
+        raise ConfigError(f"--lr-schedule {config.lr_schedule} needs the number of steps per epoch")
     return optax.cosine_decay_schedule(config.lr, decay_steps=int(config.epochs) * int(steps_per_epoch))
 
 
@@ -152,8 +154,6 @@ class Trainer:
         model.eval()
         self.eval_graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
         model.train()
-        if config.lr_schedule != "constant" and not steps_per_epoch:
-            raise ConfigError(f"--lr-schedule {config.lr_schedule} needs the number of steps per epoch")
         self.tx = optax.adam(learning_rate(config, steps_per_epoch))
         self._init_state = {"params": params, "batch_stats": batch_stats,
                             "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
