@@ -144,7 +144,7 @@ class RunDir:
             raise CheckpointError(f"{where} does not fit this model: {mismatch} -- use the options it was "
                                   "trained with, or another --workdir")
         try:
-            with _quiet_unraisable():
+            with _quiet_unraisable(), _held_stderr():
                 state = self.manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # noqa: BLE001 -- tensorstore raises bare Exceptions for damaged data
             # The manager is left open: closing it closes the asyncio loop that reads still in flight
@@ -211,6 +211,31 @@ def _mismatch(saved: dict, expected: dict) -> str:
     if extra:
         return f"it holds {extra[0]!r} of shape {tuple(saved[extra[0]].shape)}, which the model does not have"
     return ""
+
+
+class _held_stderr:
+    """Hold what is written to fd 2 during the block; pass it on when the block succeeds, drop it when
+    it raises (a damaged checkpoint: tensorstore's threads print asyncio tracebacks while the read
+    fails, and the caller reports the failure in one line instead)."""
+
+    def __enter__(self):
+        import tempfile
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        self.tmp = tempfile.TemporaryFile()
+        os.dup2(self.tmp.fileno(), 2)
+
+    def __exit__(self, exc_type, *exc):
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        if exc_type is None:
+            self.tmp.seek(0)
+            held = self.tmp.read()
+            if held:
+                os.write(2, held)
+        self.tmp.close()
+        return False
 
 
 class _quiet_unraisable:
