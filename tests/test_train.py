@@ -239,3 +239,76 @@ def test_test_dataset_evaluates_on_another_split(tmp_path):
         Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / "imgs" / "test" / f"{i}.png")
     with pytest.raises(ConfigError, match="same image shape"):  # 28x28x1 digits, 64x64x3 images
         train.load_data(train.Config(dataset="digits", test_dataset="image_folder", data_dir=str(tmp_path / "imgs")))
+
+
+def _vae_batch(seed=0, b=6, latent=4):
+    from flax import nnx
+    from vae_jax import models
+    model = models.VAE(input_dim=784, hidden_dim=32, latent_dim=latent, rngs=nnx.Rngs(seed))
+    x = (jax.random.uniform(jax.random.key(seed + 1), (b, 28, 28, 1)) > 0.5).astype(jnp.float32)
+    return model, x, jnp.zeros((b,), jnp.int32)
+
+
+def test_iwae_objective_of_identical_samples_is_the_single_sample_elbo():
+    """k copies of one eps: the IWAE bound equals log p(x|z) + log p(z) - log q(z|x), computed here in numpy."""
+    model, x, y = _vae_batch()
+    eps1 = jax.random.normal(jax.random.key(5), (1, 6, 4))
+    total, (rec, kl) = train.loss_terms(model, x, y, None, recon="bce_logits", beta=1.0, kl_weight=1.0,
+                                        eps=jnp.tile(eps1, (3, 1, 1)), k=3)
+    xf = np.asarray(x).reshape(6, -1).astype(np.float64)
+    mu, logvar = (np.asarray(a, np.float64) for a in model.encode(x.reshape(6, -1)))
+    z = mu + np.exp(0.5 * logvar) * np.asarray(eps1[0], np.float64)
+    logits = np.asarray(model.decode_logits(jnp.asarray(z, jnp.float32)), np.float64)
+    log_px_z = -np.sum(np.logaddexp(0, logits) - xf * logits, -1)
+    log_pz = -0.5 * np.sum(z ** 2 + np.log(2 * np.pi), -1)
+    log_qz = -0.5 * np.sum(np.asarray(eps1[0], np.float64) ** 2 + logvar + np.log(2 * np.pi), -1)
+    assert float(total) == pytest.approx(-np.sum(log_px_z + log_pz - log_qz), rel=1e-5)
+    assert float(rec) == pytest.approx(-np.sum(log_px_z), rel=1e-5)
+    assert float(kl) == pytest.approx(np.sum(-0.5 * (1 + logvar - mu ** 2 - np.exp(logvar))), rel=1e-5)
+
+
+def test_iwae_objective_is_tighter_than_the_mean_of_its_samples_and_k1_is_the_elbo():
+    from vae_jax import losses
+    model, x, y = _vae_batch(seed=3)
+    eps = jax.random.normal(jax.random.key(9), (8, 6, 4))
+    total8, _ = train.loss_terms(model, x, y, None, recon="bce_logits", beta=1.0, kl_weight=1.0, eps=eps, k=8)
+    xin = x.reshape(6, -1)
+    mu, logvar = model.encode(xin)
+    logw, _ = losses.importance_log_weights(model.decode_logits, xin, (), mu, logvar, eps)
+    assert float(total8) < -float(jnp.sum(jnp.mean(logw, 0)))  # log-mean-exp > mean (Jensen), per image
+    elbo, _ = train.loss_terms(model, x, y, None, recon="bce_logits", beta=1.0, kl_weight=1.0, eps=eps[0])
+    total1, _ = train.loss_terms(model, x, y, None, recon="bce_logits", beta=1.0, kl_weight=1.0, eps=eps[0], k=1)
+    assert float(total1) == float(elbo)
+
+
+def test_init_from_starts_from_another_runs_weights_with_fresh_adam(tmp_path, capsys):
+    from flax import nnx
+    src = tmp_path / "src"
+    train.train_and_evaluate(train.Config(**dict(QUICK, figures=False)), src, log=lambda s: None)
+    cfg = train.Config(**dict(QUICK, figures=False, train_k=4, init_from=str(src), lr=1e-12))
+    # a learning rate of 1e-12 keeps the weights where --init-from put them (to float32 rounding)
+    train.train_and_evaluate(cfg, tmp_path / "ft", log=lambda s: None)
+    a, b = _params(src), _params(tmp_path / "ft")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-9, err_msg=name)
+    model = train.build_model(train.Config(), (28, 28, 1), rngs=nnx.Rngs(0))
+    state = train.initial_weights_from(src, train.Trainer(model, train.Config()), train.Trainer(
+        model, train.Config()).init_state, train.Config(), (28, 28, 1))
+    assert all(float(jnp.abs(m).max()) == 0 for m in jax.tree.leaves(state["opt_state"][0].mu))
+    # a different model, or no run at all: one error line, and the new workdir is left without a run
+    for extra, fragment in ((["--init-from", str(src), "--latent-dim", "3"], "--latent-dim"),
+                            (["--init-from", str(tmp_path / "nowhere")], "no run there")):
+        work = tmp_path / f"bad{len(extra[1])}"
+        code, err = _cli(["train", "--workdir", str(work), "--epochs", "1", "--no-progress"] + extra, capsys)
+        assert code == 2 and len(err) == 1 and fragment in err[0], err
+        assert not (work / "config.json").exists()
+
+
+def test_train_k_is_refused_where_it_has_no_meaning():
+    with pytest.raises(ConfigError, match="--train-k"):
+        train.Config(model="ae", train_k=5).validate()
+    with pytest.raises(ConfigError, match="--train-k"):
+        train.Config(train_k=5, beta=4.0).validate()
+    with pytest.raises(ConfigError, match="--train-k"):
+        train.Config(train_k=0).validate()

@@ -80,6 +80,12 @@ def _parser():
     t.add_argument("--train-limit", type=_positive_int, default=None, help="use the first N training images")
     t.add_argument("--test-limit", type=_positive_int, default=None, help="use the first N test images")
     t.add_argument("--iwae-k", type=_nonneg_int, default=0, help="importance-sampled NLL with k samples at the end")
+    t.add_argument("--train-k", type=_positive_int, default=1,
+                   help="samples per image in the training objective: 1 = the ELBO (the chapter), "
+                        "k > 1 = the IWAE bound (Bernoulli VAEs); test losses stay the ELBO")
+    t.add_argument("--init-from", default=None,
+                   help="start from the weights of this run directory's latest checkpoint (fine-tuning; "
+                        "fresh Adam state); same model and image shape")
     t.add_argument("--devices", type=_positive_int, default=1,
                    help="data-parallel over N devices (global batch = --batch-size); see README")
     t.add_argument("--workdir", default=None, help="run directory (default runs/<model>_<dataset>_seed<seed>)")

@@ -14,9 +14,6 @@ from vae_jax import losses
 from vae_jax.errors import ConfigError
 from vae_jax.train import model_inputs
 
-_LOG2PI = math.log(2 * math.pi)
-
-
 def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_size=100, chunk=250,
              binarize_key=None):
     """Mean over images of -log p(x), estimated with k importance samples from q(z|x):
@@ -47,15 +44,7 @@ def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_si
         draw = lambda i: jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), ci),
                                            (chunk, mu.shape[-1]), mu.dtype)
         eps = jnp.swapaxes(jax.vmap(draw)(index), 0, 1)
-        z = mu + jnp.exp(0.5 * logvar) * eps  # (chunk, b, D)
-        zf = z.reshape(-1, z.shape[-1])
-        condf = tuple(jnp.tile(c, (chunk, 1)) for c in cond)
-        logits = m.decode_logits(zf, *condf)
-        xf = jnp.tile(xin, (chunk,) + (1,) * (xin.ndim - 1))
-        log_px_z = -losses.reconstruction_per_sample(logits, xf, "bce_logits").reshape(chunk, -1)
-        log_pz = -0.5 * jnp.sum(z ** 2 + _LOG2PI, -1)
-        log_qz = -0.5 * jnp.sum(eps ** 2 + logvar + _LOG2PI, -1)
-        logw = log_px_z + log_pz - log_qz
+        logw, _ = losses.importance_log_weights(m.decode_logits, xin, cond, mu, logvar, eps)
         logw = jnp.where(jnp.arange(chunk)[:, None] < valid, logw, -jnp.inf)  # last chunk may be partial
         return jax.nn.logsumexp(logw, axis=0)
 

@@ -17,6 +17,8 @@ Reconstruction terms (`recon=`):
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -88,3 +90,24 @@ def elbo(x_out, x, mu, logvar, *, recon="bce", beta=1.0, kl_weight=1.0):
 def vae_loss(x_recon, x, mu, logvar):
     """The chapter's vae_loss: BCE on probabilities (clamped) + analytic KL, summed."""
     return elbo(x_recon, x, mu, logvar, recon="bce")
+
+
+_LOG2PI = math.log(2 * math.pi)
+
+
+def importance_log_weights(decode_logits, x, cond, mu, logvar, eps):
+    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for z_i = mu + exp(logvar/2) * eps_i.
+
+    Bernoulli decoder; x: (B, ...) as the model takes it, cond: its extra inputs (B, ...) each,
+    eps: (k, B, D). Returns (log_w, log_px_z), each (k, B). The IWAE bound of an image is
+    logsumexp_i(log w_i) - log k: the ELBO for k = 1, log p(x) as k grows.
+    """
+    k = eps.shape[0]
+    z = mu + jnp.exp(0.5 * logvar) * eps  # (k, B, D)
+    condf = tuple(jnp.tile(c, (k,) + (1,) * (c.ndim - 1)) for c in cond)
+    logits = decode_logits(z.reshape(-1, z.shape[-1]), *condf)
+    xf = jnp.tile(x, (k,) + (1,) * (x.ndim - 1))
+    log_px_z = -reconstruction_per_sample(logits, xf, "bce_logits").reshape(k, -1)
+    log_pz = -0.5 * jnp.sum(jnp.square(z) + _LOG2PI, -1)
+    log_qz = -0.5 * jnp.sum(jnp.square(eps) + logvar + _LOG2PI, -1)
+    return log_px_z + log_pz - log_qz, log_px_z

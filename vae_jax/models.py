@@ -262,7 +262,7 @@ class BatchNorm2d(nnx.Module):
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale.value + self.bias.value
 
 
-def _draw_eps(key, shape, dtype, eps):
+def draw_eps(key, shape, dtype, eps):
     if eps is not None:
         return eps
     if key is None:
@@ -287,7 +287,7 @@ class _Gaussian(nnx.Module):
 
     def reparameterize(self, mu, logvar, key=None, eps=None):
         std = jnp.exp(0.5 * logvar)
-        return mu + std * _draw_eps(key, std.shape, std.dtype, eps)
+        return mu + std * draw_eps(key, std.shape, std.dtype, eps)
 
     def decode(self, z, *cond):
         return jax.nn.sigmoid(self.decode_logits(z, *cond))

@@ -48,6 +48,8 @@ class Config:
     train_limit: Optional[int] = None  # use only the first N training images (tests, quick runs)
     test_limit: Optional[int] = None
     iwae_k: int = 0  # >0: importance-sampled log-likelihood with k samples after training
+    train_k: int = 1  # samples per image in the training objective: 1 = the ELBO; >1 = the IWAE bound
+    init_from: Optional[str] = None  # start from the weights of another run's latest checkpoint (fine-tuning)
     devices: int = 1  # data parallelism over this many devices; batch_size stays the GLOBAL batch
     checkpoint: bool = True
     figures: bool = True
@@ -83,9 +85,15 @@ class Config:
                               "or lower --devices")
         if self.kl_anneal_epochs < 0 or self.iwae_k < 0:
             raise ConfigError("--kl-anneal-epochs and --iwae-k must be >= 0")
-        if self.iwae_k and (self.model == "ae" or self.recon not in ("bce", "bce_logits")):
-            raise ConfigError(f"--iwae-k needs a VAE with a Bernoulli decoder, not --model {self.model} "
-                              f"--recon {self.recon}: drop --iwae-k or use another model/--recon")
+        if int(self.train_k) < 1:
+            raise ConfigError(f"--train-k must be a positive integer, got {self.train_k}")
+        for name, on in (("iwae-k", self.iwae_k), ("train-k", self.train_k > 1)):
+            if on and (self.model == "ae" or self.recon not in ("bce", "bce_logits")):
+                raise ConfigError(f"--{name} needs a VAE with a Bernoulli decoder, not --model {self.model} "
+                                  f"--recon {self.recon}: drop --{name} or use another model/--recon")
+        if self.train_k > 1 and (self.beta != 1 or self.kl_anneal_epochs):
+            raise ConfigError("--train-k > 1 trains the IWAE bound, which has no KL term to weigh: "
+                              "drop --beta/--kl-anneal-epochs or use --train-k 1")
         return self
 
 
@@ -132,9 +140,20 @@ def model_inputs(model, x, y):
     return x, cond
 
 
-def loss_terms(model, x, y, key, *, recon, beta, kl_weight, eps=None):
-    """(total, (recon_loss, kl_loss)) summed over the batch: the one ELBO every model trains on."""
+def loss_terms(model, x, y, key, *, recon, beta, kl_weight, eps=None, k=1):
+    """(total, (recon_loss, kl_loss)) summed over the batch: the one ELBO every model trains on.
+
+    k > 1: total is minus the IWAE bound with k samples per image (Burda et al. 2016; Bernoulli
+    decoder, beta = kl_weight = 1), a tighter bound on -log p(x) than the ELBO; recon_loss is then
+    the mean over the k samples and kl_loss the analytic KL, reported as for the ELBO. eps: (k, B, D).
+    """
     x, cond = model_inputs(model, x, y)
+    if k > 1:
+        mu, logvar = model.encode(x, *cond)
+        eps = models.draw_eps(key, (k, *mu.shape), mu.dtype, eps)
+        logw, log_px_z = losses.importance_log_weights(model.decode_logits, x, cond, mu, logvar, eps)
+        total = -jnp.sum(jax.nn.logsumexp(logw, axis=0) - math.log(k))
+        return total, (-jnp.sum(log_px_z) / k, jnp.sum(losses.kl_divergence_gaussian(mu, logvar)))
     logits, mu, logvar = model.forward_logits(x, key, *cond, eps=eps)
     out = logits if recon == "bce_logits" else jax.nn.sigmoid(logits)
     total, rec, kl = losses.elbo(out, x, mu, logvar, recon=recon, beta=beta, kl_weight=kl_weight)
@@ -214,7 +233,7 @@ class Trainer:
         def loss_fn(params):
             model = nnx.merge(self.graphdef, params, state["batch_stats"], copy=True)
             total, aux = loss_terms(model, x, y, eps_key, recon=cfg.recon, beta=cfg.beta, kl_weight=kl_weight,
-                                    eps=eps)
+                                    eps=eps, k=int(cfg.train_k))
             return total, (aux, nnx.state(model, nnx.BatchStat))
 
         (total, ((rec, kl), batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -224,7 +243,9 @@ class Trainer:
         return new, {"loss": total, "recon": rec, "kl": kl}
 
     def _eval_step(self, state, images, labels, idx, key, kl_weight):
-        """Loss sums on images[idx] in eval mode, z sampled as in the chapter's test_epoch."""
+        """Loss sums on images[idx] in eval mode, z sampled as in the chapter's test_epoch.
+
+        Always the ELBO (one z per image), whatever --train-k: test losses of runs compare."""
         cfg = self.config
         x, y, eps_key = self._batch(images, labels, idx, key)
         model = self.merge(state)
@@ -379,11 +400,13 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
     image_shape = train_ds.images.shape[1:]
 
     check_model_fits(config, image_shape)
-    run.write_config(image_shape)  # only once the options and the data are known to work
     root = jax.random.key(config.seed)
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)))
     trainer = Trainer(model, config, steps_per_epoch=steps_per_epoch(config, train_ds))
     state, start_epoch = run.restore(trainer.init_state)
+    if config.init_from and not start_epoch:
+        state = initial_weights_from(config.init_from, trainer, state, config, image_shape)
+    run.write_config(image_shape)  # only once the options, the data and --init-from are known to work
     if config.devices > 1:
         trainer.shard(config.devices)
         state, data = trainer.replicate(state), trainer.replicate(data)
@@ -426,6 +449,31 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
         log(f"done: {len(history)} epochs, test loss {f['test_loss']:.4f} per sample "
             f"(recon {f['test_recon']:.4f}, KL {f['test_kl']:.4f}); wrote {workdir}")
     return summary
+
+
+def initial_weights_from(path, trainer, state, config: Config, image_shape):
+    """`state` with the parameters (and BatchNorm statistics) of the latest checkpoint of the run in
+    `path`, and a fresh optimizer state: --init-from, to fine-tune a trained model (e.g. with another
+    --train-k or learning rate). The source must be the same model on images of the same shape."""
+    from vae_jax.errors import CheckpointError
+
+    if not (Path(path) / "config.json").exists():
+        raise ConfigError(f"--init-from {path}: no run there (config.json is missing) -- pass the --workdir "
+                          "of a trained `vae-jax train` run")
+    try:
+        src, src_config, src_shape = restore_run(path)
+    except CheckpointError as e:
+        raise ConfigError(f"--init-from {path}: {e}") from None
+    _, params, batch_stats = nnx.split(src, nnx.Param, nnx.BatchStat)
+    spec = lambda t: (jax.tree.structure(t), [(a.shape, a.dtype) for a in jax.tree.leaves(t)])
+    if (tuple(src_shape) != tuple(image_shape) or spec(params) != spec(state["params"])
+            or spec(batch_stats) != spec(state["batch_stats"])):
+        size = lambda c: f"{c.model} (--latent-dim {c.latent_dim or 'default'}, --hidden-dim {c.hidden_dim or 'default'})"
+        raise ConfigError(f"--init-from {path}: it holds a {size(src_config)} for images {tuple(src_shape)}, this run "
+                          f"builds a {size(config)} for images {tuple(image_shape)} -- use the same --model, "
+                          "--latent-dim, --hidden-dim and image shape")
+    params, batch_stats = jax.tree.map(jnp.asarray, (params, batch_stats))
+    return {**state, "params": params, "batch_stats": batch_stats, "opt_state": trainer.tx.init(params)}
 
 
 def steps_per_epoch(config: Config, train_ds) -> int:
