@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from vae_jax.errors import CheckpointError, ConfigError
+from vae_jax.errors import CheckpointError, ConfigError, ConsoleStderr
 
 # Fields that may differ between a run and its resumption.
 _RESUMABLE = {"epochs", "progress", "figures", "iwae_k", "checkpoint", "data_dir", "devices"}
@@ -216,7 +216,8 @@ def _mismatch(saved: dict, expected: dict) -> str:
 class _held_stderr:
     """Hold what is written to fd 2 during the block; pass it on when the block succeeds, drop it when
     it raises (a damaged checkpoint: tensorstore's threads print asyncio tracebacks while the read
-    fails, and the caller reports the failure in one line instead)."""
+    fails, and the caller reports the failure in one line instead). In the console script fd 2 then
+    stays silenced (see errors.ConsoleStderr): those threads can still print after the block."""
 
     def __enter__(self):
         import tempfile
@@ -227,6 +228,13 @@ class _held_stderr:
 
     def __exit__(self, exc_type, *exc):
         sys.stderr.flush()
+        if exc_type is not None and ConsoleStderr.console:  # the script exits after one line: stay silent
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+            self.tmp.close()
+            ConsoleStderr.saved_fd = self.saved
+            return False
         os.dup2(self.saved, 2)
         os.close(self.saved)
         if exc_type is None:

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from vae_jax.errors import ConfigError, VaeJaxError
+from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError
 
 
 def _number(cast, ok, what):
@@ -217,12 +217,13 @@ def main(argv=None, *, console=False):
     (orbax/tensorstore after a failed restore) can join it.
     """
     args = _parser().parse_args(argv)
+    ConsoleStderr.console = console
 
     def fail(line, code):
         if console:
             sys.stdout.flush()
             sys.stderr.flush()
-            err = os.dup(2)
+            err = ConsoleStderr.saved_fd if ConsoleStderr.saved_fd is not None else os.dup(2)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 2)
             sys.stderr = sys.__stderr__ = open(os.devnull, "w")

@@ -19,3 +19,12 @@ class CheckpointError(VaeJaxError, ValueError):
 
 class ConfigError(VaeJaxError, ValueError):
     """A bad option value."""
+
+
+class ConsoleStderr:
+    """The `vae-jax` console script exits right after its one error line. There, a failed checkpoint
+    read leaves fd 2 pointed at /dev/null (tensorstore's threads may still print asyncio tracebacks
+    about the failed read) and keeps the real stderr here, for that one line."""
+
+    console = False  # set by vae_jax.cli.main(console=True)
+    saved_fd = None  # the real stderr, once a failed read has silenced fd 2
