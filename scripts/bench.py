@@ -15,6 +15,11 @@ Variants, alternated inside one process (each repeat runs every variant once, in
                  to measure what the sub-pixel / space-to-depth forms that jax_step uses buy
   jax_scan       the same step inside one jitted lax.scan over the whole epoch (MLP models only
                  by default: XLA:CPU runs the convolutions ~10x slower inside the loop body)
+  jax_dp         jax_step data-parallel over one XLA host device per core (`vae-jax train
+                 --devices N`; the script sets --xla_force_host_platform_device_count to the core
+                 count before JAX starts): each batch is split over the devices, the gradients are
+                 all-reduced; same global batch, same result up to summation order (conv models only
+                 by default: the MLP steps are too short to pay for the all-reduce)
 
 One "repeat" is one epoch of --steps steps over random data (uniform [0, 1]; 28x28x1 for the
 MNIST models, 64x64x3 for celeba_vae; random labels for cvae). Throughput = steps * batch /
@@ -47,7 +52,11 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 ALL_MODELS = ["ae", "vae", "conv_vae28", "celeba_vae", "cvae"]
-VARIANTS = ["torch_loader", "torch_tight", "torch_compile", "jax_step", "jax_step_lax", "jax_scan"]
+VARIANTS = ["torch_loader", "torch_tight", "torch_compile", "jax_step", "jax_step_lax", "jax_scan", "jax_dp"]
+HOST_DEVICES = os.cpu_count() or 1  # jax_dp: one XLA:CPU device per core
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):  # before JAX starts
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={HOST_DEVICES}").strip()
 MLP_MODELS = {"ae", "vae", "cvae"}  # --variants default: jax_scan only for these (XLA:CPU runs the conv
                                     # models' convolutions ~10x slower inside a scan's loop body)
 IMAGE_SHAPE = {"celeba_vae": (64, 64, 3)}  # default (28, 28, 1)
@@ -169,6 +178,9 @@ class JaxVariant:
         self.trainer = T.Trainer(model, cfg)
         self.state = self.trainer.init_state
         self.images, self.labels = jnp.asarray(x_nhwc), jnp.asarray(y.astype(np.int32))
+        if kind == "jax_dp":
+            self.trainer.shard(min(HOST_DEVICES, jax.device_count()))
+            self.state, self.images, self.labels = self.trainer.replicate((self.state, self.images, self.labels))
         self.n = x_nhwc.shape[0]
         self.epoch_no = 0
         if kind == "jax_scan":
@@ -202,7 +214,7 @@ class JaxVariant:
         for i in range(self.steps):
             k = jax.random.fold_in(key, i + 1)
             self.state, m = self.trainer.train_step(self.state, self.images, self.labels,
-                                                    order[i * b:(i + 1) * b], k, 1.0)
+                                                    self.trainer.place_batch(order[i * b:(i + 1) * b]), k, 1.0)
             losses.append(m["loss"])
         return float(sum(losses)) / self.n  # one sync per epoch, as vae_jax.train does
 
@@ -279,7 +291,7 @@ def bench_model(name, a, log):
     x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     res = {"model": name, "image_shape": list(shape), "steps": steps, "variants": {}}
     runners = {}
-    skip = {"jax_scan"} if name not in MLP_MODELS else {"jax_step_lax"}
+    skip = {"jax_scan"} if name not in MLP_MODELS else {"jax_step_lax", "jax_dp"}
     variants = [v for v in a.variants if not (a.default_variants and v in skip)]
     for v in variants:
         r = {"status": "ok"}
@@ -405,7 +417,8 @@ def main(argv=None):
     ap.add_argument("--models", default=",".join(ALL_MODELS))
     ap.add_argument("--variants", default="default",
                     help="comma-separated subset of " + ",".join(VARIANTS) + "; 'default': all, but jax_scan "
-                         "for the MLP models only; 'all': every variant for every model")
+                         "for the MLP models only, jax_step_lax and jax_dp for the conv models only; 'all': every "
+                         "variant for every model")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=50, help="steps per timed epoch")
     ap.add_argument("--steps-celeba", type=int, default=10, help="steps per timed epoch for celeba_vae (64x64 RGB)")
