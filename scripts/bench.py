@@ -242,13 +242,59 @@ def model_flops_per_sample(name, x, y, a):
         return float("nan")
 
 
+MLP_LAYERS = {"ae": [(784, 400), (400, 20), (20, 400), (400, 784)],
+              "vae": [(784, 400), (400, 20), (400, 20), (20, 400), (400, 784)],
+              "cvae": [(794, 400), (400, 20), (400, 20), (30, 400), (400, 784)]}
+
+
 def analytic_flops_per_sample(name):
     """2 x MACs of the MLP models' dense layers x 3 (forward, input gradient, weight gradient),
     less the input gradient of the first layer (its input is data)."""
-    layers = {"ae": [(784, 400), (400, 20), (20, 400), (400, 784)],
-              "vae": [(784, 400), (400, 20), (400, 20), (20, 400), (400, 784)],
-              "cvae": [(794, 400), (400, 20), (400, 20), (30, 400), (400, 784)]}.get(name)
+    layers = MLP_LAYERS.get(name)
     return None if layers is None else 6.0 * sum(a * b for a, b in layers) - 2.0 * layers[0][0] * layers[0][1]
+
+
+def mlp_step_bound(name, batch, repeats=5, n=200):
+    """What a training step of an MLP model cannot beat on this machine: the time of its matmuls
+    alone (forward, input and weight gradients of every dense layer at this batch, one jit) plus
+    the time of its Adam update alone (the same parameter count, one jit). Milliseconds each."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    layers = MLP_LAYERS[name]
+    key = jax.random.key(0)
+    rnd = lambda i, shape: jax.random.normal(jax.random.fold_in(key, i), shape)  # noqa: E731
+    ws = [rnd(i, d) for i, d in enumerate(layers)]
+    xs = [rnd(100 + i, (batch, d[0])) for i, d in enumerate(layers)]
+    gs = [rnd(200 + i, (batch, d[1])) for i, d in enumerate(layers)]
+
+    @jax.jit
+    def dots(ws, xs, gs):
+        out = [x @ w for w, x in zip(ws, xs)] + [x.T @ g for x, g in zip(xs, gs)]
+        return out + [g @ w.T for w, g in list(zip(ws, gs))[1:]]  # no input gradient for the data
+
+    params = {"w": ws, "b": [jnp.zeros(d[1]) for d in layers]}
+    tx = optax.adam(1e-3)
+
+    @jax.jit
+    def adam(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    def best(f, *args):
+        jax.block_until_ready(f(*args))
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                r = f(*args)
+            jax.block_until_ready(r)
+            ts.append((time.perf_counter() - t0) / n)
+        return min(ts) * 1e3
+
+    return {"matmuls_ms": best(dots, ws, xs, gs), "adam_ms": best(adam, params, tx.init(params), params),
+            "params": int(sum(v.size for v in jax.tree.leaves(params)))}
 
 
 # ----------------------------------------------------------------------------- peak
@@ -329,6 +375,8 @@ def bench_model(name, a, log):
             r["ms_per_step"] = med / steps * 1e3
     res["flops_per_sample_xla"] = model_flops_per_sample(name, x, y, a)
     res["flops_per_sample_analytic"] = analytic_flops_per_sample(name)
+    if name == "vae":
+        res["step_bound"] = mlp_step_bound(name, a.batch)
     return res
 
 
@@ -371,6 +419,14 @@ def markdown(report):
             if sps and fps:
                 lines.append(f"\nMLP VAE, {v}: {sps * fps / 1e9:.1f} GFLOP/s = "
                              f"{100 * sps * fps / 1e9 / m['peak_gflops']:.1f}% of the sgemm peak.")
+        bound = vae.get("step_bound")
+        if bound and fps:
+            ms = bound["matmuls_ms"] + bound["adam_ms"]
+            gf = report["batch"] * fps / ms / 1e6
+            lines.append(f"\nMLP VAE bound at batch {report['batch']}: its matmuls alone take {bound['matmuls_ms']:.2f} ms, "
+                         f"its Adam update alone ({bound['params']} parameters) {bound['adam_ms']:.2f} ms: a step of "
+                         f"{ms:.2f} ms = {gf:.1f} GFLOP/s = {100 * gf / m['peak_gflops']:.1f}% of the sgemm peak "
+                         "is the most it can reach.")
     lines += ["", "Speed targets (ratios from this run; best JAX variant against torch.compile):", "",
               "| model | best JAX | samples/s | torch_compile samples/s | ratio | target | met |", "|---|---|---:|---:|---:|---:|---|"]
     for res in report["results"]:
