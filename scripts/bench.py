@@ -281,19 +281,24 @@ def mlp_step_bound(name, batch, repeats=5, n=200):
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
-    def best(f, *args):
-        jax.block_until_ready(f(*args))
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                r = f(*args)
-            jax.block_until_ready(r)
-            ts.append((time.perf_counter() - t0) / n)
-        return min(ts) * 1e3
-
-    return {"matmuls_ms": best(dots, ws, xs, gs), "adam_ms": best(adam, params, tx.init(params), params),
+    best_ms = lambda f, *args: 1e3 * best_seconds(f, *args, repeats=repeats, n=n)  # noqa: E731
+    return {"matmuls_ms": best_ms(dots, ws, xs, gs), "adam_ms": best_ms(adam, params, tx.init(params), params),
             "params": int(sum(v.size for v in jax.tree.leaves(params)))}
+
+
+def best_seconds(f, *args, repeats=5, n=1):
+    """Best over `repeats` of the mean time of n calls f(*args), after one warm-up call (numpy or jax)."""
+    import jax
+
+    jax.block_until_ready(f(*args))
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            r = f(*args)
+        jax.block_until_ready(r)
+        ts.append((time.perf_counter() - t0) / n)
+    return min(ts)
 
 
 # ----------------------------------------------------------------------------- peak
@@ -301,25 +306,11 @@ def mlp_step_bound(name, batch, repeats=5, n=200):
 def sgemm_peak(n=2048, repeats=5):
     import jax
     import jax.numpy as jnp
-    out = {}
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
-    ts = []
-    a @ b
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        ts.append(time.perf_counter() - t0)
-    out["numpy_gflops"] = 2 * n ** 3 / min(ts) / 1e9
-    f = jax.jit(lambda x, y: x @ y)
-    ja, jb = jnp.asarray(a), jnp.asarray(b)
-    f(ja, jb).block_until_ready()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(ja, jb).block_until_ready()
-        ts.append(time.perf_counter() - t0)
-    out["jax_gflops"] = 2 * n ** 3 / min(ts) / 1e9
+    out = {"numpy_gflops": 2 * n ** 3 / best_seconds(np.matmul, a, b, repeats=repeats) / 1e9,
+           "jax_gflops": 2 * n ** 3 / best_seconds(jax.jit(jnp.matmul), jnp.asarray(a), jnp.asarray(b),
+                                                   repeats=repeats) / 1e9}
     out["peak_gflops"] = max(out["numpy_gflops"], out["jax_gflops"])
     return out
 
@@ -336,7 +327,7 @@ def bench_model(name, a, log):
     x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     res = {"model": name, "image_shape": list(shape), "steps": steps, "variants": {}}
     runners = {}
-    skip = {"jax_scan"} if name not in MLP_MODELS else {"jax_step_lax", "jax_dp"}
+    skip = {"jax_scan"} if name not in MLP_MODELS else {"jax_step_lax"}
     variants = [v for v in a.variants if not (a.default_variants and v in skip)]
     for v in variants:
         r = {"status": "ok"}
@@ -489,8 +480,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     a.models = [m for m in a.models.split(",") if m]
     a.default_variants = a.variants == "default"
-    a.variants = ([v for v in VARIANTS if v != "jax_dp"] if a.default_variants else VARIANTS
-                  if a.variants == "all" else [v for v in a.variants.split(",") if v])
+    if a.default_variants:
+        a.variants = [v for v in VARIANTS if v != "jax_dp"]
+    elif a.variants == "all":
+        a.variants = VARIANTS
+    else:
+        a.variants = [v for v in a.variants.split(",") if v]
     for m in a.models:
         if m not in ALL_MODELS:
             ap.error(f"unknown model {m!r}: use {', '.join(ALL_MODELS)}")

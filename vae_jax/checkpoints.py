@@ -229,11 +229,8 @@ class _held_stderr:
     def __exit__(self, exc_type, *exc):
         sys.stderr.flush()
         if exc_type is not None and ConsoleStderr.console:  # the script exits after one line: stay silent
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
-            os.close(devnull)
+            ConsoleStderr.silence(self.saved)
             self.tmp.close()
-            ConsoleStderr.saved_fd = self.saved
             return False
         os.dup2(self.saved, 2)
         os.close(self.saved)

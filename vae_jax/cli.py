@@ -223,9 +223,7 @@ def main(argv=None, *, console=False):
         if console:
             sys.stdout.flush()
             sys.stderr.flush()
-            err = ConsoleStderr.saved_fd if ConsoleStderr.saved_fd is not None else os.dup(2)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
+            err = ConsoleStderr.silence()
             sys.stderr = sys.__stderr__ = open(os.devnull, "w")
             os.write(err, (line + "\n").encode())
         else:

@@ -1,5 +1,7 @@
 """The project's own errors: each carries one line that names the problem and the fix."""
 
+import os
+
 
 class VaeJaxError(Exception):
     """Base of every error vae-jax raises on bad input; the CLI prints it as one line."""
@@ -27,4 +29,17 @@ class ConsoleStderr:
     about the failed read) and keeps the real stderr here, for that one line."""
 
     console = False  # set by vae_jax.cli.main(console=True)
-    saved_fd = None  # the real stderr, once a failed read has silenced fd 2
+    saved_fd = None  # the real stderr, once fd 2 has been silenced
+
+    @classmethod
+    def silence(cls, real_fd=None):
+        """Point fd 2 at /dev/null for the rest of the process; return the real stderr's fd (real_fd
+        when given -- a copy made before fd 2 was redirected elsewhere -- else a copy of fd 2)."""
+        if cls.saved_fd is None:
+            cls.saved_fd = real_fd if real_fd is not None else os.dup(2)
+        elif real_fd is not None:
+            os.close(real_fd)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        return cls.saved_fd

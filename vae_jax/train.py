@@ -455,6 +455,7 @@ def initial_weights_from(path, trainer, state, config: Config, image_shape):
     """`state` with the parameters (and BatchNorm statistics) of the latest checkpoint of the run in
     `path`, and a fresh optimizer state: --init-from, to fine-tune a trained model (e.g. with another
     --train-k or learning rate). The source must be the same model on images of the same shape."""
+    from vae_jax import checkpoints
     from vae_jax.errors import CheckpointError
 
     if not (Path(path) / "config.json").exists():
@@ -465,13 +466,13 @@ def initial_weights_from(path, trainer, state, config: Config, image_shape):
     except CheckpointError as e:
         raise ConfigError(f"--init-from {path}: {e}") from None
     _, params, batch_stats = nnx.split(src, nnx.Param, nnx.BatchStat)
-    spec = lambda t: (jax.tree.structure(t), [(a.shape, a.dtype) for a in jax.tree.leaves(t)])
-    if (tuple(src_shape) != tuple(image_shape) or spec(params) != spec(state["params"])
-            or spec(batch_stats) != spec(state["batch_stats"])):
+    mismatch = checkpoints._mismatch(checkpoints._flat({"params": params, "batch_stats": batch_stats}),
+                                     checkpoints._flat({k: state[k] for k in ("params", "batch_stats")}))
+    if tuple(src_shape) != tuple(image_shape) or mismatch:
         size = lambda c: f"{c.model} (--latent-dim {c.latent_dim or 'default'}, --hidden-dim {c.hidden_dim or 'default'})"
         raise ConfigError(f"--init-from {path}: it holds a {size(src_config)} for images {tuple(src_shape)}, this run "
-                          f"builds a {size(config)} for images {tuple(image_shape)} -- use the same --model, "
-                          "--latent-dim, --hidden-dim and image shape")
+                          f"builds a {size(config)} for images {tuple(image_shape)} ({mismatch or 'other images'}) "
+                          "-- use the same --model, --latent-dim, --hidden-dim and image shape")
     params, batch_stats = jax.tree.map(jnp.asarray, (params, batch_stats))
     return {**state, "params": params, "batch_stats": batch_stats, "opt_state": trainer.tx.init(params)}
 
