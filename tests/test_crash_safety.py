@@ -102,9 +102,9 @@ def test_nonfinite_loss_names_epoch_and_step_and_keeps_the_last_checkpoint(tmp_p
     lines = err.strip().splitlines()
     assert code == 3 and len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("vae-jax: error: non-finite training loss at epoch 2, step 2 of 4"), lines[0]
-    assert "lower --lr" in lines[0] and "last good checkpoint (epoch 1)" in lines[0], lines[0]
+    assert "lower --lr" in lines[0] and "last good checkpoint (step 4)" in lines[0], lines[0]
     assert [r["epoch"] for r in metrics(work)] == [1]
-    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["1"]
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["4"]  # named by optimizer step
     assert metrics(work) == metrics(reference)[:1]
 
     monkeypatch.undo()  # the cause is gone (e.g. the data was fixed): the run is usable and resumable
@@ -143,7 +143,7 @@ def test_sigkill_in_the_middle_of_an_epoch_then_resume(tmp_path, reference):
         proc = subprocess.Popen(console(train_args(work)), env=env(VAE_JAX_TEST_STEP_SLEEP="0.5"),
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
-            ckpt1 = work / "checkpoints" / "1"
+            ckpt1 = work / "checkpoints" / "4"
             _wait_for(lambda: ckpt1.is_dir() and (work / "metrics.jsonl").is_file(), proc, "epoch 1's checkpoint")
             time.sleep(0.7)  # into epoch 2, whose 4 steps take >= 2 s with the hook
         finally:
@@ -151,7 +151,7 @@ def test_sigkill_in_the_middle_of_an_epoch_then_resume(tmp_path, reference):
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert [r["epoch"] for r in metrics(work)] == [1], "not killed inside epoch 2"
-    assert not (work / "checkpoints" / "2").exists() and not (work / "summary.json").exists()
+    assert not (work / "checkpoints" / "8").exists() and not (work / "summary.json").exists()
 
     export_ok(work, tmp_path / "epoch1.pt")
     assert cli.main(train_args(work, "--resume")) == 0
@@ -166,7 +166,7 @@ rename = atomicity.async_path.rename
 async def killed_before_rename(src, dst, *args, **kwargs):
     # orbax has written every file of the checkpoint into <epoch>.orbax-checkpoint-tmp and is about to
     # rename it to <epoch>: the process dies here, as under a SIGKILL or a power cut.
-    if os.path.basename(str(dst)) == "2":
+    if os.path.basename(str(dst)) == "8":  # epoch 2 ends at step 8
         os.kill(os.getpid(), signal.SIGKILL)
     return await rename(src, dst, *args, **kwargs)
 
@@ -182,11 +182,11 @@ def test_sigkill_while_a_checkpoint_is_written_then_resume(tmp_path, reference):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     names = sorted(p.name for p in (work / "checkpoints").iterdir())
-    assert names == ["1", "2.orbax-checkpoint-tmp"], names  # the complete epoch 1, the incomplete epoch 2
+    assert names == ["4", "8.orbax-checkpoint-tmp"], names  # the complete epoch 1, the incomplete epoch 2
     assert [r["epoch"] for r in metrics(work)] == [1, 2]  # appended before the checkpoint: dropped on resume
 
     model, _, _ = train.restore_run(work)  # the incomplete folder is ignored
     export_ok(work, tmp_path / "epoch1.pt")
     assert cli.main(train_args(work, "--resume")) == 0
-    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["2", "3"]
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["12", "8"]
     assert_same_run(work, reference)

@@ -74,10 +74,10 @@ def test_last_partial_batch_compiles_once(tmp_path):
     model = train.build_model(cfg, (28, 28, 1), rngs=nnx.Rngs(0))
     tr = train.Trainer(model, cfg)
     ds_train, ds_test = train.load_data(cfg)
-    data = (*train.device_arrays(ds_train), *train.device_arrays(ds_test))
+    feeds = (train.Feed(ds_train, tr, cfg), train.Feed(ds_test, tr, cfg))
     state = tr.init_state
     for epoch in (1, 2, 3):
-        state, _ = train.train_epoch(tr, state, data, cfg, epoch)
+        state, _ = train.train_epoch(tr, state, feeds, cfg, epoch)
     assert tr.train_step._cache_size() == 2  # a full batch (64) and the last partial one (22)
     assert int(state["step"]) == 3 * 3
 

@@ -1,4 +1,4 @@
-"""A run directory: config.json, metrics.jsonl, orbax checkpoints (one per epoch), summary.json.
+"""A run directory: config.json, metrics.jsonl, orbax checkpoints (named by optimizer step), summary.json.
 
 Nothing already written is overwritten: a fresh run refuses a workdir that holds a run, and a
 resumed run must have the same configuration (only --epochs may grow).
@@ -19,7 +19,8 @@ import numpy as np
 from vae_jax.errors import CheckpointError, ConfigError, ConsoleStderr
 
 # Fields that may differ between a run and its resumption.
-_RESUMABLE = {"epochs", "progress", "figures", "iwae_k", "checkpoint", "data_dir", "devices"}
+_RESUMABLE = {"epochs", "progress", "figures", "iwae_k", "checkpoint", "data_dir", "devices", "max_steps",
+              "checkpoint_every", "data_mode", "data_workers"}
 
 
 def _atomic_write(path: Path, text: str):
@@ -54,7 +55,10 @@ class RunDir:
         self.metrics_path = self.dir / "metrics.jsonl"
         self.config_path = self.dir / "config.json"
         self.ckpt_dir = (self.dir / "checkpoints").absolute()
-        if not read_only:
+        # In a multi-process run (jax.distributed) only process 0 writes config, metrics and summary;
+        # every process takes part in orbax's checkpoint writes.
+        self.primary = jax.process_index() == 0
+        if not read_only and self.primary:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 probe = self.dir / ".write_probe"
@@ -74,9 +78,15 @@ class RunDir:
                               "or choose another --workdir")
         self.resume = resume
         self._manager = None
+        if jax.process_count() > 1:  # every process has checked the folder before process 0 writes to it
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"vae_jax rundir {self.dir}")
 
     def write_config(self, image_shape):
         """config.json: the run's options plus the data's image shape (to rebuild the model)."""
+        if not self.primary:
+            return
         if not self.resume:
             cfg = dict(dataclasses.asdict(self.config), image_shape=list(image_shape))
             _atomic_write(self.config_path, json.dumps(cfg, indent=2) + "\n")
@@ -114,22 +124,25 @@ class RunDir:
                                       "restore the folder or train again in another --workdir") from None
         return self._manager
 
-    def latest_epoch(self) -> int:
+    def latest_step(self) -> int:
+        """The number of the latest checkpoint (its optimizer step; the epoch in runs from before
+        checkpoints inside an epoch), 0 when there is none."""
         if not self.ckpt_dir.exists():
             return 0
         return self.manager.latest_step() or 0
 
-    def save(self, epoch, state):
+    def save(self, step, state):
         import orbax.checkpoint as ocp
 
-        self.manager.save(epoch, args=ocp.args.StandardSave(state))
+        self.manager.save(step, args=ocp.args.StandardSave(state))
         self.manager.wait_until_finished()
 
     def restore(self, init_state):
-        """(state, epoch): the latest checkpoint, or init_state and 0 when there is none."""
+        """(state, number): the latest checkpoint, or init_state and 0 when there is none.
+        The run's position is state["step"] (optimizer steps)."""
         import orbax.checkpoint as ocp
 
-        epoch = self.latest_epoch()
+        epoch = self.latest_step()
         if not epoch:
             return init_state, 0
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, init_state)
@@ -139,6 +152,12 @@ class RunDir:
         except Exception as e:  # noqa: BLE001 -- orbax raises many types for a damaged folder
             raise CheckpointError(f"{where} is damaged: its metadata cannot be read ({type(e).__name__}) -- "
                                   "restore the folder or train again in another --workdir") from None
+        # A checkpoint written at an epoch's end before the epoch's running sums joined the state:
+        # its sums are zero (an epoch starts with zero sums).
+        old_format = "sums" in init_state and not any(k.startswith("sums.") for k in saved)
+        if old_format:
+            sums = init_state["sums"]
+            abstract = {k: v for k, v in abstract.items() if k != "sums"}
         mismatch = _mismatch(saved, _flat(abstract))
         if mismatch:
             raise CheckpointError(f"{where} does not fit this model: {mismatch} -- use the options it was "
@@ -152,13 +171,16 @@ class RunDir:
             raise CheckpointError(f"{where} is damaged: its arrays cannot be read ({type(e).__name__}) -- "
                                   "restore the folder, or delete this epoch's folder to resume from the "
                                   "one before") from None
+        if old_format:
+            state = dict(state, sums=sums)
         return state, epoch
 
-    def read_metrics(self):
-        """Metrics of the epochs up to the restored checkpoint; later lines (a crash) are dropped."""
+    def read_metrics(self, upto_epoch: int):
+        """Metrics of the epochs up to the restored checkpoint's last whole epoch; later lines (a crash)
+        are dropped."""
         if not self.metrics_path.exists():
             return []
-        upto = self.latest_epoch()
+        upto = upto_epoch
         lines = [line for line in self.metrics_path.read_text(errors="replace").splitlines() if line.strip()]
         rows = []
         for number, line in enumerate(lines, 1):
@@ -172,16 +194,21 @@ class RunDir:
                                       "or train again in another --workdir") from None
             if epoch <= upto:
                 rows.append(row)
-        _atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        if self.primary:
+            _atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
     def append_metrics(self, m):
+        if not self.primary:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(m) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def write_summary(self, summary):
+        if not self.primary:
+            return
         _atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
 
 

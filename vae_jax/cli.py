@@ -88,6 +88,19 @@ def _parser():
                         "fresh Adam state); same model and image shape")
     t.add_argument("--devices", type=_positive_int, default=1,
                    help="data-parallel over N devices (global batch = --batch-size); see README")
+    t.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="stop after N optimizer steps in all (checkpointed, resumable), then test and plot")
+    t.add_argument("--checkpoint-every", type=_nonneg_int, default=0,
+                   help="also checkpoint every N optimizer steps inside an epoch (0: at each epoch's end only)")
+    t.add_argument("--data-mode", default="auto", choices=["auto", "memory", "stream"],
+                   help="memory: each split whole on the device; stream: Grain decodes batches ahead of the "
+                        "step; auto: stream splits over 256 MiB (uint8)")
+    t.add_argument("--data-workers", type=_nonneg_int, default=0,
+                   help="stream: Grain worker processes that decode batches (0: threads in this process)")
+    t.add_argument("--coordinator-address", default=None,
+                   help="multi-process: HOST:PORT of process 0 (jax.distributed.initialize); see README")
+    t.add_argument("--num-processes", type=_positive_int, default=None, help="multi-process: number of processes")
+    t.add_argument("--process-id", type=_nonneg_int, default=None, help="multi-process: this process's index")
     t.add_argument("--workdir", default=None, help="run directory (default runs/<model>_<dataset>_seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     t.add_argument("--no-figures", action="store_true")
@@ -143,6 +156,9 @@ def _run(args):
     from vae_jax import train
 
     if args.command == "train":
+        from vae_jax import distributed
+
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
         fields = {f.name for f in dataclasses.fields(train.Config)}
         kw = {k: v for k, v in vars(args).items() if k in fields}
         config = train.Config(**kw, figures=not args.no_figures, progress=not args.no_progress)
@@ -243,6 +259,11 @@ def main(argv=None, *, console=False):
         return fail(f"vae-jax: error: cannot access{where}: {e.strerror or _one_line(e)} -- check the path, its "
                     "permissions and the free space", 2)
     except Exception as e:  # noqa: BLE001 -- last resort: one line instead of a traceback
+        from vae_jax import distributed
+
+        if "jax" in sys.modules and distributed.is_peer_failure(e):
+            return fail(f"vae-jax: error: another process of this multi-process run failed or is unreachable "
+                        f"({_one_line(e)[:160]}) -- see its output, then restart every process with --resume", 2)
         if os.environ.get("VAE_JAX_DEBUG"):
             raise
         return fail(f"vae-jax: internal error: {type(e).__name__}: {_one_line(e)[:300]} -- this is a bug, please "

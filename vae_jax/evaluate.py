@@ -62,20 +62,27 @@ def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_si
     return -total / n
 
 
-def make_figures(model, test_ds, history, outdir, *, key, n_scatter=5000):
-    """The chapter's figures for a trained model, as PNGs in outdir; returns {name: path}."""
+def make_figures(model, test_ds, history, outdir, *, key, n_scatter=5000, batch_size=500):
+    """The chapter's figures for a trained model, as PNGs in outdir; returns {name: path}.
+
+    Reads only the first n_scatter test images (encoded batch_size at a time)."""
     from vae_jax import figures
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     model.eval()
-    image_shape = tuple(test_ds.images.shape[1:])
-    imgs = jnp.asarray(test_ds.images[:n_scatter], jnp.float32)
-    labels = (jnp.asarray(test_ds.labels[:n_scatter], jnp.int32) if test_ds.labels is not None
+    part = test_ds.take(n_scatter)
+    image_shape = tuple(part.image_shape)
+    imgs = jnp.asarray(part.images, jnp.float32)
+    labels = (jnp.asarray(part.labels, jnp.int32) if part.labels is not None
               else jnp.zeros((imgs.shape[0],), jnp.int32))
     xin, cond = model_inputs(model, imgs, labels)
-    enc = model.encode(xin, *cond)
-    mu = enc[0] if isinstance(enc, tuple) else enc  # Autoencoder.encode returns z
+
+    def encode_mu(a):
+        enc = model.encode(xin[a:a + batch_size], *(c[a:a + batch_size] for c in cond))
+        return enc[0] if isinstance(enc, tuple) else enc  # Autoencoder.encode returns z
+
+    mu = jnp.concatenate([encode_mu(a) for a in range(0, imgs.shape[0], batch_size)])
 
     def decode_fn(z, c=None):
         z = jnp.asarray(z, mu.dtype)

@@ -26,6 +26,7 @@ tfds stores its examples shuffled, so the tfds order differs from the original f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import math
 import os
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import jax
@@ -64,16 +66,161 @@ _SOURCES = {
 }
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
-    """A whole split in memory: images float32 NHWC in [0, 1], labels int32 (N,) or None."""
+class ArraySource:
+    """Records from arrays already in memory (the IDX/amat readers, the embedded digits).
 
-    images: np.ndarray
-    labels: np.ndarray | None
-    name: str
+    images: uint8 (N, H, W, C) (pixels 0..255) or float32 in [0, 1]; labels int32 (N,) or None.
+    A random-access source in Grain's sense: len() and [i] -> (image, label).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None):
+        self.images, self.labels = images, labels
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], np.int32(0 if self.labels is None else self.labels[i])
+
+    def take(self, n: int) -> "ArraySource":
+        return ArraySource(self.images[:n], None if self.labels is None else self.labels[:n])
+
+    def read_all(self):
+        return self.images, self.labels
+
+
+class ImageFileSource:
+    """One image file per record, decoded when read: center crop to a square, resize to `size`,
+    uint8 RGB (size, size, 3). Nothing is decoded before a record is asked for."""
+
+    def __init__(self, files, size: int):
+        self.files, self.size = list(files), int(size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.files[i]
+        try:
+            with Image.open(path) as image:
+                return _square_resize(image, self.size), np.int32(0)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"cannot read image {path}: {e} — remove or replace the file") from None
+
+    def take(self, n: int) -> "ImageFileSource":
+        return ImageFileSource(self.files[:n], self.size)
+
+    def read_all(self):
+        return _read_records(self, range(len(self))), None
+
+
+class TfdsSource:
+    """Records of a prepared tfds dataset (`tfds.data_source`, random access), decoded when read."""
+
+    def __init__(self, source, name: str, size: int, limit: int | None = None):
+        self.source, self.name, self.size = source, name, size
+        self.limit = len(source) if limit is None else min(limit, len(source))
+        self.has_labels = "label" in source[0] if self.limit else False
+
+    def __len__(self) -> int:
+        return self.limit
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.limit:
+            raise IndexError(i)
+        ex = self.source[int(i)]
+        image = np.asarray(ex["image"])
+        if self.name == "celeb_a":
+            from PIL import Image
+
+            image = _square_resize(Image.fromarray(image), self.size)
+        elif self.name == "binarized_mnist":  # stored as 0/1: the pixel scale of every other source
+            if image.max(initial=0) > 1:
+                raise DataError(f"tfds binarized_mnist record {i} holds values up to {image.max()}, want 0/1 "
+                                "— prepare the dataset again with `vae-jax prepare`")
+            image = image * np.uint8(255)
+        return image, np.int32(ex.get("label", 0))
+
+    def take(self, n: int) -> "TfdsSource":
+        return TfdsSource(self.source, self.name, self.size, min(n, self.limit))
+
+    def read_all(self):
+        images, labels = _read_records(self, range(len(self)), with_labels=True)
+        return images, labels if self.has_labels else None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """One split: a random-access `source` of (image, label) records, images uint8 (or float32 for
+    the embedded digits) HWC. Nothing is decoded until a record is read; `images`/`labels` decode the
+    whole split (small splits, tests and figures); training streams large splits (`stream_batches`)."""
+
+    source: Any
+    name: str
+    image_shape: tuple
+    has_labels: bool
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole split as stored (uint8 pixels): what holding it in memory costs."""
+        itemsize = 4 if isinstance(self.source, ArraySource) and self.source.images.dtype != np.uint8 else 1
+        return len(self) * math.prod(self.image_shape) * itemsize
+
+    def take(self, n: int | None) -> "Dataset":
+        """The first n records (all when n is None): selected before anything is decoded."""
+        return self if n is None or n >= len(self) else dataclasses.replace(self, source=self.source.take(n))
+
+    @functools.cached_property
+    def _arrays(self):
+        images, labels = self.source.read_all()
+        return images, (labels.astype(np.int32) if labels is not None and self.has_labels else None)
+
+    def stored_arrays(self):
+        """(images as stored: uint8 or float32, labels int32 -- zeros when the data has none)."""
+        images, labels = self._arrays
+        return images, labels if labels is not None else np.zeros(len(images), np.int32)
+
+    @property
+    def images(self) -> np.ndarray:
+        """The whole split as float32 NHWC in [0, 1] (decodes every record)."""
+        return to_float(self._arrays[0])
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self._arrays[1]
+
+
+def to_float(images):
+    """uint8 pixels -> float32 in [0, 1] (x / 255, the same values on host and device); float as is."""
+    if images.dtype != np.uint8:
+        return images
+    if isinstance(images, np.ndarray):
+        return _U8_TO_FLOAT[images]
+    return jnp.asarray(_U8_TO_FLOAT)[images]  # a 256-entry table: XLA's x / 255 differs by an ulp
+
+
+_U8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255)
+
+
+def _read_records(source, indices, *, with_labels=False, threads=8):
+    """Stack the records at `indices` (decoded in threads: PIL releases the GIL while decoding)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    indices = list(indices)
+    if len(indices) > 64 and threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            records = list(pool.map(source.__getitem__, indices))
+    else:
+        records = [source[i] for i in indices]
+    images = np.stack([r[0] for r in records]) if records else None
+    if with_labels:
+        return images, np.array([r[1] for r in records], np.int32)
+    return images
 
 
 # --------------------------------------------------------------------------- original file formats
@@ -140,7 +287,11 @@ def read_amat(path) -> np.ndarray:
 
 def load_dataset(name: str, split: str, data_dir=None, *, image_size: int = 64,
                  source: str = "auto") -> Dataset:
-    """One split of a dataset as arrays (see the module docstring for names and sources)."""
+    """One split of a dataset (see the module docstring for names and sources).
+
+    Files are listed and checked here (missing files, partition, the first record); images are
+    decoded only when read.
+    """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r} — use one of {', '.join(DATASETS)}")
     if source not in ("auto", "files", "tfds"):
@@ -152,28 +303,38 @@ def load_dataset(name: str, split: str, data_dir=None, *, image_size: int = 64,
         raise DataError(f"{name} needs a data_dir — pass --data-dir pointing at a folder with the "
                         f"original files, {_PREPARE_HINT}")
     if name == "digits":
-        images, labels = _load_digits(split)
+        records = ArraySource(*_load_digits(split))
     elif use_tfds:
-        images, labels = _load_tfds(name, split, data_dir, image_size)
+        records = _load_tfds(name, split, data_dir, image_size)
+    elif name == "celeb_a" and _is_celeba_layout(data_dir):
+        records = ImageFileSource(celeba_files(data_dir, split), image_size)
     elif name in ("celeb_a", "image_folder"):
-        images, labels = _load_image_folder(data_dir, split, image_size), None
+        records = ImageFileSource(_image_files(data_dir, split), image_size)
     elif name == "binarized_mnist":
-        images, labels = _load_amat(data_dir, split), None
+        records = ArraySource(_load_amat(data_dir, split) * np.uint8(255), None)
     else:
-        images, labels = _load_idx(name, data_dir, split)
-    _check(images, labels, f"{name} {split}")
-    return Dataset(images=images, labels=labels, name=name)
+        records = ArraySource(*_load_idx(name, data_dir, split))
+    if isinstance(records, ArraySource):
+        _check(records.images, records.labels, f"{name} {split}")
+    if not len(records):
+        raise DataError(f"{name} {split} is empty — replace the data with an intact copy of the "
+                        "original files")
+    first = np.asarray(records[0][0])  # one record read now: a broken format fails before training
+    has_labels = records.labels is not None if isinstance(records, ArraySource) else \
+        getattr(records, "has_labels", False)
+    return Dataset(source=records, name=name, image_shape=tuple(first.shape), has_labels=has_labels)
 
 
 def _check(images: np.ndarray, labels: np.ndarray | None, where: str) -> None:
     fix = "replace the data with an intact copy of the original files"
-    if images.ndim != 4 or images.dtype != np.float32 or len(images) == 0:
-        raise DataError(f"{where}: images {images.dtype}{images.shape}, want float32 (N>0, H, W, C)"
-                        f" — {fix}")
-    if not np.isfinite(images).all():
-        raise DataError(f"{where}: images contain NaN or Inf — {fix}")
-    if images.min() < 0 or images.max() > 1:
-        raise DataError(f"{where}: pixel values outside [0, 1] — {fix}")
+    if images.ndim != 4 or images.dtype not in (np.float32, np.uint8) or len(images) == 0:
+        raise DataError(f"{where}: images {images.dtype}{images.shape}, want float32 (N>0, H, W, C) in [0, 1] "
+                        f"or uint8 — {fix}")
+    if images.dtype == np.float32:
+        if not np.isfinite(images).all():
+            raise DataError(f"{where}: images contain NaN or Inf — {fix}")
+        if images.min() < 0 or images.max() > 1:
+            raise DataError(f"{where}: pixel values outside [0, 1] — {fix}")
     if labels is not None and labels.shape != (len(images),):
         raise DataError(f"{where}: {len(images)} images but labels of shape {labels.shape} — {fix}")
 
@@ -223,7 +384,7 @@ def _load_idx(name: str, data_dir, split: str):
         raise DataError(f"{label_path} holds {labels.shape} labels (max {labels.max(initial=0)}) "
                         f"for {len(images)} images in {image_path}, want one label 0..9 per image "
                         f"— {fix}")
-    return images[..., None].astype(np.float32) / 255.0, labels.astype(np.int32)
+    return images[..., None], labels.astype(np.int32)
 
 
 def _load_amat(data_dir, split: str):
@@ -231,7 +392,7 @@ def _load_amat(data_dir, split: str):
         raise _split_error("binarized_mnist", split, _AMAT_SPLITS)
     path = _find_file(data_dir, "binarized_mnist", f"binarized_mnist_{_AMAT_SPLITS[split]}.amat",
                       "binarized MNIST")
-    return read_amat(path)[..., None].astype(np.float32)
+    return read_amat(path)[..., None]
 
 
 def _square_resize(image, size: int) -> np.ndarray:
@@ -246,9 +407,7 @@ def _square_resize(image, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), np.uint8)
 
 
-def _load_image_folder(data_dir, split: str, size: int):
-    from PIL import Image, UnidentifiedImageError
-
+def _image_files(data_dir, split: str) -> list[Path]:
     root = Path(data_dir)
     folder = root / split if (root / split).is_dir() or split != "train" else root
     files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) \
@@ -257,14 +416,61 @@ def _load_image_folder(data_dir, split: str, size: int):
         raise DataError(f"no .png/.jpg images in {folder} — pass --data-dir pointing at a folder "
                         f"of images (split {split!r} reads <data-dir>/{split}/"
                         f"{' or <data-dir> itself' if split == 'train' else ''})")
-    images = []
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                images.append(_square_resize(image, size))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DataError(f"cannot read image {path}: {e} — remove or replace the file") from None
-    return np.stack(images).astype(np.float32) / 255.0
+    return files
+
+
+# The original CelebA download: DIR/img_align_celeba/*.jpg and DIR/list_eval_partition.txt, whose
+# lines "000001.jpg 0" put each image in train (0), valid (1) or test (2).
+CELEBA_IMAGES, CELEBA_PARTITION = "img_align_celeba", "list_eval_partition.txt"
+_CELEBA_SPLITS = {"train": "0", "valid": "1", "validation": "1", "test": "2"}
+
+
+def _is_celeba_layout(data_dir) -> bool:
+    root = Path(data_dir)
+    return (root / CELEBA_IMAGES).is_dir() or (root / CELEBA_PARTITION).is_file()
+
+
+def celeba_files(data_dir, split: str) -> list[Path]:
+    """The image files of one split of the original CelebA layout, in the partition file's order.
+
+    Checked here, before any image is decoded: the partition file (present, well-formed), the split
+    (not empty) and every listed file (present in img_align_celeba/, not empty).
+    """
+    root = Path(data_dir)
+    fix = ("put the original CelebA files there: img_align_celeba/ (202,599 .jpg) and "
+           "list_eval_partition.txt (from the CelebA download)")
+    if split not in _CELEBA_SPLITS:
+        raise _split_error("celeb_a", split, ("train", "valid", "test"))
+    partition, folder = root / CELEBA_PARTITION, root / CELEBA_IMAGES
+    if not partition.is_file():
+        raise DataError(f"CelebA partition file not found: {partition} — {fix}")
+    if not folder.is_dir():
+        raise DataError(f"CelebA image folder not found: {folder} — {fix}")
+    wanted, names = _CELEBA_SPLITS[split], []
+    try:
+        text = partition.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {partition}: {e} — {fix}") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise DataError(f"line {number} of {partition} is {line.strip()[:60]!r}, want '<file>.jpg 0|1|2' — {fix}")
+        if fields[1] == wanted:
+            names.append(fields[0])
+    if not names:
+        raise DataError(f"{partition} lists no image of split {split!r} (partition {wanted}) — {fix}")
+    present = {e.name: e for e in os.scandir(folder)}
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise DataError(f"{len(missing)} images of split {split!r} listed in {partition} are missing from "
+                        f"{folder}, e.g. {missing[0]} — {fix}")
+    empty = [n for n in names if present[n].stat().st_size == 0]
+    if empty:
+        raise DataError(f"{len(empty)} images of split {split!r} are empty files, e.g. {folder / empty[0]} — "
+                        "replace them with the original files")
+    return [folder / n for n in names]
 
 
 # --------------------------------------------------------------------------------------------- tfds
@@ -289,35 +495,23 @@ def _is_tfds_dir(data_dir, name: str) -> bool:
     return any((Path(data_dir) / name).glob("*/dataset_info.json"))
 
 
-def _load_tfds(name: str, split: str, data_dir, size: int):
+def _load_tfds(name: str, split: str, data_dir, size: int) -> TfdsSource:
+    """A prepared tfds dataset as a random-access source (`tfds.data_source`, array_record)."""
     tfds = _tfds()
     where = data_dir if data_dir is not None else "the default tfds data_dir"
     try:
         source = tfds.data_source(name, split=_TFDS_SPLITS.get(split, split), data_dir=data_dir,
                                   download=False)
-        keys = list(range(len(source)))
-        try:
-            examples = source.__getitems__(keys)  # batched: about 2x faster than one by one
-        except TypeError:  # tfds.testing.mock_data (4.9.10) mocks __getitems__ without `self`
-            examples = [source[i] for i in keys]
+        records = TfdsSource(source, name, size)
     except Exception as e:  # tfds raises many kinds (AssertionError, FileNotFoundError, ...)
         message = (str(e).strip().splitlines() or [""])[0]
         raise DataError(f"cannot read tfds dataset {name!r} split {split!r} from {where}: "
                         f"{type(e).__name__}: {message} — pass --data-dir pointing at the original "
                         f"files, {_PREPARE_HINT} (array_record format)") from None
-    if not examples:
+    if not len(records):
         raise DataError(f"tfds dataset {name!r} split {split!r} in {where} is empty — prepare it "
                         "again with `vae-jax prepare`")
-    if name == "celeb_a":
-        from PIL import Image
-
-        images = np.stack([_square_resize(Image.fromarray(ex["image"]), size) for ex in examples])
-    else:
-        images = np.stack([ex["image"] for ex in examples])
-    scale = 1.0 if name == "binarized_mnist" else 255.0  # binarized_mnist stores 0/1 as uint8
-    labels = np.array([ex["label"] for ex in examples], np.int32) if "label" in examples[0] \
-        else None
-    return images.astype(np.float32) / scale, labels
+    return records
 
 
 def prepare_tfds(name: str, manual_dir, data_dir) -> Path:
@@ -402,3 +596,61 @@ def batch_slices(num_examples: int, batch_size: int) -> list[tuple[int, int]]:
                         "positive")
     return [(start, min(start + batch_size, num_examples))
             for start in range(0, num_examples, batch_size)]
+
+
+# ------------------------------------------------------------------------------------------ streaming
+
+
+def read_batch(source, indices) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of the records at `indices`, as stored (uint8 pixels)."""
+    if isinstance(source, ArraySource):
+        labels = source.labels[indices] if source.labels is not None else np.zeros(len(indices), np.int32)
+        return source.images[indices], labels
+    return _read_records(source, indices, with_labels=True, threads=1)
+
+
+class _ReadBatch:
+    """Grain map transform: a batch's record indices -> (images, labels); picklable for workers."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __call__(self, indices):
+        return read_batch(self.source, indices)
+
+
+def process_rows(batch_rows: int, process_index: int, process_count: int) -> slice:
+    """The rows of a global batch that one JAX process reads: an equal contiguous share when the
+    batch divides by the process count, else all of them (the batch is then replicated)."""
+    if process_count == 1 or batch_rows % process_count:
+        return slice(None)
+    share = batch_rows // process_count
+    return slice(process_index * share, (process_index + 1) * share)
+
+
+def stream_batches(ds: Dataset, order, batch_size: int, *, start: int = 0, stop: int | None = None,
+                   rows=lambda n: slice(None), threads: int = 2, prefetch: int = 4, workers: int = 0):
+    """Iterate the batches [start, stop) of one epoch of `ds` in `order`, as numpy (images, labels).
+
+    A Grain pipeline over the random-access source: the batches' record indices are the elements,
+    each read (decoded, cropped, resized: uint8) by one of `threads` threads -- or `workers` worker
+    processes -- up to `prefetch` batches ahead of the consumer. Each JAX process reads only its
+    rows of every global batch (`rows(batch_rows)`, see `process_rows`): sharding by process, the
+    global batch unchanged.
+    """
+    import grain
+
+    order = np.asarray(order)
+    slices = batch_slices(len(order), batch_size)[start:stop]
+    index_lists = [order[a:b][rows(b - a)] for a, b in slices]
+    if not index_lists:
+        return iter(())
+    data = grain.MapDataset.source(index_lists).map(_ReadBatch(ds.source))
+    data = data.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=prefetch))
+    if workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags (defaults suffice)
+            flags.FLAGS.mark_as_parsed()
+        data = data.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(data)

@@ -7,6 +7,7 @@ run continues exactly where the checkpoint left off.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -51,6 +52,10 @@ class Config:
     train_k: int = 1  # samples per image in the training objective: 1 = the ELBO; >1 = the IWAE bound
     init_from: Optional[str] = None  # start from the weights of another run's latest checkpoint (fine-tuning)
     devices: int = 1  # data parallelism over this many devices; batch_size stays the GLOBAL batch
+    max_steps: Optional[int] = None  # stop after this many optimizer steps in all (then test and figures)
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps inside an epoch; 0: at epoch ends only
+    data_mode: str = "auto"  # "memory": whole splits on the device; "stream": Grain batches; "auto": by size
+    data_workers: int = 0  # stream: Grain worker processes decoding batches (0: threads in this process)
     checkpoint: bool = True
     figures: bool = True
     progress: bool = True
@@ -66,6 +71,14 @@ class Config:
             raise ConfigError(f"unknown learning-rate schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
         if self.recon not in losses.RECON_KINDS:
             raise ConfigError(f"unknown reconstruction loss {self.recon!r}: use one of {', '.join(losses.RECON_KINDS)}")
+        if self.data_mode not in DATA_MODES:
+            raise ConfigError(f"unknown data mode {self.data_mode!r}: use one of {', '.join(DATA_MODES)}")
+        for name in ("max_steps",):
+            v = getattr(self, name)
+            if v is not None and int(v) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+        if int(self.checkpoint_every) < 0 or int(self.data_workers) < 0:
+            raise ConfigError("--checkpoint-every and --data-workers must be >= 0")
         if self.binarize not in ("none", "dynamic"):
             raise ConfigError(f"unknown binarization {self.binarize!r}: use 'none' or 'dynamic'")
         for name in ("epochs", "batch_size", "devices"):
@@ -98,6 +111,10 @@ class Config:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+DATA_MODES = ("auto", "memory", "stream")
+# --data-mode auto keeps a split whole on the device up to this size (as stored, uint8): MNIST's
+# 60000 images are 47 MB; CelebA's train split at 64x64 is 2.0 GB and streams.
+MEMORY_BYTES = 256 * 2**20
 
 
 def learning_rate(config: Config, steps_per_epoch: Optional[int]):
@@ -175,11 +192,16 @@ class Trainer:
         model.train()
         self.tx = optax.adam(learning_rate(config, steps_per_epoch))
         self._init_state = {"params": params, "batch_stats": batch_stats,
-                            "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
+                            "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32),
+                            "sums": zero_sums()}
         # The state is donated: XLA updates parameters and Adam moments in place (~10% per step on
         # the MLP VAE, measured); a state passed in is consumed -- use the one returned.
+        # Two entry points to the one step: data on the device (batch gathered by index inside the
+        # step), or a batch streamed from the host.
         self.train_step = jax.jit(self._train_step, donate_argnums=(0,))
+        self.batch_train_step = jax.jit(self._step, donate_argnums=(0,))
         self.eval_step = jax.jit(self._eval_step)
+        self.batch_eval_step = jax.jit(self._eval)
         self.mesh = None
 
     @property
@@ -215,20 +237,46 @@ class Trainer:
     def merge(self, state, train=False):
         return nnx.merge(self.graphdef if train else self.eval_graphdef, state["params"], state["batch_stats"])
 
-    def _batch(self, images, labels, idx, key):
-        """(x, y, eps_key) of the batch images[idx]; dynamic binarization draws from the step's key."""
-        x, y = images[idx], labels[idx]
+    def put(self, tree):
+        """Host arrays -> device arrays, replicated over the mesh when there is one (every process
+        passes the same values)."""
+        if self.mesh is None:
+            return jax.device_put(tree)
+        return jax.tree.map(lambda a: jax.make_array_from_process_local_data(self._replicated, np.asarray(a)), tree)
+
+    def batch_rows(self, rows: int) -> slice:
+        """The rows of a global batch of `rows` that this process supplies (all of them on one process)."""
+        n = 1 if self.mesh is None else self.mesh.devices.size
+        if rows % n:
+            return slice(None)
+        return input_pipeline.process_rows(rows, jax.process_index(), jax.process_count())
+
+    def put_batch(self, arrays, rows: int):
+        """This process's rows of a global batch of `rows` -> global device arrays, split along the mesh's
+        'data' axis (replicated when `rows` does not divide by the device count)."""
+        if self.mesh is None:
+            return jax.device_put(arrays)
+        sharding = self._split if rows % self.mesh.devices.size == 0 else self._replicated
+        return tuple(jax.make_array_from_process_local_data(sharding, a, (rows, *a.shape[1:])) for a in arrays)
+
+    def merge(self, state, train=False):
+        return nnx.merge(self.graphdef if train else self.eval_graphdef, state["params"], state["batch_stats"])
+
+    def _prepare(self, x, key):
+        """(x as float32, eps_key): uint8 pixels -> [0, 1]; dynamic binarization draws from the step's key."""
+        x = input_pipeline.to_float(x)
         bin_key, eps_key = jax.random.split(key)
         if self.config.binarize == "dynamic":
             x = jax.random.bernoulli(bin_key, x).astype(x.dtype)
-        return x, y, eps_key
+        return x, eps_key
 
-    def _train_step(self, state, images, labels, idx, key, kl_weight, eps=None):
-        """One Adam step on the batch images[idx]: (state, batch, key) -> (state, metrics).
+    def _step(self, state, x, y, key, kl_weight, eps=None):
+        """The one train step: an Adam step on the batch (x, y) -> (state, metrics).
 
-        eps: the reparameterization noise, when given (cross-framework comparisons); else drawn from key."""
+        state["sums"] accumulates the epoch's loss sums. eps: the reparameterization noise, when given
+        (cross-framework comparisons); else drawn from key."""
         cfg = self.config
-        x, y, eps_key = self._batch(images, labels, idx, key)
+        x, eps_key = self._prepare(x, key)
 
         def loss_fn(params):
             model = nnx.merge(self.graphdef, params, state["batch_stats"], copy=True)
@@ -239,18 +287,27 @@ class Trainer:
         (total, ((rec, kl), batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        new = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "step": state["step"] + 1}
-        return new, {"loss": total, "recon": rec, "kl": kl}
+        metrics = {"loss": total, "recon": rec, "kl": kl}
+        new = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "step": state["step"] + 1,
+               "sums": jax.tree.map(jnp.add, state["sums"], metrics)}
+        return new, metrics
 
-    def _eval_step(self, state, images, labels, idx, key, kl_weight):
-        """Loss sums on images[idx] in eval mode, z sampled as in the chapter's test_epoch.
+    def _train_step(self, state, images, labels, idx, key, kl_weight, eps=None):
+        """The train step on the batch images[idx] (the whole split on the device)."""
+        return self._step(state, images[idx], labels[idx], key, kl_weight, eps)
+
+    def _eval(self, state, x, y, key, kl_weight):
+        """Loss sums on a batch in eval mode, z sampled as in the chapter's test_epoch.
 
         Always the ELBO (one z per image), whatever --train-k: test losses of runs compare."""
         cfg = self.config
-        x, y, eps_key = self._batch(images, labels, idx, key)
+        x, eps_key = self._prepare(x, key)
         model = self.merge(state)
         total, (rec, kl) = loss_terms(model, x, y, eps_key, recon=cfg.recon, beta=cfg.beta, kl_weight=kl_weight)
         return {"loss": total, "recon": rec, "kl": kl}
+
+    def _eval_step(self, state, images, labels, idx, key, kl_weight):
+        return self._eval(state, images[idx], labels[idx], key, kl_weight)
 
 
 def _test_step_sleep() -> float:
@@ -265,44 +322,59 @@ def _test_step_sleep() -> float:
         return 0.0
 
 
-def _run_batches(step_fn, state, images, labels, order, batch_size, key, kl_weight, *, train, desc, progress,
-                 place=lambda idx: idx):
-    """Run step_fn over the batches of `order`; return (state, per-sample means of the sums, losses).
+def zero_sums():
+    """The running loss sums of an epoch (kept in the train state, so a checkpoint inside an epoch
+    resumes it exactly)."""
+    return {k: jnp.zeros((), jnp.float32) for k in ("loss", "recon", "kl")}
 
-    `losses` holds each step's loss sum as an on-device scalar (nothing is synchronized per step);
-    `first_nonfinite(losses)` finds the first bad step when the epoch's sum is not finite.
-    """
-    slices = input_pipeline.batch_slices(len(order), batch_size)
-    sums = None
-    losses = []
-    sleep = _test_step_sleep() if train else 0.0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(slices), desc=desc, leave=False, dynamic_ncols=True)
-    for i, (a, b) in enumerate(slices):
-        k = jax.random.fold_in(key, i)
-        idx = place(order[a:b])
+
+def to_host(x):
+    """A (replicated) device value as numpy; in a multi-process run this process's copy."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = x.addressable_data(0)
+    return np.asarray(x)
+
+
+class Feed:
+    """One split on its way to the step: whole on the device ('memory': the step gathers its batch by
+    index) or streamed ('stream': a Grain pipeline decodes the next batches on the host and they are
+    transferred while the step runs). --data-mode auto streams splits over MEMORY_BYTES."""
+
+    def __init__(self, ds, trainer, config: Config):
+        self.ds, self.trainer, self.config = ds, trainer, config
+        self.streamed = config.data_mode == "stream" or (config.data_mode == "auto" and ds.nbytes > MEMORY_BYTES)
+        self.arrays = None if self.streamed else trainer.put(ds.stored_arrays())
+
+    def step(self, train: bool):
+        tr = self.trainer
         if train:
-            state, m = step_fn(state, images, labels, idx, k, kl_weight)
-        else:
-            m = step_fn(state, images, labels, idx, k, kl_weight)
-        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
-        losses.append(m["loss"])
-        if sleep:
-            time.sleep(sleep)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    n = len(order)
-    return state, {k: float(v) / n for k, v in sums.items()}, losses
+            return tr.batch_train_step if self.streamed else tr.train_step
+        return tr.batch_eval_step if self.streamed else tr.eval_step
 
+    def host_batches(self, order, batch_size, start=0, stop=None):
+        """(images, labels) numpy batches [start, stop) of `order`, this process's rows, as the step sees them."""
+        rows = self.trainer.batch_rows
+        if self.streamed:
+            return input_pipeline.stream_batches(self.ds, order, batch_size, start=start, stop=stop, rows=rows,
+                                                 workers=self.config.data_workers)
+        return (input_pipeline.read_batch(self.ds.source, order[a:b][rows(b - a)])
+                for a, b in input_pipeline.batch_slices(len(order), batch_size)[start:stop])
 
-def first_nonfinite(losses) -> Optional[int]:
-    """Index of the first non-finite value in a list of scalars, or None."""
-    bad = np.flatnonzero(~np.isfinite(np.asarray(jnp.stack(losses)))) if losses else []
-    return int(bad[0]) if len(bad) else None
+    def batches(self, order, batch_size, start=0, stop=None):
+        """The step's data arguments for batches [start, stop) of `order` (a host int array)."""
+        tr = self.trainer
+        slices = input_pipeline.batch_slices(len(order), batch_size)[start:stop]
+        if not self.streamed:
+            for a, b in slices:
+                yield (*self.arrays, *tr.put_batch((order[a:b][tr.batch_rows(b - a)],), b - a))
+            return
+        ahead = collections.deque()  # device_put is asynchronous: the next batch moves while a step runs
+        for (a, b), batch in zip(slices, self.host_batches(order, batch_size, start, stop)):
+            ahead.append(tr.put_batch(batch, b - a))
+            if len(ahead) > 1:
+                yield ahead.popleft()
+        while ahead:
+            yield ahead.popleft()
 
 
 def epoch_keys(seed: int, epoch: int):
@@ -310,33 +382,82 @@ def epoch_keys(seed: int, epoch: int):
     return {p: jax.random.fold_in(jax.random.fold_in(root, p), epoch) for p in (_SHUFFLE, _TRAIN, _EVAL)}
 
 
-def train_epoch(trainer, state, data, config, epoch):
-    """One epoch (1-based) of training then evaluation; returns (state, metrics dict)."""
+def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """The shuffled order of a 1-based epoch (from the run's seed), on the host."""
+    return np.asarray(input_pipeline.epoch_permutation(epoch_keys(seed, epoch)[_SHUFFLE], num_examples))
+
+
+def first_nonfinite(losses) -> Optional[int]:
+    """Index of the first non-finite value in a list of scalars, or None."""
+    bad = np.flatnonzero(~np.isfinite(np.stack([to_host(v) for v in losses]))) if losses else []
+    return int(bad[0]) if len(bad) else None
+
+
+def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: int, stop: int):
+    """Optimizer steps on batches [start, stop) of a 1-based epoch; returns the state.
+
+    Step i of the epoch draws from fold_in(the epoch's train key, i): where the epoch is cut
+    (--max-steps, --checkpoint-every, a resume) does not change the run."""
     keys = epoch_keys(config.seed, epoch)
     kw = kl_weight_for(config, epoch)
-    train_x, train_y, test_x, test_y = data
-    order = input_pipeline.epoch_permutation(keys[_SHUFFLE], train_x.shape[0])
-    t0 = time.perf_counter()
-    state, tr, step_losses = _run_batches(trainer.train_step, state, train_x, train_y, order, config.batch_size,
-                                          keys[_TRAIN], kw, train=True, desc=f"epoch {epoch}",
-                                          progress=config.progress, place=trainer.place_batch)
-    train_time = time.perf_counter() - t0
-    if not math.isfinite(tr["loss"]):
-        bad = first_nonfinite(step_losses)
-        where = f"step {bad + 1} of {len(step_losses)}" if bad is not None else "the epoch's sum"
+    if start == 0:
+        state = {**state, "sums": trainer.put(zero_sums())}
+    step_fn, losses = feed.step(train=True), []
+    sleep = _test_step_sleep()
+    bar = None
+    if config.progress and jax.process_index() == 0:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=stop - start, initial=0, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    order = epoch_order(config.seed, epoch, len(feed.ds))
+    for i, args in enumerate(feed.batches(order, config.batch_size, start, stop), start):
+        state, m = step_fn(state, *args, jax.random.fold_in(keys[_TRAIN], i), kw)
+        losses.append(m["loss"])
+        if sleep:
+            time.sleep(sleep)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if not math.isfinite(float(to_host(state["sums"]["loss"]))):
+        bad = first_nonfinite(losses)
+        spe = steps_per_epoch(config, feed.ds)
+        where = f"step {start + bad + 1} of {spe}" if bad is not None else "the epoch's sum"
         raise FloatingPointError(f"non-finite training loss at epoch {epoch}, {where}: lower --lr or check the data")
-    test_order = jnp.arange(test_x.shape[0], dtype=jnp.int32)
-    _, te, _ = _run_batches(trainer.eval_step, state, test_x, test_y, test_order, config.batch_size,
-                            keys[_EVAL], kw, train=False, desc="test", progress=False,
-                            place=trainer.place_batch)
+    return state
+
+
+def evaluate_split(trainer, state, feed: Feed, config: Config, epoch: int) -> dict[str, float]:
+    """Per-sample means of the test ELBO terms, in order, z drawn from the epoch's eval key."""
+    key, kw = epoch_keys(config.seed, epoch)[_EVAL], kl_weight_for(config, epoch)
+    step_fn, sums = feed.step(train=False), None
+    order = np.arange(len(feed.ds), dtype=np.int32)
+    for i, args in enumerate(feed.batches(order, config.batch_size)):
+        m = step_fn(state, *args, jax.random.fold_in(key, i), kw)
+        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+    return {k: float(to_host(v)) / len(order) for k, v in sums.items()}
+
+
+def epoch_metrics(trainer, state, feeds, config: Config, epoch: int, train_time: float, steps: int) -> dict:
+    """The metrics row of an epoch (or of the part of it trained so far: `steps` batches)."""
+    train_feed, test_feed = feeds
+    n = min(len(train_feed.ds), steps * config.batch_size)
+    tr = {k: float(to_host(v)) / n for k, v in state["sums"].items()}
+    te = evaluate_split(trainer, state, test_feed, config, epoch)
     if not math.isfinite(te["loss"]):
         raise FloatingPointError(f"non-finite test loss at epoch {epoch} (train loss {tr['loss']}): "
                                  "lower --lr or check the data")
-    metrics = {"epoch": epoch, "kl_weight": kw,
-               "train_loss": tr["loss"], "train_recon": tr["recon"], "train_kl": tr["kl"],
-               "test_loss": te["loss"], "test_recon": te["recon"], "test_kl": te["kl"],
-               "train_time_s": train_time}
-    return state, metrics
+    return {"epoch": epoch, "kl_weight": kl_weight_for(config, epoch),
+            "train_loss": tr["loss"], "train_recon": tr["recon"], "train_kl": tr["kl"],
+            "test_loss": te["loss"], "test_recon": te["recon"], "test_kl": te["kl"],
+            "train_time_s": train_time}
+
+
+def train_epoch(trainer, state, feeds, config, epoch):
+    """One whole epoch (1-based) of training then evaluation; returns (state, metrics dict)."""
+    t0 = time.perf_counter()
+    spe = steps_per_epoch(config, feeds[0].ds)
+    state = train_part(trainer, state, feeds[0], config, epoch, 0, spe)
+    return state, epoch_metrics(trainer, state, feeds, config, epoch, time.perf_counter() - t0, spe)
 
 
 def check_model_fits(config: Config, image_shape):
@@ -361,92 +482,119 @@ def check_model_fits(config: Config, image_shape):
 
 
 def load_data(config: Config):
-    """(train, test) Datasets for the config; labels default to zeros when the data has none."""
-    train = input_pipeline.load_dataset(config.dataset, "train", config.data_dir)
-    test = input_pipeline.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir)
-    if train.images.shape[1:] != test.images.shape[1:]:
-        raise ConfigError(f"--test-dataset {config.test_dataset} has images of shape {test.images.shape[1:]}, "
-                          f"the training data {config.dataset} {train.images.shape[1:]} -- use a test dataset "
+    """(train, test) Datasets for the config; --train-limit/--test-limit select before decoding."""
+    train = input_pipeline.load_dataset(config.dataset, "train", config.data_dir).take(config.train_limit)
+    test = input_pipeline.load_dataset(config.test_dataset or config.dataset, "test",
+                                       config.data_dir).take(config.test_limit)
+    if train.image_shape != test.image_shape:
+        raise ConfigError(f"--test-dataset {config.test_dataset} has images of shape {test.image_shape}, "
+                          f"the training data {config.dataset} {train.image_shape} -- use a test dataset "
                           "with the same image shape")
-    if config.train_limit:
-        train = dataclasses.replace(train, images=train.images[: config.train_limit],
-                                    labels=None if train.labels is None else train.labels[: config.train_limit])
-    if config.test_limit:
-        test = dataclasses.replace(test, images=test.images[: config.test_limit],
-                                   labels=None if test.labels is None else test.labels[: config.test_limit])
     return train, test
 
 
 def device_arrays(ds):
-    labels = ds.labels if ds.labels is not None else np.zeros(len(ds.images), np.int32)
-    return jnp.asarray(ds.images, jnp.float32), jnp.asarray(labels, jnp.int32)
+    """A (small) split whole on the device: float32 images in [0, 1], int32 labels (zeros when none)."""
+    images, labels = ds.stored_arrays()
+    return jnp.asarray(input_pipeline.to_float(images), jnp.float32), jnp.asarray(labels, jnp.int32)
 
 
 def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=print) -> dict[str, Any]:
     """Train `config.model` on `config.dataset`, writing into `workdir`:
 
-    metrics.jsonl (one JSON object per epoch), config.json, checkpoints/ (orbax, each epoch),
-    figures/*.png at the end, summary.json. Returns the summary.
+    metrics.jsonl (one JSON object per epoch), config.json, checkpoints/ (orbax, at each epoch's end,
+    every --checkpoint-every steps and at --max-steps), figures/*.png at the end, summary.json.
+    Returns the summary. In a multi-process run (jax.distributed) every process calls this; only
+    process 0 writes files other than checkpoints.
     """
     from vae_jax import checkpoints  # orbax is imported only when a run checkpoints
 
     config.validate()
+    if jax.process_count() > 1:
+        if config.devices != jax.device_count():
+            raise ConfigError(f"a multi-process run trains on every device: pass --devices {jax.device_count()} "
+                              f"(the global device count over {jax.process_count()} processes), not {config.devices}")
+        if jax.process_index():
+            log = lambda s: None  # noqa: E731 -- process 0 speaks for the run
     workdir = Path(workdir)
     run = checkpoints.RunDir(workdir, config, resume=resume)
     train_ds, test_ds = load_data(config)
-    if config.model == "cvae" and train_ds.labels is None:
+    if config.model == "cvae" and not train_ds.has_labels:
         raise ConfigError(f"--model cvae needs labels, and dataset {config.dataset!r} has none: use mnist or digits")
-    data = (*device_arrays(train_ds), *device_arrays(test_ds))
-    image_shape = train_ds.images.shape[1:]
+    image_shape = train_ds.image_shape
 
     check_model_fits(config, image_shape)
     root = jax.random.key(config.seed)
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)))
-    trainer = Trainer(model, config, steps_per_epoch=steps_per_epoch(config, train_ds))
-    state, start_epoch = run.restore(trainer.init_state)
-    if config.init_from and not start_epoch:
-        state = initial_weights_from(config.init_from, trainer, state, config, image_shape)
-    run.write_config(image_shape)  # only once the options, the data and --init-from are known to work
+    spe = steps_per_epoch(config, train_ds)
+    trainer = Trainer(model, config, steps_per_epoch=spe)
     if config.devices > 1:
         trainer.shard(config.devices)
-        state, data = trainer.replicate(state), trainer.replicate(data)
-    if start_epoch:
-        log(f"resumed from epoch {start_epoch} in {workdir}")
-    history = run.read_metrics()
-    t_run = time.perf_counter()
-    for epoch in range(start_epoch + 1, config.epochs + 1):
+    state, _ = run.restore(trainer.put(trainer.init_state))  # restored with the state's sharding
+    step = int(to_host(state["step"]))
+    if config.init_from and not step:
+        state = initial_weights_from(config.init_from, trainer, state, config, image_shape)
+    feeds = (Feed(train_ds, trainer, config), Feed(test_ds, trainer, config))  # 'memory' decodes all now
+    run.write_config(image_shape)  # only once the options, the data and --init-from are known to work
+    state = trainer.put(jax.tree.map(to_host, state))
+    if step:
+        log(f"resumed from step {step} (epoch {step // spe + 1}, batch {step % spe} of {spe}) in {workdir}")
+    history = run.read_metrics(upto_epoch=step // spe)
+    last = config.epochs * spe if not config.max_steps else min(config.epochs * spe, config.max_steps)
+    final, epoch_time, t_run = None, 0.0, time.perf_counter()
+    while step < last:
+        epoch, start = step // spe + 1, step % spe
+        stop = min(spe, last - (epoch - 1) * spe)
+        if config.checkpoint_every:
+            stop = min(stop, (step // config.checkpoint_every + 1) * config.checkpoint_every - (epoch - 1) * spe)
+        t0 = time.perf_counter()
         try:
-            state, m = train_epoch(trainer, state, data, config, epoch)
+            state = train_part(trainer, state, feeds[0], config, epoch, start, stop)
+            epoch_time += time.perf_counter() - t0
+            step = (epoch - 1) * spe + stop
+            if stop == spe:
+                final = epoch_metrics(trainer, state, feeds, config, epoch, epoch_time, spe)
         except FloatingPointError as e:
-            kept = run.latest_epoch() if config.checkpoint else 0
+            kept = run.latest_step() if config.checkpoint else 0
             raise FloatingPointError(
-                f"{e}; " + (f"the last good checkpoint (epoch {kept}) in {workdir} is kept" if kept
+                f"{e}; " + (f"the last good checkpoint (step {kept}) in {workdir} is kept" if kept
                             else "no checkpoint was written")) from None
-        history.append(m)
-        run.append_metrics(m)
+        if stop == spe:
+            epoch_time = 0.0
+            history.append(final)
+            run.append_metrics(final)
         if config.checkpoint:
-            run.save(epoch, state)
-        log(f"Epoch {epoch}/{config.epochs}  Train - Loss: {m['train_loss']:.4f}, Recon: {m['train_recon']:.4f}, "
-            f"KL: {m['train_kl']:.4f}  Test - Loss: {m['test_loss']:.4f}, Recon: {m['test_recon']:.4f}, "
-            f"KL: {m['test_kl']:.4f}  ({m['train_time_s']:.1f}s)")
+            run.save(step, state)
+        if stop == spe:
+            m = final
+            log(f"Epoch {epoch}/{config.epochs}  Train - Loss: {m['train_loss']:.4f}, Recon: {m['train_recon']:.4f}, "
+                f"KL: {m['train_kl']:.4f}  Test - Loss: {m['test_loss']:.4f}, Recon: {m['test_recon']:.4f}, "
+                f"KL: {m['test_kl']:.4f}  ({m['train_time_s']:.1f}s)")
+    if step % spe:  # stopped inside an epoch (--max-steps): test the model as it is
+        epoch = step // spe + 1
+        final = dict(epoch_metrics(trainer, state, feeds, config, epoch, epoch_time, step % spe),
+                     step=step, partial_epoch=True)
+        log(f"stopped at step {step} (--max-steps {config.max_steps}), inside epoch {epoch}: test loss "
+            f"{final['test_loss']:.4f} per sample; resume with --resume and a larger --max-steps")
     wall = time.perf_counter() - t_run
     summary = {"workdir": str(workdir), "config": dataclasses.asdict(config), "epochs": len(history),
-               "wall_time_s": wall, "final": history[-1] if history else None}
-    model = trainer.merge(state)
+               "steps": step, "wall_time_s": wall, "final": final or (history[-1] if history else None)}
+    model = trainer.merge(jax.tree.map(to_host, state))
     if config.iwae_k:
         from vae_jax import evaluate
-        summary["iwae_nll"] = evaluate.iwae_nll(model, data[2], data[3], k=config.iwae_k,
+        test_x, test_y = device_arrays(test_ds)
+        summary["iwae_nll"] = evaluate.iwae_nll(model, test_x, test_y, k=config.iwae_k,
                                                 key=jax.random.fold_in(root, 7), recon=config.recon,
                                                 binarize_key=None)
         log(f"importance-sampled NLL (k={config.iwae_k}): {summary['iwae_nll']:.3f} nats")
-    if config.figures:
+    if config.figures and run.primary:
         from vae_jax import evaluate
         summary["figures"] = evaluate.make_figures(model, test_ds, history, workdir / "figures",
                                                    key=jax.random.fold_in(root, 8))
     run.write_summary(summary)
-    if history:
-        f = history[-1]
-        log(f"done: {len(history)} epochs, test loss {f['test_loss']:.4f} per sample "
+    f = summary["final"]
+    if f:
+        log(f"done: {step} steps ({len(history)} epochs), test loss {f['test_loss']:.4f} per sample "
             f"(recon {f['test_recon']:.4f}, KL {f['test_kl']:.4f}); wrote {workdir}")
     return summary
 
@@ -478,7 +626,7 @@ def initial_weights_from(path, trainer, state, config: Config, image_shape):
 
 
 def steps_per_epoch(config: Config, train_ds) -> int:
-    return len(input_pipeline.batch_slices(len(train_ds.images), config.batch_size))
+    return len(input_pipeline.batch_slices(len(train_ds), config.batch_size))
 
 
 def restore_run(workdir):
@@ -494,6 +642,7 @@ def restore_run(workdir):
     fields = {f.name for f in dataclasses.fields(Config)}
     try:
         image_shape = tuple(int(d) for d in saved.pop("image_shape"))
+        saved["devices"] = 1  # how many devices trained it does not matter to read it (eval, plot, export)
         config = Config(**{k: v for k, v in saved.items() if k in fields}).validate()
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e}) -- restore it from the run's "
