@@ -94,7 +94,7 @@ def _parser():
                    help="also checkpoint every N optimizer steps inside an epoch (0: at each epoch's end only)")
     t.add_argument("--data-mode", default="auto", choices=["auto", "memory", "stream"],
                    help="memory: each split whole on the device; stream: Grain decodes batches ahead of the "
-                        "step; auto: stream splits over 256 MiB (uint8)")
+                        "step; auto: stream splits over 64 MiB (uint8)")
     t.add_argument("--data-workers", type=_nonneg_int, default=0,
                    help="stream: Grain worker processes that decode batches (0: threads in this process)")
     t.add_argument("--coordinator-address", default=None,

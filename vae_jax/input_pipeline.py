@@ -1,8 +1,10 @@
-"""Datasets as arrays, read from the original files or from tfds, plus the batching helpers.
+"""Datasets as random-access sources of uint8 records, read lazily, plus the streaming pipeline.
 
-Every loader returns a `Dataset`: images float32 NHWC in [0, 1] ((N, 28, 28, 1) for the MNIST
-family, (N, S, S, 3) for CelebA and image folders), labels int32 (N,) or None. Bad or missing data
-raises `DataError` with one line naming the problem and the fix.
+Every loader returns a `Dataset`: a source of (image, label) records -- images uint8 HWC ((28, 28, 1)
+for the MNIST family, (S, S, 3) for CelebA and image folders; float32 in [0, 1] only for the embedded
+digits), labels int32 (zeros when the data has none). Files are listed and checked when a split is
+loaded; images are decoded only when a record is read. Pixels become float32 in the train step
+(`to_float`: x / 255). Bad or missing data raises `DataError` with one line naming the problem and the fix.
 
 Sources, for `load_dataset(name, split, data_dir)`:
 
@@ -12,8 +14,9 @@ Sources, for `load_dataset(name, split, data_dir)`:
                     the 4 original IDX .gz files (in data_dir or data_dir/<name>), read directly
                     without TensorFlow, or a tfds data_dir where the dataset was prepared.
 * 'binarized_mnist' binarized_mnist_{train,valid,test}.amat(.gz), or a prepared tfds data_dir.
-* 'celeb_a'         a prepared tfds data_dir (image 218x178 -> center crop 178x178 -> resize),
-                    or a folder of images like 'image_folder'.
+* 'celeb_a'         the original download (data_dir/img_align_celeba/*.jpg and
+                    data_dir/list_eval_partition.txt), a prepared tfds data_dir, or a folder of
+                    images like 'image_folder'; 218x178 -> center crop 178x178 -> resize to 64x64.
 * 'image_folder'    .png/.jpg images, center-cropped to a square and resized to image_size (RGB);
                     split 'train' reads data_dir/train/ if present, else data_dir itself, any other
                     split reads data_dir/<split>/.
@@ -21,8 +24,11 @@ Sources, for `load_dataset(name, split, data_dir)`:
 A tfds data_dir is recognised by <data_dir>/<name>/<version>/dataset_info.json; `source='tfds'`
 forces the tfds path (as with `tfds.testing.mock_data`), `source='files'` the direct readers.
 tfds stores its examples shuffled, so the tfds order differs from the original files' order.
-"""
 
+`stream_batches` is the Grain pipeline that training uses for large splits: the epoch's shuffled
+order (from the run's seed) cut into batches, each batch read by a thread or worker process ahead
+of the step, each JAX process reading only its rows of every global batch.
+"""
 from __future__ import annotations
 
 import dataclasses

@@ -114,7 +114,7 @@ LR_SCHEDULES = ("constant", "cosine")
 DATA_MODES = ("auto", "memory", "stream")
 # --data-mode auto keeps a split whole on the device up to this size (as stored, uint8): MNIST's
 # 60000 images are 47 MB; CelebA's train split at 64x64 is 2.0 GB and streams.
-MEMORY_BYTES = 256 * 2**20
+MEMORY_BYTES = 64 * 2**20
 
 
 def learning_rate(config: Config, steps_per_epoch: Optional[int]):
@@ -393,7 +393,7 @@ def first_nonfinite(losses) -> Optional[int]:
     return int(bad[0]) if len(bad) else None
 
 
-def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: int, stop: int):
+def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: int, stop: int, first_step=None):
     """Optimizer steps on batches [start, stop) of a 1-based epoch; returns the state.
 
     Step i of the epoch draws from fold_in(the epoch's train key, i): where the epoch is cut
@@ -412,6 +412,8 @@ def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: in
     for i, args in enumerate(feed.batches(order, config.batch_size, start, stop), start):
         state, m = step_fn(state, *args, jax.random.fold_in(keys[_TRAIN], i), kw)
         losses.append(m["loss"])
+        if first_step is not None and not first_step:
+            first_step.append(float(to_host(m["loss"])))  # waits for it: the time to the first step, once
         if sleep:
             time.sleep(sleep)
         if bar is not None:
@@ -509,6 +511,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
     """
     from vae_jax import checkpoints  # orbax is imported only when a run checkpoints
 
+    t_start = time.perf_counter()
     config.validate()
     if jax.process_count() > 1:
         if config.devices != jax.device_count():
@@ -541,7 +544,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
         log(f"resumed from step {step} (epoch {step // spe + 1}, batch {step % spe} of {spe}) in {workdir}")
     history = run.read_metrics(upto_epoch=step // spe)
     last = config.epochs * spe if not config.max_steps else min(config.epochs * spe, config.max_steps)
-    final, epoch_time, t_run = None, 0.0, time.perf_counter()
+    final, epoch_time, t_run, first_step, first_logged = None, 0.0, time.perf_counter(), [], False
     while step < last:
         epoch, start = step // spe + 1, step % spe
         stop = min(spe, last - (epoch - 1) * spe)
@@ -549,7 +552,10 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
             stop = min(stop, (step // config.checkpoint_every + 1) * config.checkpoint_every - (epoch - 1) * spe)
         t0 = time.perf_counter()
         try:
-            state = train_part(trainer, state, feeds[0], config, epoch, start, stop)
+            state = train_part(trainer, state, feeds[0], config, epoch, start, stop, first_step)
+            if first_step and not first_logged:
+                first_logged = True
+                log(f"first step done {time.perf_counter() - t_start:.1f}s after the run started")
             epoch_time += time.perf_counter() - t0
             step = (epoch - 1) * spe + stop
             if stop == spe:
