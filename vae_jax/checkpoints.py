@@ -11,25 +11,28 @@ import gc
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from vae_jax.errors import CheckpointError, ConfigError, ConsoleStderr
+from vae_jax.files import atomic_write, lock_run_dir
 
 # Fields that may differ between a run and its resumption.
 _RESUMABLE = {"epochs", "progress", "figures", "iwae_k", "checkpoint", "data_dir", "devices", "max_steps",
-              "checkpoint_every", "data_mode", "data_workers"}
+              "checkpoint_every", "data_mode", "data_workers",
+              "lr"}  # a lower --lr resumes a run that diverged from its last good checkpoint
 
 
-def _atomic_write(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def latest_step_on_disk(workdir) -> int:
+    """The newest complete checkpoint's number in workdir/checkpoints, read from the folder names
+    (no orbax): for messages after an interrupt."""
+    try:
+        return max((int(p.name) for p in (Path(workdir) / "checkpoints").iterdir() if p.name.isdigit()), default=0)
+    except OSError:
+        return 0
 
 
 def read_config(path: Path) -> dict:
@@ -48,7 +51,7 @@ def read_config(path: Path) -> dict:
 class RunDir:
     """read_only: only read an existing run (export/eval/plot): nothing is created or written."""
 
-    def __init__(self, workdir, config, *, resume=False, read_only=False):
+    def __init__(self, workdir, config, *, resume=False, read_only=False, restart=False):
         self.dir = Path(workdir)
         self.config = config
         self.read_only = read_only
@@ -61,21 +64,27 @@ class RunDir:
         if not read_only and self.primary:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
-                probe = self.dir / ".write_probe"
-                probe.write_text("")
-                probe.unlink()
+                fd, probe = tempfile.mkstemp(dir=self.dir, prefix=".write-probe-")  # O_EXCL | O_NOFOLLOW
+                os.close(fd)
+                os.unlink(probe)
             except OSError as e:
                 raise ConfigError(f"cannot write to workdir {self.dir}: {e.strerror} -- choose a writable "
                                   "--workdir") from None
-        has_run = self.config_path.exists() or self.metrics_path.exists() or self.ckpt_dir.exists()
+            lock_run_dir(self.dir)
+            if restart:
+                self._clear_run(dry_run=True)  # deleted only once the new run's options and data work
+        self.restart = restart
+        # only process 0 looks: the others would see its files appear
+        has_run = self.primary and self.dir.is_dir() and any(self.dir.iterdir())
         if resume or read_only:
             if not self.config_path.exists():
                 raise CheckpointError(f"nothing to resume in {self.dir}: no config.json -- drop --resume to start a new run")
             self._saved = read_config(self.config_path)
             self._check_same_config(self._saved)
-        elif has_run:
-            raise ConfigError(f"workdir {self.dir} already holds a run -- pass --resume to continue it, "
-                              "or choose another --workdir")
+        elif has_run and not restart:
+            what = "a run" if self.config_path.exists() else "files (not a vae-jax run)"
+            raise ConfigError(f"workdir {self.dir} already holds {what} -- pass --resume to continue a run, "
+                              "or choose another (new or empty) --workdir; nothing was changed")
         self.resume = resume
         self._manager = None
         if jax.process_count() > 1:  # every process has checked the folder before process 0 writes to it
@@ -83,13 +92,31 @@ class RunDir:
 
             multihost_utils.sync_global_devices(f"vae_jax rundir {self.dir}")
 
+    def _clear_run(self, dry_run=False):
+        """--restart: delete what a run wrote here (only that: any other entry refuses the restart)."""
+        import shutil
+
+        if not self.config_path.exists():
+            raise ConfigError(f"--restart: {self.dir} holds no run (no config.json) -- drop --restart")
+        ours = {"config.json", "metrics.jsonl", "summary.json", "checkpoints", "figures", "plots"}
+        other = sorted(p.name for p in self.dir.iterdir() if p.name not in ours and not p.name.startswith(".")
+                       and not p.name.startswith("eval_k"))
+        if other:
+            raise ConfigError(f"--restart: {self.dir} also holds {other[0]!r}, which vae-jax did not write -- move it "
+                              "away or choose another --workdir; nothing was deleted")
+        for p in [] if dry_run else self.dir.iterdir():
+            if p.name in ours or p.name.startswith("eval_k"):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
     def write_config(self, image_shape):
         """config.json: the run's options plus the data's image shape (to rebuild the model)."""
         if not self.primary:
             return
+        if self.restart:
+            self._clear_run()
         if not self.resume:
             cfg = dict(dataclasses.asdict(self.config), image_shape=list(image_shape))
-            _atomic_write(self.config_path, json.dumps(cfg, indent=2) + "\n")
+            atomic_write(self.config_path, json.dumps(cfg, indent=2) + "\n")
         elif list(self._saved.get("image_shape", [])) != list(image_shape):
             raise CheckpointError(f"cannot resume {self.dir}: it was trained on images of shape "
                                   f"{tuple(self._saved.get('image_shape', ()))}, this data has {tuple(image_shape)} "
@@ -195,21 +222,21 @@ class RunDir:
             if epoch <= upto:
                 rows.append(row)
         if self.primary:
-            _atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+            atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        self._rows = list(rows)
         return rows
 
     def append_metrics(self, m):
+        """One more row: the whole file is written anew (atomically; never appended through a link)."""
         if not self.primary:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(m) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._rows = [*getattr(self, "_rows", []), m]
+        atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self._rows))
 
     def write_summary(self, summary):
         if not self.primary:
             return
-        _atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+        atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
 
 
 def _flat(tree) -> dict:

@@ -14,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError
+from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_failure
+from vae_jax.files import atomic_dir, atomic_write
 
 
 def _number(cast, ok, what):
@@ -103,6 +104,9 @@ def _parser():
     t.add_argument("--process-id", type=_nonneg_int, default=None, help="multi-process: this process's index")
     t.add_argument("--workdir", default=None, help="run directory (default runs/<model>_<dataset>_seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
+    t.add_argument("--restart", action="store_true",
+                   help="train the run in --workdir again from scratch, deleting what it wrote (e.g. after a "
+                        "non-finite loss in its first epoch)")
     t.add_argument("--no-figures", action="store_true")
     t.add_argument("--no-progress", action="store_true")
 
@@ -110,12 +114,16 @@ def _parser():
     e.add_argument("--workdir", required=True)
     e.add_argument("--data-dir", default=None)
     e.add_argument("--iwae-k", type=_positive_int, default=5000)
+    e.add_argument("--test-limit", type=_positive_int, default=None, help="use the first N test images")
+    e.add_argument("--out", default=None,
+                   help="JSON file to write (default <workdir>/eval_k<K>_seed<S>.json); must not exist")
     e.add_argument("--seed", type=_nonneg_int, default=0)
 
     pl = sub.add_parser("plot", help="the chapter's figures for a trained run")
     pl.add_argument("--workdir", required=True)
     pl.add_argument("--data-dir", default=None)
     pl.add_argument("--out", default=None, help="output folder (default <workdir>/plots); must not exist")
+    pl.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     pl.add_argument("--seed", type=_nonneg_int, default=0)
 
     x = sub.add_parser("export", help="write a trained run's weights as a torch .pt state_dict")
@@ -142,7 +150,7 @@ def _parser():
 
 def _fresh_path(path, what, *, parent_must_exist=False):
     path = Path(path)
-    if path.exists():
+    if os.path.lexists(path):  # a dangling link too: nothing is written through it
         raise ConfigError(f"{what} {path} already exists -- choose another path; nothing was overwritten")
     if parent_must_exist and not path.parent.is_dir():
         raise ConfigError(f"cannot write {what} {path}: the folder {path.parent} does not exist -- create it "
@@ -159,13 +167,15 @@ def _run(args):
         from vae_jax import distributed
 
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        _check_platform()
         fields = {f.name for f in dataclasses.fields(train.Config)}
         kw = {k: v for k, v in vars(args).items() if k in fields}
         config = train.Config(**kw, figures=not args.no_figures, progress=not args.no_progress)
         workdir = args.workdir or f"runs/{config.model}_{config.dataset}_seed{config.seed}"
-        train.train_and_evaluate(config, workdir, resume=args.resume)
+        train.train_and_evaluate(config, workdir, resume=args.resume, restart=args.restart)
         return 0
 
+    _check_platform()
     if args.command == "experiment":
         from vae_jax import experiments
 
@@ -185,44 +195,83 @@ def _run(args):
 
         out = _fresh_path(args.out, "export file", parent_must_exist=True)
         model, _, _ = train.restore_run(args.workdir)
-        convert.save_pt(model, out)
+        atomic_write(out, convert.pt_bytes(model), replace=False)
         print(f"wrote {out} ({type(model).__name__} state_dict, torch keys)")
         return 0
 
     model, config, _ = train.restore_run(args.workdir)
+    import dataclasses as dc
+
     import jax
 
     if getattr(args, "data_dir", None):
         config.data_dir = args.data_dir
-    _, test_ds = train.load_data(config)
-    key = jax.random.key(args.seed)
     if args.command == "eval":
         from vae_jax import evaluate
 
-        out = Path(args.workdir) / f"eval_k{args.iwae_k}_seed{args.seed}.json"
-        _fresh_path(out, "evaluation file")
-        test_x, test_y = train.device_arrays(test_ds)
-        nll = evaluate.iwae_nll(model, test_x, test_y, k=args.iwae_k, key=key, recon=config.recon)
-        result = {"iwae_k": args.iwae_k, "iwae_nll": nll, "num_test": int(test_x.shape[0])}
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result))
+        out = _fresh_path(args.out or Path(args.workdir) / f"eval_k{args.iwae_k}_seed{args.seed}.json",
+                          "evaluation file", parent_must_exist=True)
+        config = dc.replace(config, test_limit=args.test_limit or config.test_limit, seed=args.seed)
+        _, test_ds = train.load_data(config)
+        result = train.evaluate_model(model, config, test_ds)
+        if getattr(model, "reparameterize", None) is not None and config.recon in ("bce", "bce_logits"):
+            test_x, test_y = train.device_arrays(test_ds)
+            result["iwae_k"] = args.iwae_k
+            result["iwae_nll"] = evaluate.iwae_nll(model, test_x, test_y, k=args.iwae_k,
+                                                   key=jax.random.key(args.seed), recon=config.recon)
+        result["num_test"] = len(test_ds)
+        print(json.dumps(result))  # printed first: a file that cannot be written does not lose it
+        atomic_write(out, json.dumps(result, indent=2) + "\n", replace=False)
         return 0
     if args.command == "plot":
         from vae_jax import evaluate
-
         from vae_jax.errors import CheckpointError
 
-        out = _fresh_path(args.out or Path(args.workdir) / "plots", "plot folder")
+        out = Path(args.out or Path(args.workdir) / "plots")
+        if not args.force:
+            _fresh_path(out, "plot folder")
+        _, test_ds = train.load_data(config)
         metrics = Path(args.workdir) / "metrics.jsonl"
         try:
             history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         except (OSError, ValueError) as e:
             raise CheckpointError(f"cannot read {metrics} ({type(e).__name__}) -- the loss-curve figure needs "
                                   "the run's metrics; restore the file") from None
-        paths = evaluate.make_figures(model, test_ds, history, out, key=key)
-        print("\n".join(paths.values()))
+        with atomic_dir(out, replace=args.force) as tmp:  # all figures or none
+            paths = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.key(args.seed))
+        print("\n".join(str(out / Path(p).name) for p in paths.values()))
         return 0
     raise AssertionError(args.command)
+
+
+def _kept_after_interrupt(args) -> str:
+    """What an interrupted command leaves, in words (outputs are written whole or not at all)."""
+    if args.command == "train":
+        from vae_jax.checkpoints import latest_step_on_disk
+
+        workdir = args.workdir or "the workdir"
+        step = latest_step_on_disk(args.workdir) if args.workdir else 0
+        return (f"the checkpoint of step {step} in {workdir} is kept (continue with --resume)" if step
+                else "no checkpoint was written yet (start again, or --resume to keep the options)")
+    if args.command == "experiment":
+        return "the variants trained so far are kept (run the same command again to continue)"
+    return "nothing was written (outputs appear only when complete)"
+
+
+def _check_platform():
+    """JAX_PLATFORMS naming a backend this machine does not have: one line, not JAX's AssertionError."""
+    wanted = os.environ.get("JAX_PLATFORMS")
+    if not wanted:
+        return
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as e:  # noqa: BLE001 -- jax raises AssertionError/RuntimeError for a missing backend
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise ConfigError(f"JAX_PLATFORMS={wanted}: no such backend here ({detail}) -- unset JAX_PLATFORMS to use "
+                          "the CPU, or install the jax build for that accelerator (e.g. pip install "
+                          "'jax[cuda12]')") from None
 
 
 def main(argv=None, *, console=False):
@@ -253,13 +302,20 @@ def main(argv=None, *, console=False):
     except FloatingPointError as e:
         return fail(f"vae-jax: error: {_one_line(e)}", 3)
     except KeyboardInterrupt:
-        return fail("vae-jax: interrupted; the last epoch's checkpoint is kept (resume with --resume)", 130)
-    except OSError as e:  # the disk, not the options: full, read-only, a path that vanished
-        where = f" {e.filename}" if e.filename else ""
-        return fail(f"vae-jax: error: cannot access{where}: {e.strerror or _one_line(e)} -- check the path, its "
-                    "permissions and the free space", 2)
+        return fail(f"vae-jax: interrupted; {_kept_after_interrupt(args)}", 130)
+    except (OSError, MemoryError) as e:  # the machine, not the options: disk full, read-only, memory
+        line = machine_failure(e)
+        if line:
+            return fail(f"vae-jax: error: {line}", 2)
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        return fail(f"vae-jax: error: cannot access{where}: {getattr(e, 'strerror', None) or _one_line(e)} -- "
+                    "check the path, its permissions and the free space", 2)
     except Exception as e:  # noqa: BLE001 -- last resort: one line instead of a traceback
         from vae_jax import distributed
+
+        line = machine_failure(e)
+        if line:
+            return fail(f"vae-jax: error: {line}", 2)
 
         if "jax" in sys.modules and distributed.is_peer_failure(e):
             return fail(f"vae-jax: error: another process of this multi-process run failed or is unreachable "

@@ -109,11 +109,21 @@ def load_torch_state_dict(model, state_dict) -> None:
         var.value = jnp.asarray(np.array(from_t(v) if from_t else v, order="C"), dtype=var.value.dtype)
 
 
-def save_pt(model, path) -> None:
-    """Write the model's torch state_dict to a `.pt` file (torch.save)."""
+def pt_bytes(model) -> bytes:
+    """The model's torch state_dict as the bytes of a `.pt` file (torch.save)."""
+    import io
+
     import torch
 
-    torch.save(to_torch_state_dict(model), path)
+    buffer = io.BytesIO()
+    torch.save(to_torch_state_dict(model), buffer)
+    return buffer.getvalue()
+
+
+def save_pt(model, path) -> None:
+    """Write the model's torch state_dict to a `.pt` file (torch.save)."""
+    with open(path, "wb") as f:
+        f.write(pt_bytes(model))
 
 
 def load_pt(model, path) -> None:

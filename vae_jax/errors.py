@@ -43,3 +43,35 @@ class ConsoleStderr:
         os.dup2(devnull, 2)
         os.close(devnull)
         return cls.saved_fd
+
+
+_STORAGE = {  # errno -> (what, fix)
+    28: ("no space left on the device", "free some space or choose a --workdir/--out on another disk"),
+    122: ("disk quota exceeded", "free some space or choose a --workdir/--out on another disk"),
+    30: ("the file system is read-only", "choose a writable --workdir/--out"),
+    13: ("permission denied", "choose a --workdir/--out you may write to"),
+    1: ("operation not permitted", "choose a --workdir/--out you may write to"),
+    36: ("a file name is too long", "choose a shorter --workdir/--out"),
+}
+_STORAGE_TEXT = {"No space left on device": 28, "Disk quota exceeded": 122, "Read-only file system": 30,
+                 "Permission denied": 13, "File name too long": 36}
+_MEMORY_TEXT = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM when allocating",
+                "Allocation of", "Failed to allocate")
+
+
+def machine_failure(e: BaseException) -> str | None:
+    """One line for a failure of the machine (storage, memory) rather than of vae-jax, or None.
+
+    Recognised by errno, or by the text that orbax, tensorstore and XLA put in the errors they wrap."""
+    errno = getattr(e, "errno", None) if isinstance(e, OSError) else None
+    text = str(e)
+    if errno is None:
+        errno = next((n for t, n in _STORAGE_TEXT.items() if t in text), None)
+    if errno in _STORAGE:
+        what, fix = _STORAGE[errno]
+        where = getattr(e, "filename", None)
+        return f"cannot write{f' {where}' if where else ''}: {what} -- {fix}"
+    if isinstance(e, MemoryError) or any(t in text for t in _MEMORY_TEXT):
+        return ("out of memory -- lower --batch-size (or --train-k, --iwae-k, --latent-dim, --hidden-dim), "
+                "or use --data-mode stream for a large dataset")
+    return None

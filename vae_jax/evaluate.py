@@ -74,15 +74,18 @@ def make_figures(model, test_ds, history, outdir, *, key, n_scatter=5000, batch_
     part = test_ds.take(n_scatter)
     image_shape = tuple(part.image_shape)
     imgs = jnp.asarray(part.images, jnp.float32)
-    labels = (jnp.asarray(part.labels, jnp.int32) if part.labels is not None
+    has_labels = test_ds.has_labels and part.labels is not None
+    labels = (jnp.asarray(part.labels, jnp.int32) if has_labels
               else jnp.zeros((imgs.shape[0],), jnp.int32))
     xin, cond = model_inputs(model, imgs, labels)
 
-    def encode_mu(a):
+    def encode(a):
         enc = model.encode(xin[a:a + batch_size], *(c[a:a + batch_size] for c in cond))
-        return enc[0] if isinstance(enc, tuple) else enc  # Autoencoder.encode returns z
+        return enc if isinstance(enc, tuple) else (enc, None)  # Autoencoder.encode returns z
 
-    mu = jnp.concatenate([encode_mu(a) for a in range(0, imgs.shape[0], batch_size)])
+    encoded = [encode(a) for a in range(0, imgs.shape[0], batch_size)]
+    mu = jnp.concatenate([e[0] for e in encoded])
+    logvar = None if encoded[0][1] is None else jnp.concatenate([e[1] for e in encoded])
 
     def decode_fn(z, c=None):
         z = jnp.asarray(z, mu.dtype)
@@ -99,9 +102,10 @@ def make_figures(model, test_ds, history, outdir, *, key, n_scatter=5000, batch_
     z = jax.random.normal(key, (16, mu.shape[-1]), mu.dtype)
     out["samples"] = figures.save_sample_grid(decode_fn(z, jnp.arange(16) % 10), outdir / "samples.png",
                                               image_shape=image_shape)
-    out["latent"] = figures.save_latent_scatter(np.asarray(mu), np.asarray(labels), outdir / "latent.png")
+    out["latent"] = figures.save_latent_scatter(np.asarray(mu), np.asarray(labels) if has_labels else None,
+                                                outdir / "latent.png")
     out["manifold"] = figures.save_manifold(decode_fn, outdir / "manifold.png", n=20, image_shape=image_shape,
-                                            latent_dim=mu.shape[-1])
+                                            mu=np.asarray(mu), logvar=None if logvar is None else np.asarray(logvar))
     pairs = [(np.asarray(mu[2 * i]), np.asarray(mu[2 * i + 1])) for i in range(min(3, mu.shape[0] // 2))]
     if pairs:
         for mode in ("linear", "spherical"):

@@ -3,7 +3,8 @@
 Every function works for every model: images may be flat (B, D) (MLP models, reshaped with
 ``image_shape``, default 28x28x1) or NHWC (B, H, W, C) with C = 1 or 3 (conv models); decoders
 are passed as ``decode_fn`` mapping a (M, latent_dim) float32 numpy array to images.
-Each ``save_*`` function writes one PNG, closes its figure and returns the path it wrote.
+Each ``save_*`` function writes one PNG, closes its figure and returns the path it wrote
+(the figure itself is built by a private ``_*_figure`` helper, which the tests inspect).
 Bad input raises ``DataError`` / ``ConfigError`` (both ``ValueError``) with one line.
 """
 
@@ -16,13 +17,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
 from vae_jax.errors import ConfigError, DataError  # noqa: E402
 
 DEFAULT_IMAGE_SHAPE = (28, 28, 1)
-_CURVE_KEYS = ("train_recon", "train_kl", "test_recon", "test_kl")
+_RECON_KEYS = ("train_recon", "test_recon")
+_KL_KEYS = ("train_kl", "test_kl")
 
 
 def _array(x, name, ndims=None):
@@ -123,8 +126,7 @@ def save_sample_grid(samples, path, image_shape=None, title="Randomly Generated 
     return _save(fig, path)
 
 
-def save_latent_scatter(z, labels, path):
-    """Scatter of latent codes coloured by label (tab10); for dim > 2 a 2-D PCA projection."""
+def _latent_scatter_figure(z, labels):
     z = _array(z, "z", ndims=(2,))
     if z.shape[1] < 2:
         raise DataError(f"z must have at least 2 latent dimensions, got shape {z.shape}")
@@ -145,12 +147,19 @@ def save_latent_scatter(z, labels, path):
     if labels is None:
         ax.scatter(xy[:, 0], xy[:, 1], alpha=0.6, s=5)
     else:
-        fig.colorbar(ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", alpha=0.6, s=5), ax=ax)
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", alpha=0.6, s=5)
+        fig.colorbar(points, ax=ax, label="Label")
     ax.set_xlabel(f"{axis} 1")
     ax.set_ylabel(f"{axis} 2")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+    return fig
+
+
+def save_latent_scatter(z, labels, path):
+    """Scatter of latent codes coloured by label (tab10, with a colorbar); ``labels=None`` (data
+    without labels) draws one colour and no colorbar. For dim > 2 a 2-D PCA projection."""
+    return _save(_latent_scatter_figure(z, labels), path)
 
 
 def manifold_grid(n, grid_range=None):
@@ -170,20 +179,67 @@ def manifold_grid(n, grid_range=None):
     return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
-def save_manifold(decode_fn, path, n=20, image_shape=DEFAULT_IMAGE_SHAPE, latent_dim=2):
-    """Decode the ``manifold_grid(n)`` (in the first two latent dims, others 0) and tile it."""
-    latent_dim = _positive_int(latent_dim, "latent_dim", minimum=2)
+def latent_activity(mu, logvar=None):
+    """Per latent dim, how much the encoder uses it: the KL(q(z|x) || N(0, 1)) in nats averaged
+    over the images, 0.5 * mean(mu^2 + exp(logvar) - 1 - logvar); without ``logvar`` (an
+    Autoencoder's codes) the variance of ``mu`` over the images."""
+    mu = _array(mu, "mu", ndims=(2,))
+    if logvar is None:
+        return mu.var(axis=0)
+    logvar = _array(logvar, "logvar", ndims=(2,))
+    if logvar.shape != mu.shape:
+        raise DataError(f"mu {mu.shape} and logvar {logvar.shape} must have the same shape")
+    return 0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar).mean(axis=0)
+
+
+def _manifold_figure(decode_fn, n, image_shape, latent_dim, mu, logvar):
+    if mu is None:
+        latent_dim = _positive_int(2 if latent_dim is None else latent_dim, "latent_dim", minimum=2)
+        dims, base, labels = (0, 1), np.zeros(latent_dim), ("z[0]", "z[1]")
+        extra = "" if latent_dim == 2 else f", dims 0-1 of {latent_dim}, others 0"
+    else:
+        activity = latent_activity(mu, logvar)
+        if latent_dim is not None and latent_dim != len(activity):
+            raise ConfigError(f"latent_dim {latent_dim} does not match mu's {len(activity)} dimensions")
+        if len(activity) < 2:
+            raise ConfigError(f"the manifold needs latent_dim >= 2, got {len(activity)}")
+        dims = tuple(int(d) for d in np.argsort(-activity, kind="stable")[:2])
+        # The other dims are held at the mean code, not the prior's 0: the mean is where the encoder
+        # puts the test images, so the decoder gets codes like those it was trained on (an
+        # Autoencoder has no prior and its codes need not centre on 0); where the aggregate
+        # posterior matches the prior the two coincide.
+        base = np.asarray(mu, dtype=np.float64).mean(axis=0)
+        extra = "" if len(base) == 2 else f", 2 most active of {len(base)} dims, others at their mean"
+        labels = tuple(f"z[{d}] (KL {activity[d]:.2f} nats)" if logvar is not None
+                       else f"z[{d}] (var {activity[d]:.2f})" for d in dims)
     grid = manifold_grid(n)
-    z = np.zeros((len(grid), latent_dim))
-    z[:, :2] = grid
+    z = np.tile(base, (len(grid), 1))
+    z[:, dims] = grid
     images = _decode(decode_fn, z, image_shape)
     _, h, w, c = images.shape
     tiled = images.reshape(n, n, h, w, c).transpose(0, 2, 1, 3, 4).reshape(n * h, n * w, c)
     fig, ax = plt.subplots(figsize=(10, 10))
     _show(ax, tiled)
-    extra = "" if latent_dim == 2 else f", dims 1-2 of {latent_dim}, others 0"
+    ax.axis("on")
+    values = grid[:n, 0]  # the top row: x values left to right; y values are the same, top row largest
+    centres = np.arange(n)
+    ax.set_xticks(centres * w + (w - 1) / 2, [f"{v:.2f}" for v in values], rotation=90, fontsize=7)
+    ax.set_yticks(centres * h + (h - 1) / 2, [f"{v:.2f}" for v in values[::-1]], fontsize=7)
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
     ax.set_title(f"Latent Space Manifold (2D{extra})", fontsize=14)
-    return _save(fig, path)
+    return fig
+
+
+def save_manifold(decode_fn, path, n=20, image_shape=DEFAULT_IMAGE_SHAPE, latent_dim=None, *,
+                  mu=None, logvar=None):
+    """Decode the ``manifold_grid(n)`` in two latent dims and tile it, z values on the axes.
+
+    Without ``mu``: dims 0 and 1 of ``latent_dim`` (default 2), the others 0. With the encoded test
+    images' ``mu`` (N, D) (and ``logvar`` for a VAE): the two dims with the largest
+    ``latent_activity``, the others held at the mean of ``mu``.
+    """
+    return _save(_manifold_figure(decode_fn, n, image_shape, latent_dim, mu, logvar), path)
 
 
 def _endpoints(z0, z1):
@@ -243,26 +299,38 @@ def save_interpolation(decode_fn, z_pairs, path, num_steps=10, mode="linear", im
     return _save(fig, path)
 
 
-def save_loss_curves(metrics, path):
-    """Per-epoch train/test loss; a second panel with recon and KL terms when present."""
+def _loss_curves_figure(metrics):
     if not isinstance(metrics, (list, tuple)) or not metrics:
         raise DataError("metrics must be a non-empty list of per-epoch dicts")
     required = ("epoch", "train_loss", "test_loss")
     missing = [k for k in required if any(not isinstance(m, dict) or k not in m for m in metrics)]
     if missing:
         raise DataError(f"every metrics entry needs the keys {required}; missing {missing}")
-    extra = [k for k in _CURVE_KEYS if all(k in m for m in metrics)]
+    extra = [k for k in _RECON_KEYS + _KL_KEYS if all(k in m for m in metrics)]
     series = {k: _array([m[k] for m in metrics], k, ndims=(1,)) for k in required + tuple(extra)}
     epochs = series.pop("epoch")
-    fig, axes = plt.subplots(1, 2 if extra else 1, figsize=(12 if extra else 6, 4), squeeze=False)
-    panels = [(("train_loss", "test_loss"), "Loss"), (tuple(extra), "Recon / KL")]
-    for ax, (keys, ylabel) in zip(axes.flat, panels):
+    kl = [k for k in _KL_KEYS if k in series and np.any(series[k])]  # an Autoencoder's KL is 0
+    loss_keys = ["train_loss", "test_loss"] + [k for k in _RECON_KEYS if k in series]
+    fig, axes = plt.subplots(1, 2 if kl else 1, figsize=(12 if kl else 6, 4), squeeze=False)
+    panels = [(loss_keys, "Loss (nats per sample)", "Loss and reconstruction"),
+              (kl, "KL (nats per sample)", "KL divergence")]
+    for ax, (keys, ylabel, title) in zip(axes.flat, panels):
         for key in keys:
-            ax.plot(epochs, series[key], marker="o", label=key)
+            ax.plot(epochs, series[key], marker="o", label=key,
+                    color="C0" if key.startswith("train") else "C1",
+                    linestyle="--" if key.endswith("recon") else "-")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("Epoch")
         ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=11)
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.suptitle("Training Curves", fontsize=14)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def save_loss_curves(metrics, path):
+    """Per-epoch train/test loss and reconstruction (nats per sample), integer epoch ticks, and
+    the train/test KL on a panel of its own when present (and not all 0)."""
+    return _save(_loss_curves_figure(metrics), path)

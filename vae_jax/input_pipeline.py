@@ -111,6 +111,9 @@ class ImageFileSource:
         path = self.files[i]
         try:
             with Image.open(path) as image:
+                if image.mode not in _8BIT_MODES:
+                    raise DataError(f"{path} is a {image.mode} image (not 8 bits per channel), which would be "
+                                    "clipped -- convert it to 8-bit RGB or grayscale")
                 return _square_resize(image, self.size), np.int32(0)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image {path}: {e} — remove or replace the file") from None
@@ -377,11 +380,38 @@ def _find_file(data_dir, name: str, filename: str, what: str) -> Path:
                     f"{what} files, {_PREPARE_HINT}")
 
 
+# md5 of the original .gz files: MNIST (LeCun et al.) and Fashion-MNIST (Zalando), which share file names.
+_ORIGINAL_MD5 = {
+    "mnist": {"f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+              "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"},
+    "fashion_mnist": {"8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                      "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"},
+}
+
+
+def _check_identity(name: str, path: Path) -> None:
+    """DataError when an original .gz file of the other dataset (same file names) is given for `name`."""
+    import hashlib
+
+    if path.suffix != ".gz":
+        return
+    other = "fashion_mnist" if name == "mnist" else "mnist"
+    try:
+        digest = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+    except OSError:
+        return  # read_idx reports it
+    if digest in _ORIGINAL_MD5[other]:
+        raise DataError(f"{path} is the original {other} file, not {name} (same file name, other content) -- "
+                        f"pass --dataset {other}, or a --data-dir with the {name} files")
+
+
 def _load_idx(name: str, data_dir, split: str):
     if split not in _IDX_FILES:
         raise _split_error(name, split, _IDX_FILES)
     what = "MNIST" if name == "mnist" else "Fashion-MNIST"
     image_path, label_path = (_find_file(data_dir, name, f, what) for f in _IDX_FILES[split])
+    for path in (image_path, label_path):
+        _check_identity(name, path)
     images, labels = read_idx(image_path), read_idx(label_path)
     fix = f"use the 4 original {what} files"
     if images.ndim != 3 or images.shape[1:] != (28, 28):
@@ -416,13 +446,16 @@ def _square_resize(image, size: int) -> np.ndarray:
 def _image_files(data_dir, split: str) -> list[Path]:
     root = Path(data_dir)
     folder = root / split if (root / split).is_dir() or split != "train" else root
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) \
-        if folder.is_dir() else []
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()) \
+        if folder.is_dir() else []  # regular files only: a FIFO named *.png would block the reader
     if not files:
         raise DataError(f"no .png/.jpg images in {folder} — pass --data-dir pointing at a folder "
                         f"of images (split {split!r} reads <data-dir>/{split}/"
                         f"{' or <data-dir> itself' if split == 'train' else ''})")
     return files
+
+
+_8BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La")
 
 
 # The original CelebA download: DIR/img_align_celeba/*.jpg and DIR/list_eval_partition.txt, whose
@@ -472,6 +505,9 @@ def celeba_files(data_dir, split: str) -> list[Path]:
     if missing:
         raise DataError(f"{len(missing)} images of split {split!r} listed in {partition} are missing from "
                         f"{folder}, e.g. {missing[0]} — {fix}")
+    irregular = [n for n in names if not present[n].is_file()]
+    if irregular:
+        raise DataError(f"{folder / irregular[0]} is not a regular file -- replace it with the original image")
     empty = [n for n in names if present[n].stat().st_size == 0]
     if empty:
         raise DataError(f"{len(empty)} images of split {split!r} are empty files, e.g. {folder / empty[0]} — "

@@ -88,10 +88,12 @@ class Config:
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
-        if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ConfigError(f"--beta must be a non-negative number, got {self.beta}")
+        if not (0 < self.lr <= FLOAT32_MAX):
+            raise ConfigError(f"--lr must be a positive number a float32 can hold (<= 3.4e38), got {self.lr}")
+        if not (0 <= self.beta <= FLOAT32_MAX):
+            raise ConfigError(f"--beta must be a number >= 0 a float32 can hold (<= 3.4e38), got {self.beta}")
+        if not 0 <= int(self.seed) < 2**63:
+            raise ConfigError(f"--seed must be an integer in 0 .. 2**63-1 (JAX's 64-bit seeds), got {self.seed}")
         if int(self.devices) > jax.device_count():
             raise ConfigError(f"--devices {self.devices} asks for more devices than JAX sees ({jax.device_count()}): "
                               f"on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={self.devices}, "
@@ -111,6 +113,7 @@ class Config:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 DATA_MODES = ("auto", "memory", "stream")
 # --data-mode auto keeps a split whole on the device up to this size (as stored, uint8): MNIST's
 # 60000 images are 47 MB; CelebA's train split at 64x64 is 2.0 GB and streams.
@@ -439,6 +442,14 @@ def evaluate_split(trainer, state, feed: Feed, config: Config, epoch: int) -> di
     return {k: float(to_host(v)) / len(order) for k, v in sums.items()}
 
 
+def evaluate_model(model, config: Config, test_ds) -> dict[str, float]:
+    """The test ELBO terms (per sample) of a trained model, with the KL weight of the run's last
+    epoch and z drawn from config.seed (`vae-jax eval`)."""
+    trainer = Trainer(model, config, steps_per_epoch=1)
+    m = evaluate_split(trainer, trainer.init_state, Feed(test_ds, trainer, config), config, config.epochs)
+    return {f"test_{k}": v for k, v in m.items()}
+
+
 def epoch_metrics(trainer, state, feeds, config: Config, epoch: int, train_time: float, steps: int) -> dict:
     """The metrics row of an epoch (or of the part of it trained so far: `steps` batches)."""
     train_feed, test_feed = feeds
@@ -483,6 +494,43 @@ def check_model_fits(config: Config, image_shape):
             "celeba_vae for 64x64 RGB") from None
 
 
+def device_memory_bytes() -> int:
+    """Memory of the first device: the accelerator's limit, or the host's RAM for the CPU."""
+    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(config: Config, image_shape) -> None:
+    """ConfigError, before anything is allocated, for a run that cannot fit in memory: the weights
+    with their gradients and Adam's two moments (4 copies), and a batch's activations (estimated as
+    8 float32 copies of input, hidden and latent sizes per sample and importance sample)."""
+    abstract = nnx.eval_shape(lambda: build_model(config, image_shape, rngs=nnx.Rngs(0)))
+    params = sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    width = math.prod(image_shape) + int(config.hidden_dim or 400) + int(getattr(abstract, "latent_dim", 0))
+    weights = 4 * 4 * params
+    activations = 8 * 4 * int(config.batch_size) * int(config.train_k) * width
+    have = device_memory_bytes()
+    if weights + activations > 0.8 * have:
+        lower = ("--latent-dim or --hidden-dim" if weights > activations else "--batch-size or --train-k")
+        raise ConfigError(f"out of memory: this run needs about {(weights + activations) / 2**30:.1f} GiB "
+                          f"({params:,} parameters with Adam's state, and a batch's activations), the device has "
+                          f"{have / 2**30:.1f} GiB -- lower {lower}")
+
+
+def check_figures_fit(config: Config, model, test_ds) -> None:
+    """ConfigError, before any training, for a run whose figures would fail at its end."""
+    if not config.figures:
+        return
+    if getattr(model, "latent_dim", 2) < 2:
+        raise ConfigError(f"--latent-dim {model.latent_dim}: the latent figures (scatter, manifold) need 2 or more "
+                          "dimensions -- pass --latent-dim 2 or more, or --no-figures")
+    if len(test_ds) < 2:
+        raise ConfigError(f"the figures need at least 2 test images, the test set has {len(test_ds)} -- raise "
+                          "--test-limit or pass --no-figures")
+
+
 def load_data(config: Config):
     """(train, test) Datasets for the config; --train-limit/--test-limit select before decoding."""
     train = input_pipeline.load_dataset(config.dataset, "train", config.data_dir).take(config.train_limit)
@@ -501,7 +549,8 @@ def device_arrays(ds):
     return jnp.asarray(input_pipeline.to_float(images), jnp.float32), jnp.asarray(labels, jnp.int32)
 
 
-def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=print) -> dict[str, Any]:
+def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart: bool = False,
+                       log=print) -> dict[str, Any]:
     """Train `config.model` on `config.dataset`, writing into `workdir`:
 
     metrics.jsonl (one JSON object per epoch), config.json, checkpoints/ (orbax, at each epoch's end,
@@ -520,15 +569,19 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
         if jax.process_index():
             log = lambda s: None  # noqa: E731 -- process 0 speaks for the run
     workdir = Path(workdir)
-    run = checkpoints.RunDir(workdir, config, resume=resume)
+    if resume and restart:
+        raise ConfigError("--resume continues a run, --restart starts it again: pass one of them")
+    run = checkpoints.RunDir(workdir, config, resume=resume, restart=restart)
     train_ds, test_ds = load_data(config)
     if config.model == "cvae" and not train_ds.has_labels:
         raise ConfigError(f"--model cvae needs labels, and dataset {config.dataset!r} has none: use mnist or digits")
     image_shape = train_ds.image_shape
 
     check_model_fits(config, image_shape)
+    check_memory(config, image_shape)
     root = jax.random.key(config.seed)
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)))
+    check_figures_fit(config, model, test_ds)
     spe = steps_per_epoch(config, train_ds)
     trainer = Trainer(model, config, steps_per_epoch=spe)
     if config.devices > 1:
@@ -563,8 +616,9 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, log=pri
         except FloatingPointError as e:
             kept = run.latest_step() if config.checkpoint else 0
             raise FloatingPointError(
-                f"{e}; " + (f"the last good checkpoint (step {kept}) in {workdir} is kept" if kept
-                            else "no checkpoint was written")) from None
+                f"{e}; " + (f"the last good checkpoint (step {kept}) in {workdir} is kept: continue from it with "
+                            "--resume and a lower --lr" if kept
+                            else "no checkpoint was written: start again here with --restart")) from None
         if stop == spe:
             epoch_time = 0.0
             history.append(final)
@@ -650,7 +704,7 @@ def restore_run(workdir):
         image_shape = tuple(int(d) for d in saved.pop("image_shape"))
         saved["devices"] = 1  # how many devices trained it does not matter to read it (eval, plot, export)
         config = Config(**{k: v for k, v in saved.items() if k in fields}).validate()
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e}) -- restore it from the run's "
                               "original config.json or train again") from None
     run = checkpoints.RunDir(workdir, config, resume=True, read_only=True)

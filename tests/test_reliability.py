@@ -1,0 +1,335 @@
+"""Reliability, round two: one writer per run, nothing written through a link or over the user's
+files, interrupted outputs leave the old state, every failure of the machine is one line, and
+what would fail late is refused before the first step. Every case goes through the CLI."""
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vae_jax import checkpoints, cli, evaluate, files
+
+TINY = ["--train-limit", "100", "--test-limit", "20", "--epochs", "1", "--batch-size", "50", "--no-progress"]
+DATA = os.environ.get("VAE_DATA_DIR")
+
+
+def run(args, capsys):
+    capsys.readouterr()
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.err.strip().splitlines(), out.out
+
+
+def one_line(code, err, *words, exit_code=2):
+    assert code == exit_code and len(err) == 1, (code, err)
+    assert err[0].startswith("vae-jax: error: ") or err[0].startswith("vae-jax: interrupted"), err
+    for w in words:
+        assert w in err[0], (w, err[0])
+    assert "internal error" not in err[0]
+    return err[0]
+
+
+def snapshot(root):
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() and not p.is_symlink() else os.readlink(p)
+                                       if p.is_symlink() else None) for p in sorted(Path(root).rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("trained") / "run"
+    assert cli.main(["train", "--workdir", str(work), *TINY, "--no-figures"]) == 0
+    return work
+
+
+def copy_run(trained, tmp_path):
+    import shutil
+
+    shutil.copytree(trained, tmp_path / "run", symlinks=True)
+    return tmp_path / "run"
+
+
+# ------------------------------------------------------------------------------- one writer per run
+
+
+def test_a_second_writer_is_refused_naming_the_first(tmp_path, capsys):
+    work = tmp_path / "run"
+    work.mkdir()
+    fd = os.open(work, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running `vae-jax train` holds it
+    try:
+        line = one_line(*run(["train", "--workdir", work, *TINY], capsys)[:2], "in use by another vae-jax process")
+        assert f"pid {os.getpid()}" in line
+        assert not any(work.iterdir())
+    finally:
+        os.close(fd)
+    assert run(["train", "--workdir", work, *TINY, "--no-figures"], capsys)[0] == 0  # released: it runs
+
+
+def test_two_writers_started_together_leave_one_consistent_run(tmp_path):
+    work = tmp_path / "run"
+    exe = Path(sys.executable).with_name("vae-jax")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]
+    procs = [subprocess.Popen([*cmd, "train", "--workdir", str(work), *TINY, "--epochs", "2", "--no-figures",
+                               "--seed", str(seed)], stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2).strip().splitlines()
+    assert len(loser) == 1 and ("in use by another" in loser[0] or "already holds a run" in loser[0]), loser
+    winner_seed = json.loads((work / "config.json").read_text())["seed"]
+    assert winner_seed in (1, 2)
+    rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_a_running_writer_does_not_block_readers(trained, tmp_path, capsys):
+    work = copy_run(trained, tmp_path)
+    fd = os.open(work, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a writer is running: export, eval and plot still read the run
+    try:
+        assert run(["export", "--workdir", work, "--out", tmp_path / "m.pt"], capsys)[0] == 0
+    finally:
+        os.close(fd)
+
+
+# -------------------------------------------------------------- nothing written through links or over files
+
+
+def test_a_fresh_run_refuses_a_folder_with_the_users_files(tmp_path, capsys):
+    work = tmp_path / "mine"
+    work.mkdir()
+    (work / "summary.json").write_text("my own summary")
+    (work / "figures").mkdir()
+    (work / "figures" / "plot.png").write_bytes(b"mine")
+    before = snapshot(tmp_path)
+    one_line(*run(["train", "--workdir", work, *TINY], capsys)[:2], "already holds files", "nothing was changed")
+    assert snapshot(tmp_path) == before
+
+
+def test_links_in_a_resumed_run_are_replaced_never_written_through(trained, tmp_path, capsys):
+    work = copy_run(trained, tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the user's file")
+    (work / "summary.json").unlink()
+    (work / "summary.json").symlink_to(outside)
+    metrics = (work / "metrics.jsonl").read_text()
+    (work / "metrics.jsonl").unlink()
+    (work / "metrics.jsonl").symlink_to(tmp_path / "nowhere.jsonl")  # dangling
+    assert run(["train", "--workdir", work, *TINY, "--epochs", "2", "--no-figures", "--resume"], capsys)[0] == 0
+    assert outside.read_text() == "the user's file" and not (tmp_path / "nowhere.jsonl").exists()
+    assert not (work / "summary.json").is_symlink() and not (work / "metrics.jsonl").is_symlink()
+    # epoch 1's row was only behind the dangling link: the rewritten file holds what the run could read
+    assert [json.loads(x)["epoch"] for x in (work / "metrics.jsonl").read_text().splitlines()] == [2]
+    assert json.loads(metrics.splitlines()[0])["epoch"] == 1
+
+
+def test_export_through_a_dangling_link_is_refused(trained, tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    out.symlink_to(tmp_path / "target.pt")
+    one_line(*run(["export", "--workdir", trained, "--out", out], capsys)[:2], "already exists")
+    assert not (tmp_path / "target.pt").exists() and out.is_symlink()
+
+
+def test_a_full_disk_during_export_leaves_nothing_and_the_retry_works(trained, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "model.pt"
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    one_line(*run(["export", "--workdir", trained, "--out", out], capsys)[:2], "no space left on the device")
+    assert not os.path.lexists(out) and sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    assert run(["export", "--workdir", trained, "--out", out], capsys)[0] == 0
+    import torch
+
+    assert "decoder_fc1.bias" in torch.load(out, weights_only=True)  # a whole, loadable state_dict
+
+
+def test_an_interrupted_plot_leaves_nothing_and_the_retry_works(trained, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "plots"
+    real = evaluate.make_figures
+
+    def interrupted(model, test_ds, history, outdir, **kw):
+        (Path(outdir) / "reconstruction.png").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "make_figures", interrupted)
+    code, err, _ = run(["plot", "--workdir", trained, "--out", out], capsys)
+    one_line(code, err, "interrupted", "nothing was written", exit_code=130)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.setattr(evaluate, "make_figures", real)
+    assert run(["plot", "--workdir", trained, "--out", out], capsys)[0] == 0
+    first = sorted(p.name for p in out.iterdir())
+    assert len(first) >= 6
+    one_line(*run(["plot", "--workdir", trained, "--out", out], capsys)[:2], "already exists")
+    assert run(["plot", "--workdir", trained, "--out", out, "--force"], capsys)[0] == 0  # redrawn in place
+    assert sorted(p.name for p in out.iterdir()) == first
+    assert [p.name for p in tmp_path.iterdir()] == ["plots"]  # no temporary folder left
+
+
+def test_eval_prints_its_result_even_when_it_cannot_be_written(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only")))
+    code, err, out = run(["eval", "--workdir", trained, "--iwae-k", "3", "--test-limit", "10",
+                          "--out", tmp_path / "e.json"], capsys)
+    one_line(code, err, "read-only")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["num_test"] == 10 and np.isfinite(result["iwae_nll"]) and np.isfinite(result["test_loss"])
+    assert {"test_loss", "test_recon", "test_kl"} <= result.keys()
+    assert not (tmp_path / "e.json").exists()
+
+
+# --------------------------------------------------------------------------- failures of the machine
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(tmp_path, capsys, monkeypatch):
+    def full(self, step, state):  # orbax wraps the OSError in its own exception
+        raise ValueError("Error writing checkpoint: OSError: [Errno 28] No space left on device: 'ocdbt'")
+
+    monkeypatch.setattr(checkpoints.RunDir, "save", full)
+    one_line(*run(["train", "--workdir", tmp_path / "run", *TINY, "--no-figures"], capsys)[:2],
+             "no space left on the device", "free some space")
+
+
+def test_a_name_too_long_is_one_line(tmp_path, capsys):
+    work = tmp_path / ("x" * 300) / "run"
+    one_line(*run(["train", "--workdir", work, *TINY], capsys)[:2], "too long")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--seed", str(2**64)], "--seed must be an integer in 0 .. 2**63-1"),
+    (["--lr", "1e39"], "float32 can hold"),
+    (["--latent-dim", "100000000"], "out of memory"),
+    (["--train-k", "10000000"], "lower --batch-size or --train-k"),
+])
+def test_numbers_out_of_range_are_one_line_before_anything(tmp_path, capsys, args, words):
+    one_line(*run(["train", "--workdir", tmp_path / "run", *TINY, *args], capsys)[:2], words)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_no_such_backend_is_one_line(tmp_path):
+    exe = Path(sys.executable).with_name("vae-jax")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]
+    r = subprocess.run([*cmd, "train", "--workdir", str(tmp_path / "run"), *TINY], capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cuda"), timeout=300)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "JAX_PLATFORMS=cuda: no such backend" in err[0], r.stderr
+
+
+def test_damaged_numbers_in_config_json_are_one_line(trained, tmp_path, capsys):
+    work = copy_run(trained, tmp_path)
+    cfg = json.loads((work / "config.json").read_text())
+    (work / "config.json").write_text(json.dumps(cfg).replace(f'"latent_dim": {json.dumps(cfg["latent_dim"])}',
+                                                              '"latent_dim": 1e400'))
+    one_line(*run(["export", "--workdir", work, "--out", tmp_path / "m.pt"], capsys)[:2], "is damaged")
+
+
+# ----------------------------------------------------------------------------------- bad image files
+
+
+def _folder(tmp_path, bad_name, bad_writer):
+    for split in ("train", "test"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(tmp_path / "data" / split / f"{i}.png")
+    bad_writer(tmp_path / "data" / "train" / bad_name)
+    return ["train", "--workdir", tmp_path / "run", "--dataset", "image_folder", "--data-dir", tmp_path / "data",
+            "--model", "celeba_vae", "--epochs", "1", "--batch-size", "4", "--no-figures", "--no-progress",
+            "--data-mode", "memory"]
+
+
+def test_a_16_bit_png_is_refused_not_clipped(tmp_path, capsys):
+    args = _folder(tmp_path, "00.png", lambda p: Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(p))
+    one_line(*run(args, capsys)[:2], "00.png", "not 8 bits per channel", "convert it")
+
+
+def test_a_decompression_bomb_is_one_line(tmp_path, capsys):
+    args = _folder(tmp_path, "00.png", lambda p: Image.new("1", (20000, 20000)).save(p))
+    one_line(*run(args, capsys)[:2], "cannot read image", "00.png", "remove or replace")
+
+
+def test_a_fifo_named_png_is_skipped_not_read(tmp_path, capsys):
+    args = _folder(tmp_path, "00.png", os.mkfifo)
+    assert run(args, capsys)[0] == 0  # would block forever if opened
+
+
+@pytest.mark.skipif(not DATA or not (Path(DATA) / "mnist").is_dir(), reason="VAE_DATA_DIR not set: real MNIST "
+                    "files absent")
+def test_mnist_files_given_as_fashion_mnist_are_refused(tmp_path, capsys):
+    one_line(*run(["train", "--workdir", tmp_path / "run", "--dataset", "fashion_mnist", "--data-dir",
+                   Path(DATA) / "mnist", *TINY], capsys)[:2], "is the original mnist file, not fashion_mnist",
+             "--dataset mnist")
+
+
+# ------------------------------------------------------------------------- fail early, recover
+
+@pytest.mark.parametrize("args, words", [
+    (["--latent-dim", "1"], "--latent-dim 1: the latent figures"),
+    (["--test-limit", "1"], "at least 2 test images"),
+])
+def test_figures_that_would_fail_are_refused_before_training(tmp_path, capsys, args, words):
+    one_line(*run(["train", "--workdir", tmp_path / "run", *TINY, *args], capsys)[:2], words, "--no-figures")
+    assert not any((tmp_path / "run").iterdir())
+
+
+def test_a_diverged_run_restarts_or_resumes_with_a_lower_lr(tmp_path, capsys):
+    work = tmp_path / "run"
+    line = one_line(*run(["train", "--workdir", work, *TINY, "--lr", "1e30", "--no-figures"], capsys)[:2],
+                    "non-finite", "--restart", exit_code=3)
+    assert "no checkpoint" in line
+    one_line(*run(["train", "--workdir", work, *TINY, "--no-figures"], capsys)[:2], "already holds a run")
+    assert run(["train", "--workdir", work, *TINY, "--no-figures", "--restart"], capsys)[0] == 0
+    rows = (work / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and json.loads(rows[0])["epoch"] == 1
+    # a later divergence: resume from the last good checkpoint with a lower --lr
+    assert run(["train", "--workdir", work, *TINY, "--epochs", "2", "--lr", "5e-4", "--no-figures", "--resume"],
+               capsys)[0] == 0
+    assert json.loads((work / "config.json").read_text())["lr"] == 1e-3  # the run's own record stays
+
+
+def test_restart_never_deletes_what_vae_jax_did_not_write(trained, tmp_path, capsys):
+    work = copy_run(trained, tmp_path)
+    (work / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    one_line(*run(["train", "--workdir", work, *TINY, "--restart"], capsys)[:2], "notes.txt", "nothing was deleted")
+    assert snapshot(tmp_path) == before
+
+
+def test_interrupted_train_names_the_kept_checkpoint(trained, tmp_path, capsys, monkeypatch):
+    from vae_jax import train
+
+    work = copy_run(trained, tmp_path)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_part", interrupted)
+    code, err, _ = run(["train", "--workdir", work, *TINY, "--epochs", "3", "--no-figures", "--resume"], capsys)
+    one_line(code, err, "interrupted", "checkpoint of step 2", "--resume", exit_code=130)
+
+
+def test_sigint_of_eval_says_nothing_was_written(trained, tmp_path):
+    exe = Path(sys.executable).with_name("vae-jax")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]
+    p = subprocess.Popen([*cmd, "eval", "--workdir", str(trained), "--iwae-k", "10000000", "--out",
+                          str(tmp_path / "e.json")], stderr=subprocess.PIPE, text=True)
+    import time
+
+    time.sleep(8)  # inside the importance sampling
+    p.send_signal(signal.SIGINT)
+    err = p.stderr.read().strip().splitlines()
+    assert p.wait(timeout=120) == 130 and err == ["vae-jax: interrupted; nothing was written (outputs appear only "
+                                                  "when complete)"], err
+    assert not (tmp_path / "e.json").exists()

@@ -1,0 +1,121 @@
+"""Files written safely: atomically, never through a link, never over something of the user's; the
+writer lock of a run directory.
+
+The rules (as orbax's checkpoints and git's lock files): a file appears complete or not at all; an
+interrupted write leaves the old state; nothing is created by following a link; one writer per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from vae_jax.errors import ConfigError
+
+
+def atomic_write(path, data, *, replace: bool = True) -> Path:
+    """Write `data` (str or bytes) to `path` all at once: into a new temporary file in the same
+    folder (opened O_EXCL | O_NOFOLLOW: never an existing file, never through a link), flushed to
+    disk, then renamed into place. An interrupted write leaves the old state (and no partial file
+    under `path`). replace=False: refuse when anything, even a dangling link, is at `path`
+    (the rename is a hard link, which never replaces)."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path, follow_symlinks=False)
+            except FileExistsError:
+                raise ConfigError(f"{path} already exists -- choose another path; nothing was overwritten") from None
+            os.unlink(tmp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself on disk
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return path
+
+
+_LOCKS: dict[str, int] = {}  # run directory -> the open descriptor whose flock this process holds
+
+
+def lock_run_dir(folder: Path) -> None:
+    """Take the run directory's writer lock for the rest of this process (flock on the directory
+    itself: no lock file to leave behind; the OS releases it when the process dies). A second writer
+    gets one line naming the process that holds it. Readers (eval, plot, export) never take it."""
+    import fcntl
+
+    key = os.path.realpath(folder)
+    if key in _LOCKS:
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = _flock_holder(folder)
+        raise ConfigError(f"workdir {folder} is in use by another vae-jax process"
+                          f"{f' (pid {holder})' if holder else ''} -- wait for it to finish, stop it, or choose "
+                          "another --workdir") from None
+    _LOCKS[key] = fd
+
+
+def unlock_run_dir(folder: Path) -> None:
+    fd = _LOCKS.pop(os.path.realpath(folder), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _flock_holder(folder: Path):
+    """The pid holding a flock on `folder`, from /proc/locks (Linux), or None."""
+    try:
+        st = os.stat(folder)
+        dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "FLOCK" in fields and dev in fields:
+                return int(fields[fields.index(dev) - 1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def atomic_dir(path, *, replace: bool = False):
+    """Yield a new temporary folder beside `path`; when the block completes it becomes `path` (with
+    replace=True an existing folder at `path` is swapped out and removed after the swap). An
+    interrupted block leaves no trace and `path` as it was."""
+    path = Path(path)
+    if not replace and os.path.lexists(path):
+        raise ConfigError(f"{path} already exists -- choose another path (or --force); nothing was overwritten")
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        yield tmp
+        old = None
+        if os.path.lexists(path):
+            if path.is_symlink() or not path.is_dir():
+                raise ConfigError(f"{path} exists and is not a folder -- remove it or choose another path")
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            os.replace(path, old / path.name)
+        os.rename(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
