@@ -333,3 +333,67 @@ def test_sigint_of_eval_says_nothing_was_written(trained, tmp_path):
     assert p.wait(timeout=120) == 130 and err == ["vae-jax: interrupted; nothing was written (outputs appear only "
                                                   "when complete)"], err
     assert not (tmp_path / "e.json").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 600 KB tmpfs: a real full disk (and, remounted, a real read-only one). Needs root."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip()[:100]}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_real_full_disk_and_a_real_read_only_disk_are_one_line(small_disk, trained):
+    exe = Path(sys.executable).with_name("vae-jax")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]
+    r = subprocess.run([*cmd, "train", "--workdir", str(small_disk / "run"), *TINY, "--epochs", "2", "--no-figures"],
+                       capture_output=True, text=True, timeout=300)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1, r.stderr[-3000:]  # orbax's thread tracebacks held back
+    assert "checkpoint 2" in err[0] and "no space left on the device" in err[0], err
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    r = subprocess.run([*cmd, "export", "--workdir", str(trained), "--out", str(small_disk / "m.pt")],
+                       capture_output=True, text=True, timeout=300)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "read-only" in err[0], r.stderr[-3000:]
+
+
+FIELDS = ["model", "latent_dim", "hidden_dim", "epochs", "batch_size", "lr", "seed", "recon", "beta", "image_shape",
+          "train_k", "devices", "dataset", "binarize", "kl_anneal_epochs", "max_steps"]
+def _values():
+    from hypothesis import strategies as st
+
+    return st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+                     st.text(max_size=6), st.lists(st.integers(-3, 3), max_size=3), st.just(1e400))
+
+
+def test_any_damaged_config_field_is_one_line_or_works(trained, tmp_path_factory):
+    """Property: whatever one field of config.json holds, export succeeds or ends with one line, exit 2."""
+    import contextlib
+    import io
+    import shutil
+
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(field=st.sampled_from(FIELDS), value=_values())
+    def check(field, value):
+        tmp = tmp_path_factory.mktemp("damaged")
+        work = tmp / "run"
+        shutil.copytree(trained, work)
+        cfg = json.loads((work / "config.json").read_text())
+        cfg[field] = value
+        (work / "config.json").write_text(json.dumps(cfg))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli.main(["export", "--workdir", str(work), "--out", str(tmp / "m.pt")])
+        lines = err.getvalue().strip().splitlines()
+        assert code == 0 or (code == 2 and len(lines) == 1 and lines[0].startswith("vae-jax: error: ")), \
+            (field, value, code, lines)
+
+    check()

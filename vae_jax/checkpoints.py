@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from vae_jax.errors import CheckpointError, ConfigError, ConsoleStderr
+from vae_jax.errors import CheckpointError, ConfigError, ConsoleStderr, machine_failure
 from vae_jax.files import atomic_write, lock_run_dir
 
 # Fields that may differ between a run and its resumption.
@@ -159,10 +159,20 @@ class RunDir:
         return self.manager.latest_step() or 0
 
     def save(self, step, state):
+        """Checkpoint `step` (orbax: into a temporary folder, renamed when complete). A failure of the
+        disk is one CheckpointError; what orbax's threads print about it is held back."""
         import orbax.checkpoint as ocp
 
-        self.manager.save(step, args=ocp.args.StandardSave(state))
-        self.manager.wait_until_finished()
+        try:
+            with _quiet_unraisable(), _held_stderr():
+                self.manager.save(step, args=ocp.args.StandardSave(state))
+                self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 -- orbax wraps the OSError in ValueError and others
+            line = machine_failure(e)
+            if line is None:
+                raise
+            raise CheckpointError(f"checkpoint {step} in {self.ckpt_dir}: {line}; the last complete checkpoint "
+                                  "is kept (--resume once there is room)") from None
 
     def restore(self, init_state):
         """(state, number): the latest checkpoint, or init_state and 0 when there is none.
