@@ -1,13 +1,22 @@
-# make test: creates .venv when missing, installs the pinned versions, runs every test.
+# make test:      creates .venv when missing, installs the pinned versions, runs every test (tests/ + parity_tests/).
+# make test-fast: the same minus the tests marked `slow` (tests/conftest.py lists them).
+# make parity:    the JAX/PyTorch parity suite alone.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Real data lives beside the checkout in ../shared/data (never copied into the repo).
-VAE_DATA_DIR ?= $(abspath ../shared/data)
-export VAE_DATA_DIR
+PYTEST := $(BIN)/python -m pytest
+# Real data lives beside the checkout in ../shared/data (never copied into the repo). Exported only
+# when that folder exists, and never over a VAE_DATA_DIR set by the user (environment or command
+# line): without it the tests that need real data skip with a reason.
+SHARED_DATA := $(abspath ../shared/data)
+ifeq ($(origin VAE_DATA_DIR),undefined)
+ifneq ($(wildcard $(SHARED_DATA)/.),)
+export VAE_DATA_DIR := $(SHARED_DATA)
+endif
+endif
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install test train clean
+.PHONY: install test test-fast parity train clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,7 +28,13 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 test: install
-	$(BIN)/python -m pytest -q tests parity_tests
+	$(PYTEST) -q tests parity_tests
+
+test-fast: install
+	$(PYTEST) -q -m "not slow" tests parity_tests
+
+parity: install
+	$(PYTEST) -q parity_tests
 
 train: install
 	$(BIN)/vae-jax train --workdir runs/train-$$(date +%Y%m%d-%H%M%S) $(ARGS)

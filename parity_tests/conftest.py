@@ -1,6 +1,8 @@
 """Parity suite set-up. The tolerance table is parity_tests/tolerances.py (one place); the shared
 machinery is parity_tests/harness.py (importing it sets jax_default_matmul_precision='highest')."""
 
+from pathlib import Path
+
 import jax
 import pytest
 import torch
@@ -10,11 +12,30 @@ from parity_tests import harness  # noqa: F401  (sets the matmul precision on im
 assert jax.config.jax_default_matmul_precision == "highest"
 
 
+_HERE = Path(__file__).resolve().parent
+
+
+def _needs_data(item) -> bool:
+    """A skipif on the item (function, class or module) whose reason mentions VAE_DATA_DIR."""
+    return any("VAE_DATA_DIR" in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
-    # flax 0.12 deprecates Variable.value, which vae_jax uses: keep our output quiet.
+    # Markers (registered in pyproject.toml): every parity_tests item is `parity`; `needs_data` as in
+    # tests/conftest.py. `slow` is tests/conftest.py's list (it sees these items too when both
+    # folders are collected, as `make test-fast` does).
+    # flax 0.12 deprecates Variable.value, which vae_jax uses: keep our output quiet (the marker
+    # exists only with the warnings plugin; `-p no:warnings` with --strict-markers would reject it).
+    quiet = config.pluginmanager.has_plugin("warnings")
     for item in items:
-        if "parity_tests" in str(item.fspath):
+        if not item.path.resolve().is_relative_to(_HERE):
+            continue
+        if quiet:
             item.add_marker(pytest.mark.filterwarnings("ignore::DeprecationWarning"))
+        item.add_marker(pytest.mark.parity)
+        if _needs_data(item):
+            item.add_marker(pytest.mark.needs_data)
 
 
 @pytest.fixture(scope="session", autouse=True)

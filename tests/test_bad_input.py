@@ -306,13 +306,28 @@ def run_copy(trained_run, tmp_path):
 
 
 @pytest.mark.parametrize("extra, problem", [
-    (["--model", "ae"], "model='vae'"),
-    (["--hidden-dim", "32"], "hidden_dim=None"),
-    (["--batch-size", "32"], "batch_size=64"),
+    (["--model", "ae"], "--model 'ae' differs from the run's 'vae'"),
+    (["--hidden-dim", "32"], "--hidden-dim 32 differs from the run's None"),
+    (["--batch-size", "32"], "--batch-size 32 differs from the run's 64"),
 ], ids=["model", "hidden_dim", "batch_size"])
 def test_resume_with_other_options(run_copy, tmp_path, capsys, extra, problem):
     args = ["train", "--workdir", run_copy, *TINY, "--epochs", "2", "--resume", *extra]
-    check_case(tmp_path, capsys, args, ["cannot resume", problem], "use the same options")
+    check_case(tmp_path, capsys, args, ["cannot resume", problem], "drop those options")
+
+
+def test_resume_names_every_differing_option_at_once(run_copy, tmp_path, capsys):
+    args = ["train", "--workdir", run_copy, "--epochs", "2", "--resume", "--model", "ae", "--seed", "7",
+            "--train-limit", "100"]
+    check_case(tmp_path, capsys, args, ["--model 'ae'", "--seed 7", "--train-limit 100"], "drop those options")
+
+
+def test_resume_needs_only_the_workdir(run_copy, capsys):
+    """The run directory is the source of truth: options it was trained with need not be repeated."""
+    code, err = run_cli(["train", "--workdir", run_copy, "--epochs", "2", "--resume"], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert json.loads((run_copy / "config.json").read_text())["train_limit"] == 200
 
 
 def test_resume_of_nothing(tmp_path, capsys):

@@ -285,6 +285,35 @@ def test_tfds_not_prepared_is_data_error(tmp_path):
     raises_data_error(tmp_path, ip.load_dataset, "mnist", "train", tmp_path, source="tfds")
 
 
+def _has_tensorflow() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+needs_tf = pytest.mark.skipif(not _has_tensorflow(), reason="TensorFlow not installed: `vae-jax prepare` needs the "
+                              "[tf] extra (pip install 'vae-jax[tf]')")
+
+
+def test_not_prepared_and_offline_is_one_data_error_at_once(tmp_path, monkeypatch):
+    """No --data-dir and nothing prepared: tfds's download is tried; offline it fails in seconds with
+    the original files' addresses and `vae-jax prepare`."""
+    import socket
+    import time
+
+    def offline(address, timeout=None):
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    t0 = time.monotonic()
+    message = raises_data_error("downloading it failed", ip.load_dataset, "mnist", "train")
+    assert time.monotonic() - t0 < 30
+    assert "https://storage.googleapis.com/cvdf-datasets/mnist/train-images-idx3-ubyte.gz" in message
+    assert "vae-jax prepare" in message and "--data-dir" in message
+
+
+@needs_tf
 def test_prepare_tfds_missing_files(tmp_path):
     write_mnist(tmp_path / "manual")  # train files only
     message = raises_data_error(tmp_path / "manual", ip.prepare_tfds, "mnist", tmp_path / "manual",
@@ -292,6 +321,7 @@ def test_prepare_tfds_missing_files(tmp_path):
     assert "t10k-images-idx3-ubyte.gz" in message and "train-images" not in message
 
 
+@needs_tf
 def test_prepare_tfds_checksum_mismatch(tmp_path):
     write_mnist(tmp_path, split="train")
     write_mnist(tmp_path, split="test")
@@ -299,6 +329,7 @@ def test_prepare_tfds_checksum_mismatch(tmp_path):
     assert "checksum" in message
 
 
+@needs_tf
 def test_prepare_tfds_never_downloads(tmp_path, monkeypatch):
     """A file that the manual dir lookup does not find is a DataError, not a download."""
     tfds = ip._tfds()
@@ -340,6 +371,7 @@ def test_real_binarized_mnist():
     assert sizes == {"train": 50000, "valid": 10000, "test": 10000}
 
 
+@needs_tf
 def test_real_prepare_tfds_mnist_matches_idx(tmp_path, mnist_files):
     """Prepare tfds 'mnist' offline from the original files (~40 s), read it back via data_source.
 

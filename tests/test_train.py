@@ -312,3 +312,47 @@ def test_train_k_is_refused_where_it_has_no_meaning():
         train.Config(train_k=5, beta=4.0).validate()
     with pytest.raises(ConfigError, match="--train-k"):
         train.Config(train_k=0).validate()
+
+
+def _tensorboard_scalars(folder):
+    """{tag: [(step, value)]} from the TFRecord-framed event files tensorboardX wrote in folder."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        at = 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_events_beside_metrics(tmp_path):
+    cfg = train.Config(**dict(QUICK, epochs=2, figures=False, log_every=2))
+    train.train_and_evaluate(cfg, tmp_path / "run", log=lambda s: None)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    tb = _tensorboard_scalars(tmp_path / "run" / "tensorboard")
+    for key in ("train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl"):
+        tag = key.replace("_", "/")
+        assert [v for _, v in tb[tag]] == pytest.approx([r[key] for r in rows], rel=1e-6), tag
+    steps = [s for s, _ in tb["train/loss"]]
+    assert steps == sorted(steps) and len(steps) == 2 and steps[1] == 2 * steps[0]  # at each epoch's last step
+    assert [s for s, _ in tb["train/step_loss"]] == list(range(2, steps[1] + 1, 2))
+    assert all(v > 0 for _, v in tb["train/steps_per_sec"])
+
+
+def test_paths_are_stored_absolute(tmp_path, monkeypatch):
+    from vae_jax import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert cli.main(["train", "--workdir", "run", "--data-dir", "data", "--epochs", "1", "--train-limit", "64",
+                     "--test-limit", "32", "--no-figures", "--no-progress"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data_dir"] == str(tmp_path / "data")

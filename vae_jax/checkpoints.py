@@ -20,9 +20,10 @@ import numpy as np
 from vae_jax.errors import CheckpointError, ConfigError, ConsoleStderr, machine_failure
 from vae_jax.files import atomic_write, lock_run_dir
 
-# Fields that may differ between a run and its resumption.
-_RESUMABLE = {"epochs", "progress", "figures", "iwae_k", "checkpoint", "data_dir", "devices", "max_steps",
+# Options that may change when a run is resumed (all others are the run's, from its config.json).
+RESUMABLE = {"epochs", "progress", "figures", "iwae_k", "checkpoint", "data_dir", "devices", "max_steps",
               "checkpoint_every", "data_mode", "data_workers",
+              "log_every", "tensorboard",
               "lr"}  # a lower --lr resumes a run that diverged from its last good checkpoint
 
 
@@ -33,6 +34,20 @@ def latest_step_on_disk(workdir) -> int:
         return max((int(p.name) for p in (Path(workdir) / "checkpoints").iterdir() if p.name.isdigit()), default=0)
     except OSError:
         return 0
+
+
+def config_differences(saved: dict, config) -> list[str]:
+    """'--option X (the run: Y)' for each option of `config` that differs from the run's config.json
+    and may not change on a resume."""
+    cur = dataclasses.asdict(config)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}  # options newer than the run
+    out = []
+    for k in sorted(cur):
+        resumable = k in RESUMABLE and not (k == "epochs" and cur["lr_schedule"] != "constant")
+        if not resumable and saved.get(k, defaults.get(k)) != cur[k]:
+            why = " (--lr-schedule cosine fixes the schedule's length)" if k == "epochs" else ""
+            out.append(f"--{k.replace('_', '-')} {cur[k]!r} differs from the run's {saved.get(k, defaults.get(k))!r}{why}")
+    return out
 
 
 def read_config(path: Path) -> dict:
@@ -123,15 +138,10 @@ class RunDir:
                                   "-- use the same data or another --workdir")
 
     def _check_same_config(self, saved):
-        cur = dataclasses.asdict(self.config)
-        defaults = {f.name: f.default for f in dataclasses.fields(self.config)}  # fields newer than the run
-        for k in sorted(cur):
-            resumable = k in _RESUMABLE and not (k == "epochs" and cur["lr_schedule"] != "constant")
-            if not resumable and saved.get(k, defaults.get(k)) != cur.get(k):
-                raise CheckpointError(
-                    f"cannot resume {self.dir}: it was trained with {k}={saved.get(k)!r}, this run asks for "
-                    f"{k}={cur.get(k)!r}" + (" (--lr-schedule cosine fixes the schedule's length)"
-                                             if k == "epochs" else "") + " -- use the same options or another --workdir")
+        differ = config_differences(saved, self.config)
+        if differ:
+            raise CheckpointError(f"cannot resume {self.dir}: {'; '.join(differ)} -- drop those options (a resumed run "
+                                  "keeps the options in its config.json) or train in another --workdir")
 
     @property
     def manager(self):

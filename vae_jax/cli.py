@@ -109,6 +109,9 @@ def _parser():
                         "non-finite loss in its first epoch)")
     t.add_argument("--no-figures", action="store_true")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--log-every", type=_nonneg_int, default=100,
+                   help="TensorBoard: the training loss every N optimizer steps (0: per epoch only)")
+    t.add_argument("--no-tensorboard", action="store_true", help="no event files in <workdir>/tensorboard")
 
     e = sub.add_parser("eval", help="test ELBO and importance-sampled NLL of a trained run")
     e.add_argument("--workdir", required=True)
@@ -148,6 +151,22 @@ def _parser():
     return p
 
 
+def _given_options(argv, command) -> set[str]:
+    """The destinations of the options given on the command line (not defaults) for `command`."""
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    given = set(vars(parser.parse_args(argv)))
+    if "no_figures" in given:
+        given.add("figures")
+    if "no_progress" in given:
+        given.add("progress")
+    if "no_tensorboard" in given:
+        given.add("tensorboard")
+    return given - {"command"}
+
+
 def _fresh_path(path, what, *, parent_must_exist=False):
     path = Path(path)
     if os.path.lexists(path):  # a dangling link too: nothing is written through it
@@ -170,8 +189,20 @@ def _run(args):
         _check_platform()
         fields = {f.name for f in dataclasses.fields(train.Config)}
         kw = {k: v for k, v in vars(args).items() if k in fields}
-        config = train.Config(**kw, figures=not args.no_figures, progress=not args.no_progress)
-        workdir = args.workdir or f"runs/{config.model}_{config.dataset}_seed{config.seed}"
+        kw.update(figures=not args.no_figures, progress=not args.no_progress, tensorboard=not args.no_tensorboard)
+        given = {k: kw[k] for k in _given_options(args.argv, "train") if k in kw}
+        workdir = args.workdir or f"runs/{kw['model']}_{kw['dataset']}_seed{kw['seed']}"
+        if args.resume and (Path(workdir) / "config.json").is_file():  # the run's own options, then the given
+            from vae_jax.checkpoints import read_config
+
+            kw = {**{k: v for k, v in read_config(Path(workdir) / "config.json").items() if k in fields}, **given}
+        for k in ("data_dir", "init_from"):  # stored absolute: eval/plot/resume work from any folder
+            if kw.get(k) and k in given:
+                kw[k] = os.path.abspath(kw[k])
+        try:
+            config = train.Config(**kw)
+        except TypeError as e:
+            raise ConfigError(f"{Path(workdir) / 'config.json'} is damaged ({e}) -- restore it") from None
         train.train_and_evaluate(config, workdir, resume=args.resume, restart=args.restart)
         return 0
 
@@ -281,7 +312,9 @@ def main(argv=None, *, console=False):
     line is written to a saved copy of it, so nothing a library's background thread prints late
     (orbax/tensorstore after a failed restore) can join it.
     """
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = _parser().parse_args(argv)
+    args.argv = argv
     ConsoleStderr.console = console
 
     def fail(line, code):

@@ -541,6 +541,8 @@ def _load_tfds(name: str, split: str, data_dir, size: int) -> TfdsSource:
     """A prepared tfds dataset as a random-access source (`tfds.data_source`, array_record)."""
     tfds = _tfds()
     where = data_dir if data_dir is not None else "the default tfds data_dir"
+    if data_dir is None:  # no files given: tfds's own download, as its users expect
+        download_and_prepare(name)
     try:
         source = tfds.data_source(name, split=_TFDS_SPLITS.get(split, split), data_dir=data_dir,
                                   download=False)
@@ -554,6 +556,45 @@ def _load_tfds(name: str, split: str, data_dir, size: int) -> TfdsSource:
         raise DataError(f"tfds dataset {name!r} split {split!r} in {where} is empty — prepare it "
                         "again with `vae-jax prepare`")
     return records
+
+
+def download_and_prepare(name: str, data_dir=None) -> None:
+    """Download and prepare tfds dataset `name` (array_record) unless it is prepared already.
+
+    Offline, one DataError at once (the download hosts are tried first, for 5 s) that says where
+    the original files are and how to prepare them without network. Preparing needs TensorFlow.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    tfds = _tfds()
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if builder.is_prepared():
+            return
+        urls = sorted(builder.url_infos or {})
+    except Exception as e:  # noqa: BLE001 -- tfds raises many kinds for a bad name or folder
+        raise DataError(f"no tfds dataset {name!r} ({type(e).__name__}) — use one of mnist, fashion_mnist, "
+                        "binarized_mnist, celeb_a") from None
+    get = (f"get the original files ({', '.join(urls) or 'see the dataset page on tensorflow.org/datasets'}) and "
+           f"pass their folder as --data-dir, or prepare them with `vae-jax prepare --dataset {name} "
+           "--manual-dir <files> --data-dir <tfds dir>`")
+    for host in sorted({urlparse(u).hostname for u in urls if urlparse(u).hostname}):
+        try:
+            socket.create_connection((host, 443), timeout=5).close()
+        except OSError as e:
+            raise DataError(f"{name} is not prepared in {builder.data_dir} and downloading it failed ({host}: "
+                            f"{e.strerror or e}) — {get}") from None
+    try:
+        import tensorflow  # noqa: F401 -- tfds writes prepared datasets with it
+    except ImportError:
+        raise DataError(f"preparing {name} needs TensorFlow — pip install 'vae-jax[tf]', or {get}") from None
+    try:
+        builder.download_and_prepare(file_format="array_record",
+                                     download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except Exception as e:  # noqa: BLE001 -- network and checksum errors of many kinds
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise DataError(f"downloading {name} failed ({detail}) — {get}") from None
 
 
 def prepare_tfds(name: str, manual_dir, data_dir) -> Path:

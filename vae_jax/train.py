@@ -56,6 +56,8 @@ class Config:
     checkpoint_every: int = 0  # also checkpoint every N optimizer steps inside an epoch; 0: at epoch ends only
     data_mode: str = "auto"  # "memory": whole splits on the device; "stream": Grain batches; "auto": by size
     data_workers: int = 0  # stream: Grain worker processes decoding batches (0: threads in this process)
+    log_every: int = 100  # TensorBoard: the training loss every N optimizer steps (0: per epoch only)
+    tensorboard: bool = True  # event files in <workdir>/tensorboard beside metrics.jsonl
     checkpoint: bool = True
     figures: bool = True
     progress: bool = True
@@ -77,8 +79,8 @@ class Config:
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
-        if int(self.checkpoint_every) < 0 or int(self.data_workers) < 0:
-            raise ConfigError("--checkpoint-every and --data-workers must be >= 0")
+        if int(self.checkpoint_every) < 0 or int(self.data_workers) < 0 or int(self.log_every) < 0:
+            raise ConfigError("--checkpoint-every, --data-workers and --log-every must be >= 0")
         if self.binarize not in ("none", "dynamic"):
             raise ConfigError(f"unknown binarization {self.binarize!r}: use 'none' or 'dynamic'")
         for name in ("epochs", "batch_size", "devices"):
@@ -396,7 +398,8 @@ def first_nonfinite(losses) -> Optional[int]:
     return int(bad[0]) if len(bad) else None
 
 
-def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: int, stop: int, first_step=None):
+def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: int, stop: int, first_step=None,
+               summaries=None):
     """Optimizer steps on batches [start, stop) of a 1-based epoch; returns the state.
 
     Step i of the epoch draws from fold_in(the epoch's train key, i): where the epoch is cut
@@ -406,6 +409,7 @@ def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: in
     if start == 0:
         state = {**state, "sums": trainer.put(zero_sums())}
     step_fn, losses = feed.step(train=True), []
+    spe = steps_per_epoch(config, feed.ds)
     sleep = _test_step_sleep()
     bar = None
     if config.progress and jax.process_index() == 0:
@@ -417,6 +421,14 @@ def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: in
         losses.append(m["loss"])
         if first_step is not None and not first_step:
             first_step.append(float(to_host(m["loss"])))  # waits for it: the time to the first step, once
+        step = (epoch - 1) * spe + i + 1
+        if summaries is not None and config.log_every and step % config.log_every == 0:
+            n = min(config.batch_size, len(feed.ds) - i * config.batch_size)
+            now = time.perf_counter()
+            rate = {} if not hasattr(summaries, "last") else {
+                "train/steps_per_sec": (step - summaries.last[0]) / (now - summaries.last[1])}
+            summaries.scalars(step, {"train/step_loss": float(to_host(m["loss"])) / n, **rate})
+            summaries.last = (step, now)
         if sleep:
             time.sleep(sleep)
         if bar is not None:
@@ -425,7 +437,6 @@ def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: in
         bar.close()
     if not math.isfinite(float(to_host(state["sums"]["loss"]))):
         bad = first_nonfinite(losses)
-        spe = steps_per_epoch(config, feed.ds)
         where = f"step {start + bad + 1} of {spe}" if bad is not None else "the epoch's sum"
         raise FloatingPointError(f"non-finite training loss at epoch {epoch}, {where}: lower --lr or check the data")
     return state
@@ -455,14 +466,16 @@ def epoch_metrics(trainer, state, feeds, config: Config, epoch: int, train_time:
     train_feed, test_feed = feeds
     n = min(len(train_feed.ds), steps * config.batch_size)
     tr = {k: float(to_host(v)) / n for k, v in state["sums"].items()}
+    t0 = time.perf_counter()
     te = evaluate_split(trainer, state, test_feed, config, epoch)
+    test_time = time.perf_counter() - t0
     if not math.isfinite(te["loss"]):
         raise FloatingPointError(f"non-finite test loss at epoch {epoch} (train loss {tr['loss']}): "
                                  "lower --lr or check the data")
     return {"epoch": epoch, "kl_weight": kl_weight_for(config, epoch),
             "train_loss": tr["loss"], "train_recon": tr["recon"], "train_kl": tr["kl"],
             "test_loss": te["loss"], "test_recon": te["recon"], "test_kl": te["kl"],
-            "train_time_s": train_time}
+            "train_time_s": train_time, "test_time_s": test_time}
 
 
 def train_epoch(trainer, state, feeds, config, epoch):
@@ -598,6 +611,9 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart
     history = run.read_metrics(upto_epoch=step // spe)
     last = config.epochs * spe if not config.max_steps else min(config.epochs * spe, config.max_steps)
     final, epoch_time, t_run, first_step, first_logged = None, 0.0, time.perf_counter(), [], False
+    from vae_jax.summaries import Summaries
+
+    summaries = Summaries(workdir, enabled=config.tensorboard and run.primary)
     while step < last:
         epoch, start = step // spe + 1, step % spe
         stop = min(spe, last - (epoch - 1) * spe)
@@ -605,7 +621,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart
             stop = min(stop, (step // config.checkpoint_every + 1) * config.checkpoint_every - (epoch - 1) * spe)
         t0 = time.perf_counter()
         try:
-            state = train_part(trainer, state, feeds[0], config, epoch, start, stop, first_step)
+            state = train_part(trainer, state, feeds[0], config, epoch, start, stop, first_step, summaries)
             if first_step and not first_logged:
                 first_logged = True
                 log(f"first step done {time.perf_counter() - t_start:.1f}s after the run started")
@@ -623,13 +639,17 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart
             epoch_time = 0.0
             history.append(final)
             run.append_metrics(final)
+            summaries.scalars(step, {**{f"{k.split('_')[0]}/{k.split('_')[1]}": final[k] for k in
+                                        ("train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl")},
+                                     "train/kl_weight": final["kl_weight"],
+                                     "train/epoch_steps_per_sec": spe / max(final["train_time_s"], 1e-9)})
         if config.checkpoint:
             run.save(step, state)
         if stop == spe:
             m = final
             log(f"Epoch {epoch}/{config.epochs}  Train - Loss: {m['train_loss']:.4f}, Recon: {m['train_recon']:.4f}, "
                 f"KL: {m['train_kl']:.4f}  Test - Loss: {m['test_loss']:.4f}, Recon: {m['test_recon']:.4f}, "
-                f"KL: {m['test_kl']:.4f}  ({m['train_time_s']:.1f}s)")
+                f"KL: {m['test_kl']:.4f}  (train {m['train_time_s']:.1f}s, test {m['test_time_s']:.1f}s)")
     if step % spe:  # stopped inside an epoch (--max-steps): test the model as it is
         epoch = step // spe + 1
         final = dict(epoch_metrics(trainer, state, feeds, config, epoch, epoch_time, step % spe),
@@ -647,10 +667,17 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart
                                                 key=jax.random.fold_in(root, 7), recon=config.recon,
                                                 binarize_key=None)
         log(f"importance-sampled NLL (k={config.iwae_k}): {summary['iwae_nll']:.3f} nats")
+    summaries.close()
     if config.figures and run.primary:
         from vae_jax import evaluate
-        summary["figures"] = evaluate.make_figures(model, test_ds, history, workdir / "figures",
-                                                   key=jax.random.fold_in(root, 8))
+        from vae_jax.files import atomic_dir
+
+        t0 = time.perf_counter()
+        with atomic_dir(workdir / "figures", replace=True) as tmp:  # all figures or none
+            made = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.fold_in(root, 8))
+        summary["figures"] = {k: str(workdir / "figures" / Path(v).name) for k, v in made.items()}
+        summary["figures_time_s"] = time.perf_counter() - t0
+        log(f"figures: {len(made)} PNGs in {workdir / 'figures'} ({summary['figures_time_s']:.1f}s)")
     run.write_summary(summary)
     f = summary["final"]
     if f:
