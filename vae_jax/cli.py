@@ -48,6 +48,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"vae-jax: error: {message} (see `{self.prog} --help`)\n")
 
 
+class _SubParser(_Parser):
+    """A subcommand's parser: one-line errors, and --help shows every option's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _one_line(e) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
@@ -56,7 +64,7 @@ def _parser():
     from vae_jax import losses, models
 
     p = _Parser(prog="vae-jax", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_SubParser)
 
     t = sub.add_parser("train", help="train a model (default: the chapter's VAE on the embedded digits)")
     t.add_argument("--model", default="vae", choices=list(models.MODELS))
@@ -121,6 +129,7 @@ def _parser():
     e.add_argument("--out", default=None,
                    help="JSON file to write (default <workdir>/eval_k<K>_seed<S>.json); must not exist")
     e.add_argument("--seed", type=_nonneg_int, default=0)
+    e.add_argument("--no-progress", action="store_true")
 
     pl = sub.add_parser("plot", help="the chapter's figures for a trained run")
     pl.add_argument("--workdir", required=True)
@@ -249,7 +258,8 @@ def _run(args):
             test_x, test_y = train.device_arrays(test_ds)
             result["iwae_k"] = args.iwae_k
             result["iwae_nll"] = evaluate.iwae_nll(model, test_x, test_y, k=args.iwae_k,
-                                                   key=jax.random.key(args.seed), recon=config.recon)
+                                                   key=jax.random.key(args.seed), recon=config.recon,
+                                                   progress=not args.no_progress)
         result["num_test"] = len(test_ds)
         print(json.dumps(result))  # printed first: a file that cannot be written does not lose it
         atomic_write(out, json.dumps(result, indent=2) + "\n", replace=False)

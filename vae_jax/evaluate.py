@@ -15,7 +15,7 @@ from vae_jax.errors import ConfigError
 from vae_jax.train import model_inputs
 
 def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_size=100, chunk=250,
-             binarize_key=None):
+             binarize_key=None, progress=False):
     """Mean over images of -log p(x), estimated with k importance samples from q(z|x):
 
         log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k
@@ -50,7 +50,12 @@ def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_si
 
     total = 0.0
     n = images.shape[0]
-    for bi, a in enumerate(range(0, n, batch_size)):
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"NLL (k={k})", unit="batch", leave=False, dynamic_ncols=True)
+    for bi, a in enumerate(starts):
         x, y = images[a:a + batch_size], labels[a:a + batch_size]
         if binarize_key is not None:
             x = jax.random.bernoulli(jax.random.fold_in(binarize_key, bi), x).astype(x.dtype)
