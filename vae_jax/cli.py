@@ -55,6 +55,22 @@ class _SubParser(_Parser):
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def add_argument(self, *args, **kwargs):
+        if "help" not in kwargs and args and args[0].startswith("--"):  # a help text, so the default shows
+            kwargs["help"] = _HELP.get(args[0], args[0][2:].replace("-", " "))
+        return super().add_argument(*args, **kwargs)
+
+
+_HELP = {"--latent-dim": "latent dimensions (default: the chapter's for the model)",
+         "--hidden-dim": "hidden units of the MLP models (default: the chapter's 400)",
+         "--recon": "reconstruction loss: bce_logits trains, bce is the chapter's clamped BCE",
+         "--beta": "weight of the KL term (beta-VAE)", "--kl-anneal-epochs": "KL weight min(1, epoch/E); 0: off",
+         "--binarize": "dynamic: Bernoulli draws of the pixels at each step", "--epochs": "epochs in all",
+         "--batch-size": "the global batch", "--lr": "Adam's learning rate", "--seed": "the run's seed",
+         "--no-figures": "skip the figures at the end", "--no-progress": "no progress bars",
+         "--data-dir": "folder with the original files or a prepared tfds data_dir",
+         "--workdir": "the run directory", "--dataset": "dataset", "--manual-dir": "folder holding the original files"}
+
 
 def _one_line(e) -> str:
     return " ".join(str(e).split()) or type(e).__name__
