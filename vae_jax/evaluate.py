@@ -12,7 +12,7 @@ from flax import nnx
 
 from vae_jax import losses
 from vae_jax.errors import ConfigError
-from vae_jax.train import model_inputs
+from vae_jax.models import model_inputs, one_hot
 
 def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_size=100, chunk=250,
              binarize_key=None, progress=False):
@@ -96,7 +96,7 @@ def make_figures(model, test_ds, history, outdir, *, key, n_scatter=5000, batch_
         z = jnp.asarray(z, mu.dtype)
         if model.conditional:
             y = jnp.zeros((z.shape[0],), jnp.int32) if c is None else c
-            return np.asarray(model.decode(z, jax.nn.one_hot(y, model.num_classes, dtype=z.dtype)))
+            return np.asarray(model.decode(z, one_hot(model, y, z.dtype)))
         return np.asarray(model.decode(z))
 
     out = {}

@@ -463,6 +463,18 @@ class CelebAVAE(_Gaussian):
         return self.decoder(_nchw_unflatten(self.decoder_fc(z), 256, 4))
 
 
+def one_hot(model, y, dtype=jnp.float32):
+    """The conditioning vector of a conditional model for integer labels y."""
+    return jax.nn.one_hot(y, model.num_classes, dtype=dtype)
+
+
+def model_inputs(model, x, y):
+    """(x as the model takes it, the arguments after x): MLP models flatten the image; conditional
+    models also take the one-hot label."""
+    x = x.reshape(x.shape[0], -1) if getattr(model, "flat_input", False) else x
+    return x, ((one_hot(model, y, x.dtype),) if model.conditional else ())
+
+
 MODELS = {
     "ae": Autoencoder,
     "vae": VAE,

@@ -27,6 +27,7 @@ from vae_jax.errors import ConfigError
 
 # Purposes folded into the run's root key (stable: changing them changes every stream).
 _INIT, _SHUFFLE, _TRAIN, _EVAL = 0, 1, 2, 3
+_IWAE, _FIGURES = 7, 8  # the end of a run: importance-sampled NLL, figures
 
 
 @dataclasses.dataclass
@@ -155,11 +156,7 @@ def kl_weight_for(config: Config, epoch: int) -> float:
     return min(1.0, epoch / config.kl_anneal_epochs)
 
 
-def model_inputs(model, x, y):
-    """The arguments after `x` for this model: the one-hot label for conditional models."""
-    x = x.reshape(x.shape[0], -1) if getattr(model, "flat_input", False) else x
-    cond = (jax.nn.one_hot(y, model.num_classes, dtype=x.dtype),) if model.conditional else ()
-    return x, cond
+model_inputs = models.model_inputs  # where it lives: vae_jax.models
 
 
 def loss_terms(model, x, y, key, *, recon, beta, kl_weight, eps=None, k=1):
@@ -664,7 +661,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart
         from vae_jax import evaluate
         test_x, test_y = device_arrays(test_ds)
         summary["iwae_nll"] = evaluate.iwae_nll(model, test_x, test_y, k=config.iwae_k,
-                                                key=jax.random.fold_in(root, 7), recon=config.recon,
+                                                key=jax.random.fold_in(root, _IWAE), recon=config.recon,
                                                 binarize_key=None)
         log(f"importance-sampled NLL (k={config.iwae_k}): {summary['iwae_nll']:.3f} nats")
     summaries.close()
@@ -674,7 +671,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart
 
         t0 = time.perf_counter()
         with atomic_dir(workdir / "figures", replace=True) as tmp:  # all figures or none
-            made = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.fold_in(root, 8))
+            made = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.fold_in(root, _FIGURES))
         summary["figures"] = {k: str(workdir / "figures" / Path(v).name) for k, v in made.items()}
         summary["figures_time_s"] = time.perf_counter() - t0
         log(f"figures: {len(made)} PNGs in {workdir / 'figures'} ({summary['figures_time_s']:.1f}s)")
