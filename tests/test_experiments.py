@@ -60,11 +60,26 @@ def test_beta_vae(tmp_path):
 
 def test_cvae(tmp_path):
     workdir, rows = _run("cvae", tmp_path)
-    assert [r["requested"] for r in rows] == [str(c) for c in range(10)] + ["all", "classifier on real test images"]
-    for r in rows:
-        assert 0.0 <= float(r["classified_as_requested"]) <= 1.0
-    assert float(rows[-1]["classified_as_requested"]) > 0.3  # the classifier learned something
-    _pngs(workdir, ["class_grid.png", "class_interpolation.png"])
+    variants = experiments.CVAE_VARIANTS
+    assert [r["variant"] for r in rows] == [name for name, _, _ in variants]
+    # the chapter's 20-d row stays for comparison; the others change only latent size / beta
+    assert (int(rows[0]["latent_dim"]), float(rows[0]["beta"])) == (20, 1.0)
+    assert any(int(r["latent_dim"]) < 20 or float(r["beta"]) > 1.0 for r in rows[1:])
+    summary = json.loads((workdir / "summary.json").read_text())
+    with open(workdir / "per_class.csv", newline="") as f:
+        per_class = list(csv.DictReader(f))
+    assert [r["variant"] for r in per_class] == [r["variant"] for r in rows]
+    for (name, overrides, _), r, pc in zip(variants, rows, per_class):
+        assert int(r["latent_dim"]) == overrides["latent_dim"] and float(r["beta"]) == overrides["beta"]
+        acc = float(r["classified_as_requested"])
+        assert 0.0 <= acc <= 1.0 and int(r["n"]) == 10 * experiments.SIZES["reduced"]["per_class"]
+        by_class = [float(pc[str(c)]) for c in range(10)]
+        assert acc == pytest.approx(sum(by_class) / 10)  # equal samples per class
+        assert float(r["worst_class_acc"]) == pytest.approx(min(by_class))
+        assert (name in summary["meets_target"]) == (acc >= experiments.CVAE_TARGET)
+        assert summary["final"][name]["test_kl"] == pytest.approx(float(r["test_kl"]))
+        _pngs(workdir, [f"class_grid_{name}.png", f"class_interpolation_{name}.png"])
+    assert summary["classifier_test_accuracy"] > 0.3  # the classifier learned something
 
 
 def test_kl_annealing(tmp_path):

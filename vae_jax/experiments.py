@@ -156,11 +156,11 @@ def _fmt(v):
     return str(v)
 
 
-def write_table(rows, outdir, statement="", title=""):
-    """results.csv and results.md (the same rows) in outdir; returns the markdown table text."""
+def write_table(rows, outdir, statement="", title="", stem="results"):
+    """<stem>.csv and <stem>.md (the same rows) in outdir; returns the markdown table text."""
     outdir = Path(outdir)
     cols = list(rows[0])
-    with open(outdir / "results.csv", "w", newline="") as f:
+    with open(outdir / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
@@ -168,7 +168,7 @@ def write_table(rows, outdir, statement="", title=""):
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
     table = "\n".join(lines)
     text = (f"## {title}\n\n" if title else "") + table + "\n" + (f"\n{statement}\n" if statement else "")
-    (outdir / "results.md").write_text(text)
+    (outdir / f"{stem}.md").write_text(text)
     return table
 
 
@@ -301,55 +301,117 @@ def accuracy(classifier, x, y):
     return float(jnp.mean(jnp.argmax(classifier(x), -1) == y))
 
 
+# (sub-run name, training overrides, label). The layers are the chapter's CVAE in every variant;
+# only the latent size and the KL weight beta (training choices) change. With the chapter's 20-d
+# latent and beta = 1 the encoder, which sees the image, also writes the class into z, and the
+# decoder learns to read it from there: a z drawn from the prior then often says another class
+# than the label. Making z cheaper to ignore (fewer dimensions, or a larger KL weight) leaves the
+# class to the label. See docs/exercises.md for the measured trade-off.
+CVAE_VARIANTS = (
+    ("latent20", dict(latent_dim=20, beta=1.0), "latent 20, β=1 (the chapter's setting)"),
+    ("latent20_beta4", dict(latent_dim=20, beta=4.0), "latent 20, β=4"),
+    ("latent2", dict(latent_dim=2, beta=1.0), "latent 2, β=1"),
+)
+CVAE_TARGET = 0.95  # the bar: share of generated digits the classifier labels as requested
+
+
+def generated_predictions(model, classifier, labels, z):
+    """(classifier labels (M,), images) of decode(z, labels), both numpy."""
+    gen = decoder_fn(model, labels)(z)
+    return np.asarray(jnp.argmax(classifier(jnp.asarray(gen)), -1)), gen
+
+
+def save_class_grid(images, preds, path, *, image_shape, ncols, title, row_accuracy=None):
+    """Row c = the label c given to the decoder, column = one z (the same z down a column).
+    A cell the classifier labels as another class is framed in red with that class written in it;
+    the right margin gives each row's accuracy over all the samples drawn for that class."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    imgs = figures.to_images(images, image_shape)
+    nrows = len(imgs) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.0 * ncols + 1.6, 1.0 * nrows + 0.8), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        r, c = divmod(i, ncols)
+        figures._show(ax, imgs[i])
+        if preds[i] != r:
+            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor="red",
+                                   linewidth=2.5, clip_on=False))
+            ax.text(0.95, 0.95, str(int(preds[i])), transform=ax.transAxes, ha="right", va="top",
+                    color="red", fontsize=11, fontweight="bold")
+        if c == 0:
+            ax.text(-0.12, 0.5, f"y={r}", transform=ax.transAxes, ha="right", va="center", fontsize=13)
+        if c == ncols - 1 and row_accuracy is not None:
+            ax.text(1.1, 0.5, f"{row_accuracy[r]:.0%}", transform=ax.transAxes, ha="left", va="center",
+                    fontsize=11)
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout()
+    return figures._save(fig, path)
+
+
 def cvae(ctx):
-    model, cfg, hist = ctx.train("cvae", model="cvae")
-    train_ds, test_ds = train.load_data(cfg)
+    train_ds, test_ds = train.load_data(ctx.config(model="cvae"))
     tx, ty = train.device_arrays(train_ds)
     x, y = train.device_arrays(test_ds)
     shape = image_shape_of(test_ds)
     clf = train_classifier(tx, ty, epochs=ctx.opts["classifier_epochs"], seed=ctx.seed)
     clf_acc = accuracy(clf, x, y)
     key = jax.random.fold_in(jax.random.key(ctx.seed), 11)
-    per_class = ctx.opts["per_class"]
-    labels = jnp.repeat(jnp.arange(10), per_class)
-    z = jax.random.normal(key, (labels.shape[0], model.latent_dim))
-    gen = decoder_fn(model, labels)(z)
-    pred = np.asarray(jnp.argmax(clf(jnp.asarray(gen)), -1))
-    rows = [{"requested": str(c), "n": per_class, "classified_as_requested": float(np.mean(pred[np.asarray(labels) == c] == c))}
-            for c in range(10)]
-    gen_acc = float(np.mean(pred == np.asarray(labels)))
-    rows.append({"requested": "all", "n": int(labels.shape[0]), "classified_as_requested": gen_acc})
-    rows.append({"requested": "classifier on real test images", "n": int(x.shape[0]),
-                 "classified_as_requested": clf_acc})
-    out = {}
-    # grid: row c = class c, the same z's in every row (same style, different class)
-    cols = ctx.opts["class_cols"]
-    zg = np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (cols, model.latent_dim)))
-    zz = np.tile(zg, (10, 1))
+    per_class, cols = ctx.opts["per_class"], ctx.opts["class_cols"]
+    labels = np.repeat(np.arange(10), per_class)
     yy = np.repeat(np.arange(10), cols)
-    out["class_grid"] = figures.save_sample_grid(decoder_fn(model, yy)(zz), ctx.workdir / "class_grid.png",
-                                                 image_shape=shape, ncols=cols,
-                                                 title="CVAE: row c = requested class c, column = one z")
-    # class interpolation at fixed z: interpolate [z, onehot(a)] -> [z, onehot(b)] (z part constant)
     pairs_cls = [(0, 1), (1, 7), (3, 8), (4, 9), (5, 6), (2, 3)]
-    D = model.latent_dim
     eye = np.eye(10, dtype=np.float32)
-    zp = np.asarray(jax.random.normal(jax.random.fold_in(key, 2), (len(pairs_cls), D)))
-    pairs = np.stack([np.stack([np.concatenate([zp[i], eye[a]]), np.concatenate([zp[i], eye[b]])])
-                      for i, (a, b) in enumerate(pairs_cls)])
+    rows, per_class_rows, finals, out = [], [], {}, {}
+    for name, overrides, label in CVAE_VARIANTS:
+        model, cfg, hist = ctx.train(name, model="cvae", **overrides)
+        D = model.latent_dim
+        # the score: per_class samples of every class, z ~ N(0, I) (the prior, as a user samples)
+        z = np.asarray(jax.random.normal(key, (labels.shape[0], D)))
+        pred, _ = generated_predictions(model, clf, labels, z)
+        ok = pred == labels
+        by_class = ok.reshape(10, per_class).mean(axis=1)
+        worst = int(np.argmin(by_class))
+        f = finals[name] = hist[-1]
+        rows.append({"variant": name, "latent_dim": D, "beta": cfg.beta, "epochs": f["epoch"],
+                     "test_recon": f["test_recon"], "test_kl": f["test_kl"], "neg_elbo": true_elbo(f),
+                     "n": int(labels.shape[0]), "classified_as_requested": float(ok.mean()),
+                     "worst_class": worst, "worst_class_acc": float(by_class[worst])})
+        per_class_rows.append({"variant": name, **{str(c): float(by_class[c]) for c in range(10)}})
+        # grid: row c = class c, the same z's in every row (same style, different class)
+        zg = np.tile(np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (cols, D))), (10, 1))
+        gpred, gimg = generated_predictions(model, clf, yy, zg)
+        out[f"class_grid_{name}"] = save_class_grid(
+            gimg, gpred, ctx.workdir / f"class_grid_{name}.png", image_shape=shape, ncols=cols,
+            row_accuracy=by_class,
+            title=(f"CVAE {label}: row = label y, column = one z ~ N(0, I) (the same z down a column)\n"
+                   f"{ok.mean():.1%} of {labels.shape[0]} samples classified as y; right: per label, over "
+                   f"{per_class} samples; red: the classifier's label where it is not y"))
+        # class interpolation at fixed z: interpolate [z, onehot(a)] -> [z, onehot(b)] (z part constant)
+        zp = np.asarray(jax.random.normal(jax.random.fold_in(key, 2), (len(pairs_cls), D)))
+        pairs = np.stack([np.stack([np.concatenate([zp[i], eye[a]]), np.concatenate([zp[i], eye[b]])])
+                          for i, (a, b) in enumerate(pairs_cls)])
 
-    def decode_joint(v):
-        v = jnp.asarray(v, jnp.float32)
-        return np.asarray(model.decode(v[:, :D], v[:, D:]))
+        def decode_joint(v, model=model, D=D):
+            v = jnp.asarray(v, jnp.float32)
+            return np.asarray(model.decode(v[:, :D], v[:, D:]))
 
-    out["class_interpolation"] = figures.save_interpolation(
-        decode_joint, pairs, ctx.workdir / "class_interpolation.png", num_steps=10, mode="linear", image_shape=shape)
+        out[f"class_interpolation_{name}"] = figures.save_interpolation(
+            decode_joint, pairs, ctx.workdir / f"class_interpolation_{name}.png", num_steps=10, mode="linear",
+            image_shape=shape)
+    write_table(per_class_rows, ctx.workdir, stem="per_class",
+                title="Share of generated digits classified as requested, per requested class")
+    passing = [r["variant"] for r in rows if r["classified_as_requested"] >= CVAE_TARGET]
     statement = (f"The classifier (MLP 784-256-10, {ctx.opts['classifier_epochs']} epochs) scores "
-                 f"{clf_acc:.1%} on the real test images; it labels {gen_acc:.1%} of {labels.shape[0]} "
-                 f"CVAE samples (z ~ N(0, I)) as the class they were generated for. Interpolation rows: "
-                 + ", ".join(f"{a}→{b}" for a, b in pairs_cls) + " (fixed z, one-hot interpolated).")
-    return rows, statement, out, {"classifier_test_accuracy": clf_acc, "generated_accuracy": gen_acc,
-                                  "final": hist[-1]}
+                 f"{clf_acc:.1%} on the real test images. Of {labels.shape[0]} CVAE samples "
+                 f"(z ~ N(0, I), {per_class} per class) it labels as the requested class: "
+                 + ", ".join(f"{r['classified_as_requested']:.1%} ({r['variant']}, test KL "
+                             f"{r['test_kl']:.1f} nats)" for r in rows)
+                 + f". At or above {CVAE_TARGET:.0%}: {', '.join(passing) if passing else 'none'}. "
+                 "Interpolation rows: " + ", ".join(f"{a}→{b}" for a, b in pairs_cls)
+                 + " (fixed z, one-hot interpolated).")
+    return rows, statement, out, {"classifier_test_accuracy": clf_acc, "target": CVAE_TARGET,
+                                  "meets_target": passing, "per_class": per_class_rows, "final": finals}
 
 
 # ----------------------------------------------------------------------------------------------
