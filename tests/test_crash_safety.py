@@ -34,7 +34,7 @@ def train_args(workdir, *extra):
 def metrics(workdir):
     """metrics.jsonl without the wall-clock field."""
     rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if k != "train_time_s"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("train_time_s", "test_time_s")} for r in rows]
 
 
 def params(workdir):

@@ -121,10 +121,14 @@ def test_a_killed_process_ends_the_other_with_one_line(tmp_path):
     procs = launch(tmp_path, args)
     try:
         deadline = time.monotonic() + 300
-        while not (work / "metrics.jsonl").exists():  # inside the run, past the start-up
+        # inside epoch 2's steps (188 of 8 images, ~2 s): past the start-up and epoch 1's checkpoint, so the
+        # kill lands in a collective (a kill during a checkpoint's barrier ends the survivor through JAX's
+        # coordination service instead: a C++ abort, see README)
+        while not (work / "checkpoints" / "188").is_dir():
             assert all(p.poll() is None for p in procs), (tmp_path / "run0.err").read_text()[-2000:]
             assert time.monotonic() < deadline, "no epoch finished"
-            time.sleep(0.1)
+            time.sleep(0.05)
+        time.sleep(0.5)
         procs[1].send_signal(signal.SIGKILL)
         t0 = time.monotonic()
         code = procs[0].wait(timeout=120)

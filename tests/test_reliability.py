@@ -323,7 +323,7 @@ def test_interrupted_train_names_the_kept_checkpoint(trained, tmp_path, capsys, 
 def test_sigint_of_eval_says_nothing_was_written(trained, tmp_path):
     exe = Path(sys.executable).with_name("vae-jax")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]
-    p = subprocess.Popen([*cmd, "eval", "--workdir", str(trained), "--iwae-k", "10000000", "--out",
+    p = subprocess.Popen([*cmd, "eval", "--workdir", str(trained), "--iwae-k", "10000000", "--no-progress", "--out",
                           str(tmp_path / "e.json")], stderr=subprocess.PIPE, text=True)
     import time
 

@@ -85,7 +85,7 @@ def _run(work, *args):
 
 def _metrics(work):
     rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "train_time_s"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("train_time_s", "test_time_s")} for r in rows]
 
 
 def _params(work):

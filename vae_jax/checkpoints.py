@@ -6,6 +6,7 @@ resumed run must have the same configuration (only --epochs may grow).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -173,8 +174,11 @@ class RunDir:
         disk is one CheckpointError; what orbax's threads print about it is held back."""
         import orbax.checkpoint as ocp
 
+        # In a multi-process run a peer that dies during the save's barriers ends this process from
+        # JAX's coordination service (a C++ abort): its one log line must stay visible.
+        held = _held_stderr() if jax.process_count() == 1 else contextlib.nullcontext()
         try:
-            with _quiet_unraisable(), _held_stderr():
+            with _quiet_unraisable(), held:
                 self.manager.save(step, args=ocp.args.StandardSave(state))
                 self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 -- orbax wraps the OSError in ValueError and others

@@ -220,7 +220,10 @@ def _run(args):
         if args.resume and (Path(workdir) / "config.json").is_file():  # the run's own options, then the given
             from vae_jax.checkpoints import read_config
 
-            kw = {**{k: v for k, v in read_config(Path(workdir) / "config.json").items() if k in fields}, **given}
+            saved = read_config(Path(workdir) / "config.json")
+            # --max-steps (where this invocation stops) and --devices (this machine's) are not the run's
+            kw = {**{k: v for k, v in saved.items() if k in fields and k not in ("max_steps", "devices")},
+                  **{k: kw[k] for k in ("max_steps", "devices")}, **given}
         for k in ("data_dir", "init_from"):  # stored absolute: eval/plot/resume work from any folder
             if kw.get(k) and k in given:
                 kw[k] = os.path.abspath(kw[k])

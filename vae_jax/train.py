@@ -506,7 +506,10 @@ def check_model_fits(config: Config, image_shape):
 
 def device_memory_bytes() -> int:
     """Memory of the first device: the accelerator's limit, or the host's RAM for the CPU."""
-    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001 -- backends without memory statistics
+        stats = {}
     if stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
