@@ -182,7 +182,7 @@ def test_an_interrupted_plot_leaves_nothing_and_the_retry_works(trained, tmp_pat
 
 def test_eval_prints_its_result_even_when_it_cannot_be_written(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(files.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only")))
-    code, err, out = run(["eval", "--workdir", trained, "--iwae-k", "3", "--test-limit", "10",
+    code, err, out = run(["eval", "--workdir", trained, "--iwae-k", "3", "--test-limit", "10", "--no-progress",
                           "--out", tmp_path / "e.json"], capsys)
     one_line(code, err, "read-only")
     result = json.loads(out.strip().splitlines()[-1])
@@ -290,7 +290,8 @@ def test_a_diverged_run_restarts_or_resumes_with_a_lower_lr(tmp_path, capsys):
                     "non-finite", "--restart", exit_code=3)
     assert "no checkpoint" in line
     one_line(*run(["train", "--workdir", work, *TINY, "--no-figures"], capsys)[:2], "already holds a run")
-    assert run(["train", "--workdir", work, *TINY, "--no-figures", "--restart"], capsys)[0] == 0
+    code, err, _ = run(["train", "--workdir", work, *TINY, "--no-figures", "--restart"], capsys)
+    assert code == 0, err
     rows = (work / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1 and json.loads(rows[0])["epoch"] == 1
     # a later divergence: resume from the last good checkpoint with a lower --lr

@@ -156,7 +156,7 @@ def test_cli_refuses_to_overwrite_a_run_and_names_the_fix(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "already holds a run" in err[0] and "--resume" in err[0]
     assert (work / "metrics.jsonl").read_bytes() == before
     code, err = _cli(base + ["--resume", "--latent-dim", "5"], capsys)
-    assert code == 2 and len(err) == 1 and "latent_dim" in err[0]
+    assert code == 2 and len(err) == 1 and "--latent-dim 5 differs" in err[0]
     out = tmp_path / "exists.pt"
     out.write_bytes(b"keep me")
     code, err = _cli(["export", "--workdir", str(work), "--out", str(out)], capsys)
@@ -214,7 +214,7 @@ def test_cosine_schedule_decays_to_zero_and_fixes_epochs_for_a_resume(tmp_path):
     cos = train.train_and_evaluate(train.Config(**dict(QUICK, epochs=1, figures=False, lr_schedule="cosine")),
                                    tmp_path / "s", log=lambda s: None)["final"]
     assert cos["train_loss"] != const["train_loss"]
-    with pytest.raises(CheckpointError, match="epochs=1.*epochs=2.*cosine"):
+    with pytest.raises(CheckpointError, match="--epochs 2 differs from the run's 1.*cosine"):
         train.train_and_evaluate(train.Config(**dict(QUICK, epochs=2, figures=False, lr_schedule="cosine")),
                                  tmp_path / "s", resume=True, log=lambda s: None)
     # a constant-lr run may be extended

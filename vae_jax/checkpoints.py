@@ -114,7 +114,7 @@ class RunDir:
 
         if not self.config_path.exists():
             raise ConfigError(f"--restart: {self.dir} holds no run (no config.json) -- drop --restart")
-        ours = {"config.json", "metrics.jsonl", "summary.json", "checkpoints", "figures", "plots"}
+        ours = {"config.json", "metrics.jsonl", "summary.json", "checkpoints", "figures", "plots", "tensorboard"}
         other = sorted(p.name for p in self.dir.iterdir() if p.name not in ours and not p.name.startswith(".")
                        and not p.name.startswith("eval_k"))
         if other:
