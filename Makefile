@@ -1,5 +1,8 @@
-# make test:      creates .venv when missing, installs the pinned versions, runs every test (tests/ + parity_tests/).
+# make test:      creates .venv when missing, installs the pinned versions, runs `make lint`, then every
+#                 test (tests/ + parity_tests/).
 # make test-fast: the same minus the tests marked `slow` (tests/conftest.py lists them).
+# make lint:      ruff (lint and format check) on the whole tree and mypy on vae_jax/, configured in
+#                 pyproject.toml; ruff and mypy come with the `test` extra (versions in constraints.txt).
 # make parity:    the JAX/PyTorch parity suite alone.
 PY ?= python3
 VENV ?= .venv
@@ -16,7 +19,7 @@ endif
 endif
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install test test-fast parity train clean
+.PHONY: install lint test test-fast parity train clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,11 +30,25 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-test: install
+# Lint first, then the tests: a lint failure stops the run before pytest starts.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy vae_jax
+
+test: install lint
 	$(PYTEST) -q tests parity_tests
 
-test-fast: install
+test-fast: install lint
 	$(PYTEST) -q -m "not slow" tests parity_tests
+
+# Optional: oneDNN's wheels (the `onednn` extra) and csrc/onednn_conv.cc built into
+# csrc/build/libvae_onednn_conv.so for vae_jax.onednn_conv (needs g++); tests/test_onednn_conv.py
+# skips without it.
+.PHONY: onednn
+onednn: install
+	$(BIN)/pip install -q -c constraints.txt -e ".[onednn]"
+	$(BIN)/python -m vae_jax.onednn_build
 
 parity: install
 	$(PYTEST) -q parity_tests

@@ -25,14 +25,9 @@ def pytest_collection_modifyitems(config, items):
     # Markers (registered in pyproject.toml): every parity_tests item is `parity`; `needs_data` as in
     # tests/conftest.py. `slow` is tests/conftest.py's list (it sees these items too when both
     # folders are collected, as `make test-fast` does).
-    # flax 0.12 deprecates Variable.value, which vae_jax uses: keep our output quiet (the marker
-    # exists only with the warnings plugin; `-p no:warnings` with --strict-markers would reject it).
-    quiet = config.pluginmanager.has_plugin("warnings")
     for item in items:
         if not item.path.resolve().is_relative_to(_HERE):
             continue
-        if quiet:
-            item.add_marker(pytest.mark.filterwarnings("ignore::DeprecationWarning"))
         item.add_marker(pytest.mark.parity)
         if _needs_data(item):
             item.add_marker(pytest.mark.needs_data)

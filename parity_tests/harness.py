@@ -58,7 +58,7 @@ from flax import nnx  # noqa: E402
 
 import vae_torch_ref as R  # noqa: E402
 import vae_torch_ref.train as RT  # noqa: E402
-from vae_jax import convert, models  # noqa: E402
+from vae_jax import convert, layers, models  # noqa: E402
 from vae_jax import train as T  # noqa: E402
 
 try:  # as a package (pytest, report.py)
@@ -226,7 +226,7 @@ def perturb_bn_torch(tm, seed):
 def perturb_bn_jax(jm, seed):
     rng = np.random.default_rng(20_000 + seed)
     for _, mod in nnx.iter_modules(jm):
-        if isinstance(mod, models.BatchNorm2d):
+        if isinstance(mod, layers.BatchNorm2d):
             v = _bn_random_values(rng, mod.num_features)
             for attr, k in (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var")):
                 var = getattr(mod, attr)

@@ -1,7 +1,6 @@
 """The conversion pitfalls, each layer on its own: what the converter does matches torch, and the
 naive alternative does NOT (so each test would catch the mistake it names)."""
 
-import inspect
 import math
 
 import jax
@@ -14,16 +13,21 @@ import torch.nn.functional as F
 from flax import nnx
 
 from parity_tests import harness as H
-from vae_jax import convert, losses, models
+from vae_jax import convert, layers, losses
 
 FWD = H.tol("float32", "forward").bound
-# vae_jax may compute the k4 s2 p1 layers in more than one form (same parameters): test each.
-_CONV_IMPLS = ["lax", "s2d"] if "impl" in inspect.signature(models.Conv2d).parameters else [None]
-_TCONV_IMPLS = ["lax", "subpixel"] if "impl" in inspect.signature(models.ConvTranspose2d).parameters else [None]
-
-
-def _impl(impl):
-    return {} if impl is None else {"impl": impl}
+# vae_jax computes the k4 s2 p1 layers in more than one form (same parameters, layers.ConvForm):
+# each form, and the class it must give, is a case of its own.
+_CONV_FORMS = [pytest.param(layers.ConvForm(conv="lax"), nnx.Conv, id="lax"),
+               pytest.param(layers.ConvForm(conv="s2d", s1="matmul"), layers.SpaceToDepthConv, id="s2d-matmul"),
+               pytest.param(layers.ConvForm(conv="s2d", s1="lax"), layers.SpaceToDepthConv, id="s2d-lax"),
+               pytest.param(layers.ConvForm(), layers.SpaceToDepthConv, id="default")]  # auto: s2d on 9x9
+_TCONV_FORMS = [pytest.param(layers.ConvForm(tconv="lax"), nnx.ConvTranspose, id="lax"),
+                pytest.param(layers.ConvForm(tconv="subpixel", s1="matmul"), layers.SubPixelConvTranspose,
+                             id="subpixel-matmul"),
+                pytest.param(layers.ConvForm(tconv="subpixel", s1="lax"), layers.SubPixelConvTranspose,
+                             id="subpixel-lax"),
+                pytest.param(layers.ConvForm(), nnx.ConvTranspose, id="default")]  # auto: lax for cout 4
 
 
 class _One(nnx.Module):
@@ -68,7 +72,7 @@ def _nhwc(t):
 
 def test_linear_out_in_vs_in_out():
     torch.manual_seed(0)
-    jm, tm = _pair(models.Linear(8, 8, rngs=nnx.Rngs(0)), torch.nn.Linear(8, 8))  # square: shapes can't tell
+    jm, tm = _pair(layers.Linear(8, 8, rngs=nnx.Rngs(0)), torch.nn.Linear(8, 8))  # square: shapes can't tell
     assert jm.layer.kernel.shape == (8, 8)
     x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
     ref = tm(torch.from_numpy(x)).detach().numpy()
@@ -76,18 +80,19 @@ def test_linear_out_in_vs_in_out():
     naive = x @ tm.layer.weight.detach().numpy() + tm.layer.bias.detach().numpy()  # kernel = weight, untransposed
     assert _max_diff(naive, ref) > 100 * FWD
     # non-square: torch (out, in) = (3, 5) <-> Flax (in, out) = (5, 3)
-    jm, tm = _pair(models.Linear(5, 3, rngs=nnx.Rngs(0)), torch.nn.Linear(5, 3))
+    jm, tm = _pair(layers.Linear(5, 3, rngs=nnx.Rngs(0)), torch.nn.Linear(5, 3))
     assert jm.layer.kernel.shape == (5, 3) and tuple(tm.layer.weight.shape) == (3, 5)
     np.testing.assert_array_equal(np.asarray(jm.layer.kernel[...]), tm.layer.weight.detach().numpy().T)
 
 
 # ------------------------------------------------------------------------------------ Conv2d
 
-@pytest.mark.parametrize("impl", _CONV_IMPLS)
-def test_conv2d_oihw_vs_hwio(impl):
+@pytest.mark.parametrize("form, cls", _CONV_FORMS)
+def test_conv2d_oihw_vs_hwio(form, cls):
     torch.manual_seed(1)
-    jm, tm = _pair(models.Conv2d(3, 5, rngs=nnx.Rngs(0), **_impl(impl)),
+    jm, tm = _pair(layers.Conv2d(3, 5, rngs=nnx.Rngs(0), conv_form=form),
                    torch.nn.Conv2d(3, 5, kernel_size=4, stride=2, padding=1))
+    assert type(jm.layer) is cls
     assert jm.layer.kernel.shape == (4, 4, 3, 5) and tuple(tm.layer.weight.shape) == (5, 3, 4, 4)
     x = np.random.default_rng(1).uniform(size=(2, 9, 9, 3)).astype(np.float32)  # odd size: padding matters
     ref = _nhwc(tm(_nchw(x)))
@@ -102,14 +107,15 @@ def test_conv2d_oihw_vs_hwio(impl):
 
 # --------------------------------------------------------------------------- ConvTranspose2d
 
-@pytest.mark.parametrize("impl", _TCONV_IMPLS)
+@pytest.mark.parametrize("form, cls", _TCONV_FORMS)
 @pytest.mark.parametrize("output_padding, out_hw", [(0, 6), (1, 7)])
-def test_conv_transpose2d_flip(output_padding, out_hw, impl):
+def test_conv_transpose2d_flip(output_padding, out_hw, form, cls):
     """torch ConvTranspose2d(k4, s2, p1[, output_padding]) = lax.conv_transpose with explicit padding
     (2, 2) [(2, 3)] and the kernel (in, out, kh, kw) -> (kh, kw, in, out) SPATIALLY FLIPPED."""
     torch.manual_seed(2)
-    jm, tm = _pair(models.ConvTranspose2d(6, 4, output_padding=output_padding, rngs=nnx.Rngs(0), **_impl(impl)),
+    jm, tm = _pair(layers.ConvTranspose2d(6, 4, output_padding=output_padding, rngs=nnx.Rngs(0), conv_form=form),
                    torch.nn.ConvTranspose2d(6, 4, kernel_size=4, stride=2, padding=1, output_padding=output_padding))
+    assert type(jm.layer) is cls
     assert tuple(tm.layer.weight.shape) == (6, 4, 4, 4) and jm.layer.kernel.shape == (4, 4, 6, 4)
     x = np.random.default_rng(2).normal(size=(2, 3, 3, 6)).astype(np.float32)
     ref = _nhwc(tm(_nchw(x)))
@@ -132,11 +138,11 @@ def test_convvae_fc_layers_see_the_nchw_flatten_order():
         mu_t = tm.encode(_nchw(x))[0].numpy()
         h_t = tm.decoder_fc(torch.from_numpy(np.ones((2, 128), np.float32))).view(2, 128, 3, 3)
     h = jm.encoder_conv(x)  # (2, 3, 3, 128) NHWC
-    H.assert_close({"mu": jm.fc_mu(models._nchw_flatten(h))}, {"mu": mu_t}, dtype="float32", quantity="forward",
+    H.assert_close({"mu": jm.fc_mu(layers.nchw_flatten(h))}, {"mu": mu_t}, dtype="float32", quantity="forward",
                    context="ConvVAE fc_mu after the NCHW flatten")
     assert _max_diff(jm.fc_mu(h.reshape(2, -1)), mu_t) > 100 * FWD  # naive HWC flatten
     dec = jm.decoder_fc(jnp.ones((2, 128)))
-    H.assert_close({"h": models._nchw_unflatten(dec, 128, 3)}, {"h": _nhwc(h_t)}, dtype="float32", quantity="forward",
+    H.assert_close({"h": layers.nchw_unflatten(dec, 128, 3)}, {"h": _nhwc(h_t)}, dtype="float32", quantity="forward",
                    context="ConvVAE decoder_fc un-flatten")
     assert _max_diff(dec.reshape(2, 3, 3, 128), _nhwc(h_t)) > 100 * FWD
 
@@ -152,7 +158,7 @@ def test_batchnorm_momentum_unbiased_var_eps_count():
     with torch.no_grad():
         bn_t.weight.copy_(torch.tensor([0.5, 1.5, -1.0]))
         bn_t.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
-    bn_j = _One(models.BatchNorm2d(3))
+    bn_j = _One(layers.BatchNorm2d(3))
     convert.load_torch_state_dict(bn_j, {f"layer.{k}": v for k, v in bn_t.state_dict().items()})
     bn_j.train(), bn_t.train()
     naive_biased, naive_flax_momentum = np.zeros(3), np.zeros(3)

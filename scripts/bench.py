@@ -11,7 +11,8 @@ Variants, alternated inside one process (each repeat runs every variant once, in
   jax_step       vae_jax.train.Trainer.train_step (one jit call per step, data on device,
                  batches gathered by index inside the step) -- what `vae-jax train` runs
   jax_step_lax   jax_step with every conv layer in XLA's strided/transposed-conv form
-                 (vae_jax.models TCONV_IMPL = CONV_IMPL = "lax"; conv models only by default),
+                 (built with vae_jax.layers.ConvForm(tconv="lax", conv="lax"); conv models only
+                 by default),
                  to measure what the sub-pixel / space-to-depth forms that jax_step uses buy
   jax_scan       the same step inside one jitted lax.scan over the whole epoch (MLP models only
                  by default: XLA:CPU runs the convolutions ~10x slower inside the loop body)
@@ -166,14 +167,12 @@ class JaxVariant:
 
         self.jax, self.kind, self.batch, self.steps = jax, kind, batch, steps
         cfg = T.Config(model=name, recon=recon, batch_size=batch, progress=False, checkpoint=False, figures=False)
-        from vae_jax import models as M
-        saved = M.TCONV_IMPL, M.CONV_IMPL
-        if kind == "jax_step_lax":
-            M.TCONV_IMPL = M.CONV_IMPL = "lax"
-        try:
+        from vae_jax import layers as L, models as M
+        if kind == "jax_step_lax" and name not in MLP_MODELS:
+            model = M.REGISTRY[name].build(cfg, x_nhwc.shape[1:], rngs=nnx.Rngs(0),
+                                           conv_form=L.ConvForm(tconv="lax", conv="lax"))
+        else:
             model = T.build_model(cfg, x_nhwc.shape[1:], rngs=nnx.Rngs(0))
-        finally:
-            M.TCONV_IMPL, M.CONV_IMPL = saved
         self.trainer = T.Trainer(model, cfg)
         self.state = self.trainer.init_state
         self.images, self.labels = jnp.asarray(x_nhwc), jnp.asarray(y.astype(np.int32))

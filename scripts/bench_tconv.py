@@ -11,7 +11,7 @@ timings of --iters calls.
     python scripts/bench_tconv.py [--batch 128] [--repeats 7] [--iters 20] [--out-md FILE]
 
 Prints a markdown table (ms per forward+backward, speedup = lax / alternative; "models use":
-the form vae_jax.models picks for that layer under TCONV_IMPL / CONV_IMPL).
+the form the default vae_jax.layers.ConvForm() picks for that layer).
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from vae_jax import models as M  # noqa: E402
+from vae_jax import layers as L  # noqa: E402
+
+DEFAULT_FORM = L.ConvForm()  # what the models use unless built with another conv_form
 
 # (model, layer, kind, cin, cout, input H=W, output_padding, first layer (no input gradient))
 LAYERS = [
@@ -50,9 +52,9 @@ ALT = {"conv": "s2d", "tconv": "subpixel"}
 
 def make_step(kind, impl, cin, cout, op, first):
     if kind == "conv":
-        layer = M.Conv2d(cin, cout, rngs=nnx.Rngs(0), impl=impl)
+        layer = L.Conv2d(cin, cout, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv=impl))
     else:
-        layer = M.ConvTranspose2d(cin, cout, output_padding=op, rngs=nnx.Rngs(0), impl=impl)
+        layer = L.ConvTranspose2d(cin, cout, output_padding=op, rngs=nnx.Rngs(0), conv_form=L.ConvForm(tconv=impl))
     graphdef, params = nnx.split(layer, nnx.Param)
 
     def loss(params, x, g):
@@ -112,10 +114,7 @@ def main(argv=None):
         totals.setdefault(model, {}).setdefault(kind, [0.0, 0.0])
         totals[model][kind][0] += med["lax"]
         totals[model][kind][1] += med[alt]
-        if kind == "conv":
-            used = "s2d" if (M.CONV_IMPL == "s2d" or (M.CONV_IMPL == "auto" and h % 2)) else "lax"
-        else:
-            used = M._tconv_form(None, cout, op)
+        used = DEFAULT_FORM.conv_for(h, h) if kind == "conv" else DEFAULT_FORM.tconv_for(cout)
         rows.append((model, name, kind, f"{cin}->{cout}", f"{h}->{oh}", med["lax"], alt, med[alt],
                      med["lax"] / med[alt], err, used))
     lines = [f"Batch {a.batch}, float32, {jax.devices()[0].platform} ({os.cpu_count()} CPUs), "

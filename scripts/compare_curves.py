@@ -84,7 +84,8 @@ def run_pair(model_name, images, labels, *, epochs, batch_size=128, seed=0, inje
     n = len(images)
     for epoch in range(1, epochs + 1):
         ekey = jax.random.fold_in(root, epoch)
-        order = np.asarray(input_pipeline.epoch_permutation(jax.random.fold_in(ekey, 0), n))
+        # a writable copy: torch warns when it indexes with a read-only array (np.asarray of a jax Array)
+        order = np.array(input_pipeline.epoch_permutation(jax.random.fold_in(ekey, 0), n))
         t0 = time.perf_counter()
         for i, (a, b) in enumerate(input_pipeline.batch_slices(n, batch_size)):
             idx = order[a:b]

@@ -1,7 +1,7 @@
 """Build a synthetic stand-in for the CelebA download, laid out exactly like the original, for tests and benchmarks.
 
-    python scripts/make_celeba_like.py --out /tmp/celeba_full                 # 202,599 images, official split
-    python scripts/make_celeba_like.py --out /tmp/celeba_small --num 300      # small folder for tests
+    python scripts/make_celeba_like.py --out DATA/celeba_full                 # 202,599 images, official split
+    python scripts/make_celeba_like.py --out DATA/celeba_small --num 300      # small folder for tests
 
 Writes
     OUT/img_align_celeba/000001.jpg ... 202599.jpg   178 wide x 218 high, RGB JPEG, vaguely face-like

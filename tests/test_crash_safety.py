@@ -2,9 +2,9 @@
 while a checkpoint is being written. After each, the last good checkpoint is intact (export works)
 and `vae-jax train --resume` with the same arguments ends bit-identical to an uninterrupted run.
 
-The runs are tiny (200 digits, 4 steps of 64 per epoch, 3 epochs). The mid-epoch kill uses the
-test-only hook VAE_JAX_TEST_STEP_SLEEP (seconds slept after each training step, see
-vae_jax.train._test_step_sleep) so that the process is reliably inside epoch 2 when it is killed.
+The runs are tiny (200 digits, 4 steps of 64 per epoch, 3 epochs). The mid-epoch kill runs the CLI
+from a small driver (`_SLOW_STEPS`) that sleeps after each batch the trainer takes, so that the process
+is reliably inside epoch 2 when it is killed; the package itself has no test hook.
 """
 
 import json
@@ -137,15 +137,30 @@ def _wait_for(predicate, proc, what, timeout=300):
         time.sleep(0.05)
 
 
+_SLOW_STEPS = """
+import sys, time
+from vae_jax import cli, train
+batches = train.Feed.batches
+
+def slow_batches(self, *args, **kwargs):  # 0.5 s after each batch: an epoch of 4 steps takes >= 2 s
+    for batch in batches(self, *args, **kwargs):
+        yield batch
+        time.sleep(0.5)
+
+train.Feed.batches = slow_batches
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
 def test_sigkill_in_the_middle_of_an_epoch_then_resume(tmp_path, reference):
     work = tmp_path / "run"
     with open(tmp_path / "log.txt", "w") as log:
-        proc = subprocess.Popen(console(train_args(work)), env=env(VAE_JAX_TEST_STEP_SLEEP="0.5"),
+        proc = subprocess.Popen([sys.executable, "-c", _SLOW_STEPS, *train_args(work)], env=env(),
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             ckpt1 = work / "checkpoints" / "4"
             _wait_for(lambda: ckpt1.is_dir() and (work / "metrics.jsonl").is_file(), proc, "epoch 1's checkpoint")
-            time.sleep(0.7)  # into epoch 2, whose 4 steps take >= 2 s with the hook
+            time.sleep(0.7)  # into epoch 2, whose 4 steps take >= 2 s with the driver
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

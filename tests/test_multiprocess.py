@@ -38,12 +38,12 @@ def launch(tmp_path, args, n=2, tag="run"):
     port = free_port()
     procs = []
     for i in range(n):
-        out = open(tmp_path / f"{tag}{i}.out", "w")
-        err = open(tmp_path / f"{tag}{i}.err", "w")
-        procs.append(subprocess.Popen(console([*args, "--coordinator-address", f"127.0.0.1:{port}",
-                                               "--num-processes", str(n), "--process-id", str(i),
-                                               "--devices", str(n)]),
-                                      stdout=out, stderr=err, env=env()))
+        # the child writes to its own copies of the descriptors: ours are closed once it has started
+        with open(tmp_path / f"{tag}{i}.out", "w") as out, open(tmp_path / f"{tag}{i}.err", "w") as err:
+            procs.append(subprocess.Popen(console([*args, "--coordinator-address", f"127.0.0.1:{port}",
+                                                   "--num-processes", str(n), "--process-id", str(i),
+                                                   "--devices", str(n)]),
+                                          stdout=out, stderr=err, env=env()))
     return procs
 
 

@@ -199,7 +199,7 @@ class RunDir:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, init_state)
         where = f"checkpoint {self.ckpt_dir}/{epoch}"
         try:
-            saved = _flat(self.manager.item_metadata(epoch))
+            saved = flat_tree(self.manager.item_metadata(epoch))
         except Exception as e:  # noqa: BLE001 -- orbax raises many types for a damaged folder
             raise CheckpointError(f"{where} is damaged: its metadata cannot be read ({type(e).__name__}) -- "
                                   "restore the folder or train again in another --workdir") from None
@@ -209,7 +209,7 @@ class RunDir:
         if old_format:
             sums = init_state["sums"]
             abstract = {k: v for k, v in abstract.items() if k != "sums"}
-        mismatch = _mismatch(saved, _flat(abstract))
+        mismatch = tree_mismatch(saved, flat_tree(abstract))
         if mismatch:
             raise CheckpointError(f"{where} does not fit this model: {mismatch} -- use the options it was "
                                   "trained with, or another --workdir")
@@ -228,24 +228,9 @@ class RunDir:
 
     def read_metrics(self, upto_epoch: int):
         """Metrics of the epochs up to the restored checkpoint's last whole epoch; later lines (a crash)
-        are dropped."""
-        if not self.metrics_path.exists():
-            return []
-        upto = upto_epoch
-        lines = [line for line in self.metrics_path.read_text(errors="replace").splitlines() if line.strip()]
-        rows = []
-        for number, line in enumerate(lines, 1):
-            try:
-                row = json.loads(line)
-                epoch = int(row["epoch"])
-            except (ValueError, TypeError, KeyError):
-                if number == len(lines):  # a line cut short by a crash: its epoch is trained again
-                    break
-                raise CheckpointError(f"line {number} of {self.metrics_path} is damaged -- restore the file "
-                                      "or train again in another --workdir") from None
-            if epoch <= upto:
-                rows.append(row)
-        if self.primary:
+        are dropped, and the file is rewritten without them."""
+        rows = [r for r in read_metrics(self.metrics_path) if int(r["epoch"]) <= upto_epoch]
+        if self.primary and self.metrics_path.exists():
             atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         self._rows = list(rows)
         return rows
@@ -263,7 +248,33 @@ class RunDir:
         atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
 
 
-def _flat(tree) -> dict:
+def read_metrics(path) -> list[dict]:
+    """The rows of a run's metrics.jsonl (`path`: the file or the run directory), one per epoch; [] when
+    there is none. A last line cut short by a crash is dropped (its epoch is trained again on resume);
+    any other damaged line is a CheckpointError."""
+    path = Path(path)
+    path = path / "metrics.jsonl" if path.is_dir() else path
+    if not path.exists():
+        return []
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({type(e).__name__}) -- restore the file") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            int(row["epoch"])
+        except (ValueError, TypeError, KeyError):
+            if number == len(lines):
+                break
+            raise CheckpointError(f"line {number} of {path} is damaged -- restore the file "
+                                  "or train again in another --workdir") from None
+        rows.append(row)
+    return rows
+
+
+def flat_tree(tree) -> dict:
     """{'params.encoder_fc1.kernel.value': leaf} for a state pytree or orbax's tree metadata."""
     def name(k):
         for attr in ("key", "idx", "name"):
@@ -275,7 +286,7 @@ def _flat(tree) -> dict:
     return {".".join(name(k) for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _mismatch(saved: dict, expected: dict) -> str:
+def tree_mismatch(saved: dict, expected: dict) -> str:
     """'' when the checkpoint's arrays match the model's, else the first difference in words."""
     params_first = sorted(expected.items(), key=lambda item: not item[0].startswith("params."))
     for key, want in params_first:

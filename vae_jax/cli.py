@@ -9,6 +9,8 @@ for the traceback).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import sys
@@ -18,8 +20,12 @@ from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_fail
 from vae_jax.files import atomic_dir, atomic_write
 
 
-def _number(cast, ok, what):
-    """An argparse type: `cast` the text, then require ok(value); the message says `what` is expected."""
+def _number(kind):
+    """An argparse type for a value of kind `kind` (see train.KINDS): cast the text, then check it; the
+    message says what is expected."""
+    from vae_jax.train import KINDS
+
+    cast, ok, what = KINDS[kind]
 
     def parse(s):
         try:
@@ -30,14 +36,8 @@ def _number(cast, ok, what):
             raise argparse.ArgumentTypeError(f"expected {what}, got {s}")
         return v
 
+    parse.__name__ = kind
     return parse
-
-
-_INF = float("inf")
-_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-_nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-_positive_float = _number(float, lambda v: 0 < v < _INF, "a positive number")  # NaN fails both comparisons
-_nonneg_float = _number(float, lambda v: 0 <= v < _INF, "a number >= 0")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,19 +57,57 @@ class _SubParser(_Parser):
 
     def add_argument(self, *args, **kwargs):
         if "help" not in kwargs and args and args[0].startswith("--"):  # a help text, so the default shows
-            kwargs["help"] = _HELP.get(args[0], args[0][2:].replace("-", " "))
+            kwargs["help"] = _HELP.get(args[0]) or _config_help().get(args[0], args[0][2:].replace("-", " "))
         return super().add_argument(*args, **kwargs)
 
 
-_HELP = {"--latent-dim": "latent dimensions (default: the chapter's for the model)",
-         "--hidden-dim": "hidden units of the MLP models (default: the chapter's 400)",
-         "--recon": "reconstruction loss: bce_logits trains, bce is the chapter's clamped BCE",
-         "--beta": "weight of the KL term (beta-VAE)", "--kl-anneal-epochs": "KL weight min(1, epoch/E); 0: off",
-         "--binarize": "dynamic: Bernoulli draws of the pixels at each step", "--epochs": "epochs in all",
-         "--batch-size": "the global batch", "--lr": "Adam's learning rate", "--seed": "the run's seed",
-         "--no-figures": "skip the figures at the end", "--no-progress": "no progress bars",
-         "--data-dir": "folder with the original files or a prepared tfds data_dir",
-         "--workdir": "the run directory", "--dataset": "dataset", "--manual-dir": "folder holding the original files"}
+# Help of the other subcommands' options that are not train options (those take Config's help).
+_HELP = {"--workdir": "the run directory", "--dataset": "dataset"}
+
+
+def _config_fields():
+    """Config's fields that are train options (see train.option): the others have no metadata."""
+    from vae_jax import train
+
+    return [f for f in dataclasses.fields(train.Config) if "help" in f.metadata]
+
+
+@functools.cache
+def _config_help() -> dict[str, str]:
+    """{--option: help} of the train options made from Config."""
+    from vae_jax import train
+
+    return {train.option_name(f): f.metadata["help"] for f in _config_fields()}
+
+
+def _dest(option: str) -> str:
+    return option[2:].replace("-", "_")
+
+
+def _add_config_options(parser):
+    """One option per Config field, as its metadata says: --kebab-case, the field's default, type and
+    range (kind), choices from the registry; a bool that defaults to True is a flag that turns it off."""
+    from vae_jax import train
+
+    for f in _config_fields():
+        meta, name = f.metadata, train.option_name(f)
+        if "flag" in meta:
+            parser.add_argument(name, action="store_true", help=meta["help"])
+            continue
+        kw = {"help": meta["help"] + (f"; one of {', '.join(meta['names'])}" if "names" in meta else "")}
+        if "kind" in meta:
+            kw["type"] = _number(meta["kind"])
+        if "choices" in meta:
+            kw["choices"] = list(meta["choices"])
+        if "metavar" in meta:
+            kw["metavar"] = meta["metavar"]
+        parser.add_argument(name, default=f.default, **kw)
+
+
+def _config_options(args) -> dict:
+    """{Config field: value} of parsed train arguments (--no-figures: figures=False)."""
+    return {f.name: (not getattr(args, _dest(f.metadata["flag"])) if "flag" in f.metadata else getattr(args, f.name))
+            for f in _config_fields()}
 
 
 def _one_line(e) -> str:
@@ -77,65 +115,23 @@ def _one_line(e) -> str:
 
 
 def _parser():
-    from vae_jax import losses, models
+    from vae_jax import input_pipeline
 
+    _positive_int, _nonneg_int = _number("positive_int"), _number("nonneg_int")
     p = _Parser(prog="vae-jax", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_SubParser)
 
     t = sub.add_parser("train", help="train a model (default: the chapter's VAE on the embedded digits)")
-    t.add_argument("--model", default="vae", choices=list(models.MODELS))
-    t.add_argument("--dataset", default="digits",
-                   help="digits (embedded, no download), mnist, fashion_mnist, binarized_mnist, celeb_a, image_folder")
-    t.add_argument("--test-dataset", default=None,
-                   help="evaluate on this dataset's test split instead (same image shape), e.g. train on mnist "
-                        "with --binarize dynamic and test on binarized_mnist")
-    t.add_argument("--data-dir", default=None, help="folder with the original files or a prepared tfds data_dir")
-    t.add_argument("--latent-dim", type=_positive_int, default=None)
-    t.add_argument("--hidden-dim", type=_positive_int, default=None)
-    t.add_argument("--recon", default="bce_logits", choices=list(losses.RECON_KINDS))
-    t.add_argument("--beta", type=_nonneg_float, default=1.0)
-    t.add_argument("--kl-anneal-epochs", type=_nonneg_int, default=0)
-    t.add_argument("--binarize", default="none", choices=["none", "dynamic"])
-    t.add_argument("--epochs", type=_positive_int, default=10)
-    t.add_argument("--batch-size", type=_positive_int, default=128)
-    t.add_argument("--lr", type=_positive_float, default=1e-3)
-    t.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
-                   help="cosine: decay --lr to 0 over --epochs (a resume must keep --epochs)")
-    t.add_argument("--seed", type=_nonneg_int, default=0)
-    t.add_argument("--train-limit", type=_positive_int, default=None, help="use the first N training images")
-    t.add_argument("--test-limit", type=_positive_int, default=None, help="use the first N test images")
-    t.add_argument("--iwae-k", type=_nonneg_int, default=0, help="importance-sampled NLL with k samples at the end")
-    t.add_argument("--train-k", type=_positive_int, default=1,
-                   help="samples per image in the training objective: 1 = the ELBO (the chapter), "
-                        "k > 1 = the IWAE bound (Bernoulli VAEs); test losses stay the ELBO")
-    t.add_argument("--init-from", default=None,
-                   help="start from the weights of this run directory's latest checkpoint (fine-tuning; "
-                        "fresh Adam state); same model and image shape")
-    t.add_argument("--devices", type=_positive_int, default=1,
-                   help="data-parallel over N devices (global batch = --batch-size); see README")
-    t.add_argument("--max-steps", type=_positive_int, default=None,
-                   help="stop after N optimizer steps in all (checkpointed, resumable), then test and plot")
-    t.add_argument("--checkpoint-every", type=_nonneg_int, default=0,
-                   help="also checkpoint every N optimizer steps inside an epoch (0: at each epoch's end only)")
-    t.add_argument("--data-mode", default="auto", choices=["auto", "memory", "stream"],
-                   help="memory: each split whole on the device; stream: Grain decodes batches ahead of the "
-                        "step; auto: stream splits over 64 MiB (uint8)")
-    t.add_argument("--data-workers", type=_nonneg_int, default=0,
-                   help="stream: Grain worker processes that decode batches (0: threads in this process)")
-    t.add_argument("--coordinator-address", default=None,
-                   help="multi-process: HOST:PORT of process 0 (jax.distributed.initialize); see README")
-    t.add_argument("--num-processes", type=_positive_int, default=None, help="multi-process: number of processes")
-    t.add_argument("--process-id", type=_nonneg_int, default=None, help="multi-process: this process's index")
     t.add_argument("--workdir", default=None, help="run directory (default runs/<model>_<dataset>_seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     t.add_argument("--restart", action="store_true",
                    help="train the run in --workdir again from scratch, deleting what it wrote (e.g. after a "
                         "non-finite loss in its first epoch)")
-    t.add_argument("--no-figures", action="store_true")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--log-every", type=_nonneg_int, default=100,
-                   help="TensorBoard: the training loss every N optimizer steps (0: per epoch only)")
-    t.add_argument("--no-tensorboard", action="store_true", help="no event files in <workdir>/tensorboard")
+    _add_config_options(t)  # the run's options: one per field of train.Config
+    t.add_argument("--coordinator-address", default=None,
+                   help="multi-process: HOST:PORT of process 0 (jax.distributed.initialize); see README")
+    t.add_argument("--num-processes", type=_positive_int, default=None, help="multi-process: number of processes")
+    t.add_argument("--process-id", type=_nonneg_int, default=None, help="multi-process: this process's index")
 
     e = sub.add_parser("eval", help="test ELBO and importance-sampled NLL of a trained run")
     e.add_argument("--workdir", required=True)
@@ -159,7 +155,8 @@ def _parser():
     x.add_argument("--out", required=True, help="the .pt file to write (must not exist)")
 
     pr = sub.add_parser("prepare", help="prepare a tfds dataset offline from a folder of the original files")
-    pr.add_argument("--dataset", default="mnist")
+    pr.add_argument("--dataset", default="mnist",
+                    help=f"the tfds dataset: one of {', '.join(input_pipeline.TFDS_DATASETS)}")
     pr.add_argument("--manual-dir", required=True, help="folder holding the original files")
     pr.add_argument("--data-dir", required=True, help="tfds data_dir to write")
 
@@ -183,12 +180,9 @@ def _given_options(argv, command) -> set[str]:
     for action in sub._actions:
         action.default = argparse.SUPPRESS
     given = set(vars(parser.parse_args(argv)))
-    if "no_figures" in given:
-        given.add("figures")
-    if "no_progress" in given:
-        given.add("progress")
-    if "no_tensorboard" in given:
-        given.add("tensorboard")
+    if command == "train":  # a flag such as --no-figures gives its field, figures
+        flags = {_dest(f.metadata["flag"]): f.name for f in _config_fields() if "flag" in f.metadata}
+        given |= {flags[d] for d in given & flags.keys()}
     return given - {"command"}
 
 
@@ -203,8 +197,6 @@ def _fresh_path(path, what, *, parent_must_exist=False):
 
 
 def _run(args):
-    import dataclasses
-
     from vae_jax import train
 
     if args.command == "train":
@@ -213,8 +205,7 @@ def _run(args):
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
         _check_platform()
         fields = {f.name for f in dataclasses.fields(train.Config)}
-        kw = {k: v for k, v in vars(args).items() if k in fields}
-        kw.update(figures=not args.no_figures, progress=not args.no_progress, tensorboard=not args.no_tensorboard)
+        kw = _config_options(args)
         given = {k: kw[k] for k in _given_options(args.argv, "train") if k in kw}
         workdir = args.workdir or f"runs/{kw['model']}_{kw['dataset']}_seed{kw['seed']}"
         if args.resume and (Path(workdir) / "config.json").is_file():  # the run's own options, then the given
@@ -285,18 +276,14 @@ def _run(args):
         return 0
     if args.command == "plot":
         from vae_jax import evaluate
-        from vae_jax.errors import CheckpointError
 
         out = Path(args.out or Path(args.workdir) / "plots")
         if not args.force:
             _fresh_path(out, "plot folder")
         _, test_ds = train.load_data(config)
-        metrics = Path(args.workdir) / "metrics.jsonl"
-        try:
-            history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"cannot read {metrics} ({type(e).__name__}) -- the loss-curve figure needs "
-                                  "the run's metrics; restore the file") from None
+        from vae_jax.checkpoints import read_metrics
+
+        history = read_metrics(Path(args.workdir))
         with atomic_dir(out, replace=args.force) as tmp:  # all figures or none
             paths = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.key(args.seed))
         print("\n".join(str(out / Path(p).name) for p in paths.values()))

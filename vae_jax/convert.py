@@ -11,7 +11,7 @@ Per layer type:
                                                       num_batches_tracked (int64)
 
 The fc layers next to the conv stacks need no permutation: the models flatten in torch's NCHW
-order (see vae_jax.models).
+order (see vae_jax.layers).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from vae_jax.errors import ConversionError
-from vae_jax.models import BatchNorm2d
+from vae_jax.layers import BatchNorm2d
 
 # (flax attribute, torch name, flax->torch, torch->flax)
 _T = lambda a: a.T  # noqa: E731
@@ -67,7 +67,7 @@ def to_numpy_state_dict(model) -> "OrderedDict[str, np.ndarray]":
     """The torch state_dict of `model` as numpy arrays (torch's keys, shapes and layouts)."""
     sd = OrderedDict()
     for key, module, attr, to_t, _ in _entries(model):
-        v = np.asarray(getattr(module, attr).value)
+        v = np.asarray(getattr(module, attr)[...])
         sd[key] = np.array(to_t(v) if to_t else v, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
     return OrderedDict(sorted(sd.items()))
 
@@ -106,7 +106,7 @@ def load_torch_state_dict(model, state_dict) -> None:
     for key, module, attr, _, from_t in _entries(model):
         var = getattr(module, attr)
         v = given[key]
-        var.value = jnp.asarray(np.array(from_t(v) if from_t else v, order="C"), dtype=var.value.dtype)
+        var[...] = jnp.asarray(np.array(from_t(v) if from_t else v, order="C"), dtype=var.dtype)
 
 
 def pt_bytes(model) -> bytes:
@@ -121,9 +121,10 @@ def pt_bytes(model) -> bytes:
 
 
 def save_pt(model, path) -> None:
-    """Write the model's torch state_dict to a `.pt` file (torch.save)."""
-    with open(path, "wb") as f:
-        f.write(pt_bytes(model))
+    """Write the model's torch state_dict to a `.pt` file (torch.save), atomically."""
+    from vae_jax.files import atomic_write
+
+    atomic_write(path, pt_bytes(model))
 
 
 def load_pt(model, path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -25,8 +26,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vae_jax import evaluate, figures, input_pipeline, losses, train
+from vae_jax import checkpoints, evaluate, figures, input_pipeline, losses, models, train
 from vae_jax.errors import ConfigError
+from vae_jax.files import atomic_write
 
 BETAS = (0.5, 1.0, 2.0, 4.0)
 LATENT_DIMS = (2, 10, 20, 50, 100)
@@ -73,7 +75,7 @@ class Context:
         train.train_and_evaluate(cfg, run_dir, resume=resume, log=self.log)
         model, cfg, _ = train.restore_run(run_dir)
         model.eval()
-        history = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l]
+        history = checkpoints.read_metrics(run_dir)
         return model, cfg, history
 
     def test_data(self, cfg=None):
@@ -127,7 +129,7 @@ def decoder_fn(model, y=None):
         z = jnp.asarray(z, jnp.float32)
         if not model.conditional:
             return np.asarray(model.decode(z))
-        return np.asarray(model.decode(z, jax.nn.one_hot(jnp.asarray(y), model.num_classes)))
+        return np.asarray(model.decode(z, models.one_hot(model, jnp.asarray(y))))
     return fn
 
 
@@ -143,7 +145,7 @@ def true_elbo(m):
 def iwae(ctx, model, x, y, cfg):
     n = ctx.opts["iwae_n"] or x.shape[0]
     return evaluate.iwae_nll(model, x[:n], y[:n], k=ctx.opts["iwae_k"],
-                             key=jax.random.fold_in(jax.random.key(ctx.seed), 7), recon=cfg.recon)
+                             key=train.purpose_key(ctx.seed, train.KeyPurpose.IWAE), recon=cfg.recon)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,58 +162,17 @@ def write_table(rows, outdir, statement="", title="", stem="results"):
     """<stem>.csv and <stem>.md (the same rows) in outdir; returns the markdown table text."""
     outdir = Path(outdir)
     cols = list(rows[0])
-    with open(outdir / f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
+    buffer = io.StringIO(newline="")
+    w = csv.DictWriter(buffer, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(outdir / f"{stem}.csv", buffer.getvalue())
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
     table = "\n".join(lines)
     text = (f"## {title}\n\n" if title else "") + table + "\n" + (f"\n{statement}\n" if statement else "")
-    (outdir / f"{stem}.md").write_text(text)
+    atomic_write(outdir / f"{stem}.md", text)
     return table
-
-
-def save_lines(series, path, *, xlabel, ylabels, title, xlog=False):
-    """One panel per entry of `ylabels`; series = {label: (x, [y_panel0, y_panel1, ...])}."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(ylabels), figsize=(5.5 * len(ylabels), 4), squeeze=False)
-    for j, (ax, ylabel) in enumerate(zip(axes.flat, ylabels)):
-        for label, (xs, ys) in series.items():
-            ax.plot(xs, ys[j], marker="o", label=label)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        if xlog:
-            ax.set_xscale("log")
-            ax.set_xticks(list(series.values())[0][0])
-            ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
-        ax.grid(True, alpha=0.3)
-        if len(series) > 1:
-            ax.legend()
-    fig.suptitle(title, fontsize=13)
-    fig.tight_layout()
-    return figures._save(fig, path)
-
-
-def save_bars(values, path, *, xlabel, ylabel, title):
-    """Grouped bars: values = {label: 1-D array}, all the same length."""
-    import matplotlib.pyplot as plt
-
-    labels = list(values)
-    d = len(values[labels[0]])
-    width = 0.8 / len(labels)
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * d * len(labels) ** 0.5 + 2), 4))
-    for i, label in enumerate(labels):
-        ax.bar(np.arange(d) + (i - (len(labels) - 1) / 2) * width, values[label], width, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_xticks(np.arange(d))
-    ax.set_title(title)
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return figures._save(fig, path)
 
 
 def _epochs(history):
@@ -249,9 +210,9 @@ def beta_vae(ctx):
             decoder_fn(model)(z), ctx.workdir / f"traversal_beta{beta:g}.png", image_shape=image_shape_of(test_ds),
             ncols=len(values),
             title=f"β={beta:g}: rows = dims {', '.join(map(str, top))} (largest KL), z_d from -3 to 3")
-    out["kl_per_dim"] = save_bars(kls, ctx.workdir / "kl_per_dim.png", xlabel="latent dimension",
+    out["kl_per_dim"] = figures.save_bars(kls, ctx.workdir / "kl_per_dim.png", xlabel="latent dimension",
                                   ylabel="mean KL per dimension (nats)", title="KL per latent dimension")
-    out["recon_vs_kl"] = save_lines({"β-VAE": ([r["test_kl"] for r in rows], [[r["test_recon"] for r in rows]])},
+    out["recon_vs_kl"] = figures.save_lines({"β-VAE": ([r["test_kl"] for r in rows], [[r["test_recon"] for r in rows]])},
                                     ctx.workdir / "recon_vs_kl.png", xlabel="test KL (nats)",
                                     ylabels=["test reconstruction (nats)"],
                                     title="Reconstruction vs KL, β = " + ", ".join(f"{b:g}" for b in BETAS))
@@ -321,34 +282,6 @@ def generated_predictions(model, classifier, labels, z):
     return np.asarray(jnp.argmax(classifier(jnp.asarray(gen)), -1)), gen
 
 
-def save_class_grid(images, preds, path, *, image_shape, ncols, title, row_accuracy=None):
-    """Row c = the label c given to the decoder, column = one z (the same z down a column).
-    A cell the classifier labels as another class is framed in red with that class written in it;
-    the right margin gives each row's accuracy over all the samples drawn for that class."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    imgs = figures.to_images(images, image_shape)
-    nrows = len(imgs) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.0 * ncols + 1.6, 1.0 * nrows + 0.8), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        r, c = divmod(i, ncols)
-        figures._show(ax, imgs[i])
-        if preds[i] != r:
-            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor="red",
-                                   linewidth=2.5, clip_on=False))
-            ax.text(0.95, 0.95, str(int(preds[i])), transform=ax.transAxes, ha="right", va="top",
-                    color="red", fontsize=11, fontweight="bold")
-        if c == 0:
-            ax.text(-0.12, 0.5, f"y={r}", transform=ax.transAxes, ha="right", va="center", fontsize=13)
-        if c == ncols - 1 and row_accuracy is not None:
-            ax.text(1.1, 0.5, f"{row_accuracy[r]:.0%}", transform=ax.transAxes, ha="left", va="center",
-                    fontsize=11)
-    fig.suptitle(title, fontsize=13)
-    fig.tight_layout()
-    return figures._save(fig, path)
-
-
 def cvae(ctx):
     train_ds, test_ds = train.load_data(ctx.config(model="cvae"))
     tx, ty = train.device_arrays(train_ds)
@@ -356,7 +289,7 @@ def cvae(ctx):
     shape = image_shape_of(test_ds)
     clf = train_classifier(tx, ty, epochs=ctx.opts["classifier_epochs"], seed=ctx.seed)
     clf_acc = accuracy(clf, x, y)
-    key = jax.random.fold_in(jax.random.key(ctx.seed), 11)
+    key = train.purpose_key(ctx.seed, train.KeyPurpose.CVAE_SAMPLES)
     per_class, cols = ctx.opts["per_class"], ctx.opts["class_cols"]
     labels = np.repeat(np.arange(10), per_class)
     yy = np.repeat(np.arange(10), cols)
@@ -381,7 +314,7 @@ def cvae(ctx):
         # grid: row c = class c, the same z's in every row (same style, different class)
         zg = np.tile(np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (cols, D))), (10, 1))
         gpred, gimg = generated_predictions(model, clf, yy, zg)
-        out[f"class_grid_{name}"] = save_class_grid(
+        out[f"class_grid_{name}"] = figures.save_class_grid(
             gimg, gpred, ctx.workdir / f"class_grid_{name}.png", image_shape=shape, ncols=cols,
             row_accuracy=by_class,
             title=(f"CVAE {label}: row = label y, column = one z ~ N(0, I) (the same z down a column)\n"
@@ -431,7 +364,7 @@ def kl_annealing(ctx):
                      "final_logged_test_loss": f["test_loss"], "active_units": active_units(mu)})
         series[name] = (_epochs(hist), [[true_elbo(m) for m in hist], [m["test_recon"] for m in hist],
                                         [m["test_kl"] for m in hist]])
-    out = {"convergence": save_lines(series, ctx.workdir / "convergence.png", xlabel="epoch",
+    out = {"convergence": figures.save_lines(series, ctx.workdir / "convergence.png", xlabel="epoch",
                                      ylabels=["test -ELBO = recon + KL (nats)", "test recon (nats)", "test KL (nats)"],
                                      title="KL annealing vs none (true ELBO, KL weight 1)")}
     a, b = rows
@@ -448,7 +381,7 @@ def kl_annealing(ctx):
 
 def mse_vs_bce(ctx):
     runs = {"bce": ctx.train("bce", recon="bce_logits"), "mse": ctx.train("mse", recon="gaussian")}
-    key = jax.random.fold_in(jax.random.key(ctx.seed), 13)
+    key = train.purpose_key(ctx.seed, train.KeyPurpose.MSE_VS_BCE)
     rows, recons, series = [], {}, {}
     x = y = test_ds = None
     for name, (model, cfg, hist) in runs.items():
@@ -467,7 +400,7 @@ def mse_vs_bce(ctx):
     grid = np.concatenate([np.asarray(x[:10]).reshape(10, -1), recons["bce"], recons["mse"]])
     out = {"reconstructions": figures.save_sample_grid(grid, ctx.workdir / "reconstructions.png", image_shape=shape,
                                                        ncols=10, title="rows: original / BCE-trained / MSE-trained"),
-           "convergence": save_lines(series, ctx.workdir / "convergence.png", xlabel="epoch",
+           "convergence": figures.save_lines(series, ctx.workdir / "convergence.png", xlabel="epoch",
                                      ylabels=["test recon, own loss (BCE nats / SSE)", "test KL (nats)"],
                                      title="MSE vs BCE: per-epoch test terms")}
     a, b = rows
@@ -484,7 +417,7 @@ def mse_vs_bce(ctx):
 
 def latent_sweep(ctx):
     rows, out = [], {}
-    key = jax.random.fold_in(jax.random.key(ctx.seed), 17)
+    key = train.purpose_key(ctx.seed, train.KeyPurpose.LATENT_SWEEP)
     for d in LATENT_DIMS:
         model, cfg, hist = ctx.train(f"latent{d}", latent_dim=d)
         x, y, test_ds = ctx.test_data(cfg)
@@ -497,7 +430,7 @@ def latent_sweep(ctx):
             np.asarray(model.sample(ctx.opts["grid_samples"], key)), ctx.workdir / f"samples_latent{d}.png",
             image_shape=image_shape_of(test_ds), title=f"latent_dim={d}: samples, z ~ N(0, I)")
     n_iw = ctx.opts["iwae_n"] or "all"
-    out["dims_vs_performance"] = save_lines(
+    out["dims_vs_performance"] = figures.save_lines(
         {"test": (list(LATENT_DIMS), [[r["test_recon"] for r in rows], [r["test_kl"] for r in rows],
                                       [r["iwae_nll"] for r in rows]])},
         ctx.workdir / "dims_vs_performance.png", xlabel="latent dimensions",
@@ -537,6 +470,6 @@ def run_experiment(name, workdir, *, dataset="digits", data_dir=None, size="redu
     summary = {"experiment": name, "title": title, "dataset": dataset, "size": size, "seed": seed,
                "sizes": ctx.opts, "rows": rows, "statement": statement,
                "figures": {k: str(v) for k, v in figs.items()}, **extra}
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     log(f"{title}\n{table}\n{statement}\nwrote {workdir}")
     return summary

@@ -334,3 +334,71 @@ def save_loss_curves(metrics, path):
     """Per-epoch train/test loss and reconstruction (nats per sample), integer epoch ticks, and
     the train/test KL on a panel of its own when present (and not all 0)."""
     return _save(_loss_curves_figure(metrics), path)
+
+
+# Figures of the exercises (vae_jax.experiments)
+
+
+def save_lines(series, path, *, xlabel, ylabels, title, xlog=False):
+    """One panel per entry of `ylabels`; series = {label: (x, [y_panel0, y_panel1, ...])}."""
+    fig, axes = plt.subplots(1, len(ylabels), figsize=(5.5 * len(ylabels), 4), squeeze=False)
+    for j, (ax, ylabel) in enumerate(zip(axes.flat, ylabels)):
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, ys[j], marker="o", label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if xlog:
+            ax.set_xscale("log")
+            ax.set_xticks(list(series.values())[0][0])
+            ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+        ax.grid(True, alpha=0.3)
+        if len(series) > 1:
+            ax.legend()
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_bars(values, path, *, xlabel, ylabel, title):
+    """Grouped bars: values = {label: 1-D array}, all the same length."""
+    labels = list(values)
+    d = len(values[labels[0]])
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * d * len(labels) ** 0.5 + 2), 4))
+    for i, label in enumerate(labels):
+        ax.bar(np.arange(d) + (i - (len(labels) - 1) / 2) * width, values[label], width, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(np.arange(d))
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_class_grid(images, preds, path, *, image_shape, ncols, title, row_accuracy=None):
+    """Row c = the label c given to the decoder, column = one z (the same z down a column).
+    A cell the classifier labels as another class is framed in red with that class written in it;
+    the right margin gives each row's accuracy over all the samples drawn for that class."""
+    from matplotlib.patches import Rectangle
+
+    imgs = to_images(images, image_shape)
+    nrows = len(imgs) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.0 * ncols + 1.6, 1.0 * nrows + 0.8), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        r, c = divmod(i, ncols)
+        _show(ax, imgs[i])
+        if preds[i] != r:
+            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor="red",
+                                   linewidth=2.5, clip_on=False))
+            ax.text(0.95, 0.95, str(int(preds[i])), transform=ax.transAxes, ha="right", va="top",
+                    color="red", fontsize=11, fontweight="bold")
+        if c == 0:
+            ax.text(-0.12, 0.5, f"y={r}", transform=ax.transAxes, ha="right", va="center", fontsize=13)
+        if c == ncols - 1 and row_accuracy is not None:
+            ax.text(1.1, 0.5, f"{row_accuracy[r]:.0%}", transform=ax.transAxes, ha="left", va="center",
+                    fontsize=11)
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -52,6 +52,7 @@ import numpy as np
 from vae_jax.errors import DataError
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "celeb_a", "image_folder")
+TFDS_DATASETS = tuple(d for d in DATASETS if d not in ("digits", "image_folder"))  # also read through tfds
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _IDX_MAGIC = {0x00000801: 1, 0x00000803: 3}  # magic -> number of dimensions (uint8 data)
 _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -306,7 +307,7 @@ def load_dataset(name: str, split: str, data_dir=None, *, image_size: int = 64,
     if source not in ("auto", "files", "tfds"):
         raise DataError(f"unknown source {source!r} — use 'auto', 'files' or 'tfds'")
     auto_tfds = data_dir is None or _is_tfds_dir(data_dir, name)
-    use_tfds = name not in ("digits", "image_folder") and (
+    use_tfds = name in TFDS_DATASETS and (
         source == "tfds" or (source == "auto" and auto_tfds))
     if data_dir is None and not use_tfds and name != "digits":
         raise DataError(f"{name} needs a data_dir — pass --data-dir pointing at a folder with the "
@@ -574,8 +575,8 @@ def download_and_prepare(name: str, data_dir=None) -> None:
             return
         urls = sorted(builder.url_infos or {})
     except Exception as e:  # noqa: BLE001 -- tfds raises many kinds for a bad name or folder
-        raise DataError(f"no tfds dataset {name!r} ({type(e).__name__}) — use one of mnist, fashion_mnist, "
-                        "binarized_mnist, celeb_a") from None
+        raise DataError(f"no tfds dataset {name!r} ({type(e).__name__}) — use one of "
+                        f"{', '.join(TFDS_DATASETS)}") from None
     get = (f"get the original files ({', '.join(urls) or 'see the dataset page on tensorflow.org/datasets'}) and "
            f"pass their folder as --data-dir, or prepare them with `vae-jax prepare --dataset {name} "
            "--manual-dir <files> --data-dir <tfds dir>`")
@@ -611,8 +612,8 @@ def prepare_tfds(name: str, manual_dir, data_dir) -> Path:
     try:
         builder = tfds.builder(name, data_dir=os.fspath(data_dir))
     except Exception as e:
-        raise DataError(f"no tfds dataset {name!r}: {type(e).__name__} — use one of mnist, "
-                        "fashion_mnist, binarized_mnist, celeb_a") from None
+        raise DataError(f"no tfds dataset {name!r}: {type(e).__name__} — use one of "
+                        f"{', '.join(TFDS_DATASETS)}") from None
     if builder.is_prepared():
         return Path(builder.data_dir)
     manual_dir = Path(manual_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import json
 import math
 import os
@@ -25,72 +26,125 @@ from flax import nnx
 from vae_jax import input_pipeline, losses, models
 from vae_jax.errors import ConfigError
 
-# Purposes folded into the run's root key (stable: changing them changes every stream).
-_INIT, _SHUFFLE, _TRAIN, _EVAL = 0, 1, 2, 3
-_IWAE, _FIGURES = 7, 8  # the end of a run: importance-sampled NLL, figures
+class KeyPurpose(enum.IntEnum):
+    """What a random stream is for: folded into the run's root key `jax.random.key(seed)`. Stable
+    numbers (changing one changes that stream in every run)."""
+
+    INIT = 0  # the model's initial parameters
+    SHUFFLE = 1  # (with the epoch) the epoch's order: epoch_order
+    TRAIN = 2  # (with the epoch, then the step) binarization and reparameterization noise
+    EVAL = 3  # (with the epoch, then the batch) the test ELBO's z
+    IWAE = 7  # the importance-sampled NLL at the end of a run
+    FIGURES = 8  # the figures at the end of a run
+    CVAE_SAMPLES = 11  # exercise 3: the conditional samples scored by the classifier
+    MSE_VS_BCE = 13  # exercise 4: the compared reconstructions
+    LATENT_SWEEP = 17  # exercise 5: samples of each latent size
+
+
+def purpose_key(seed: int, purpose: KeyPurpose):
+    """The run's key for one purpose: fold_in(key(seed), purpose)."""
+    return jax.random.fold_in(jax.random.key(seed), purpose)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+DATA_MODES = ("auto", "memory", "stream")
+BINARIZE_KINDS = ("none", "dynamic")  # dynamic: Bernoulli draws of the pixels from the step's key
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# --data-mode auto keeps a split whole on the device up to this size (as stored, uint8): MNIST's
+# 60000 images are 47 MB; CelebA's train split at 64x64 is 2.0 GB and streams.
+MEMORY_BYTES = 64 * 2**20
+
+# What an option's value must be: kind -> (cast, ok(value), what is expected). `vae-jax train`
+# parses its options with them and Config.validate() checks them again (config.json, Python callers).
+KINDS = {
+    "positive_int": (int, lambda v: v >= 1, "a positive integer"),
+    "nonneg_int": (int, lambda v: v >= 0, "an integer >= 0"),
+    "positive_float": (float, lambda v: 0 < v < math.inf, "a positive number"),  # NaN fails both comparisons
+    "nonneg_float": (float, lambda v: 0 <= v < math.inf, "a number >= 0"),
+}
+
+
+def option(default, help, *, kind=None, choices=None, names=None, what=None, flag=None, metavar=None):
+    """A Config field that is also an option of `vae-jax train`, `--` + its name in kebab-case.
+
+    The field's metadata says how to parse and check it: help (the --help text), kind (a key of
+    KINDS), choices (the registry of valid values, offered by argparse), names (a registry checked
+    by validate() only, listed in the help; unknown values are reported as "unknown <what>"), flag
+    (a bool defaulting to True: the store_true option that turns it off, e.g. --no-figures),
+    metavar. A field without metadata (`checkpoint`) is not an option.
+    """
+    meta = dict(help=help, kind=kind, choices=choices, names=names, what=what, flag=flag, metavar=metavar)
+    return dataclasses.field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
+
+
+def option_name(field: dataclasses.Field) -> str:
+    """The command-line option of a Config field: --no-figures for figures, --batch-size for batch_size."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
 @dataclasses.dataclass
 class Config:
-    model: str = "vae"
-    dataset: str = "digits"
-    test_dataset: Optional[str] = None  # evaluate on another dataset's test split (same image shape)
-    data_dir: Optional[str] = None
-    latent_dim: Optional[int] = None  # None: the chapter's default for the model
-    hidden_dim: Optional[int] = None  # MLP models only
-    recon: str = "bce_logits"  # see vae_jax.losses
-    beta: float = 1.0
-    kl_anneal_epochs: int = 0  # KL weight = min(1, epoch / E) (epochs counted from 1); 0: off
-    binarize: str = "none"  # "none" | "dynamic" (Bernoulli draws from the step's key)
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_schedule: str = "constant"  # "constant" | "cosine" (to 0 over `epochs`; fixes --epochs for a resume)
-    seed: int = 0
-    train_limit: Optional[int] = None  # use only the first N training images (tests, quick runs)
-    test_limit: Optional[int] = None
-    iwae_k: int = 0  # >0: importance-sampled log-likelihood with k samples after training
-    train_k: int = 1  # samples per image in the training objective: 1 = the ELBO; >1 = the IWAE bound
-    init_from: Optional[str] = None  # start from the weights of another run's latest checkpoint (fine-tuning)
-    devices: int = 1  # data parallelism over this many devices; batch_size stays the GLOBAL batch
-    max_steps: Optional[int] = None  # stop after this many optimizer steps in all (then test and figures)
-    checkpoint_every: int = 0  # also checkpoint every N optimizer steps inside an epoch; 0: at epoch ends only
-    data_mode: str = "auto"  # "memory": whole splits on the device; "stream": Grain batches; "auto": by size
-    data_workers: int = 0  # stream: Grain worker processes decoding batches (0: threads in this process)
-    log_every: int = 100  # TensorBoard: the training loss every N optimizer steps (0: per epoch only)
-    tensorboard: bool = True  # event files in <workdir>/tensorboard beside metrics.jsonl
-    checkpoint: bool = True
-    figures: bool = True
-    progress: bool = True
+    model: str = option("vae", "model", choices=models.MODELS, what="model")
+    dataset: str = option("digits", "dataset (digits is embedded: no download)", names=input_pipeline.DATASETS,
+                          what="dataset")
+    test_dataset: Optional[str] = option(
+        None, "evaluate on this dataset's test split instead (same image shape), e.g. train on mnist with "
+              "--binarize dynamic and test on binarized_mnist", names=input_pipeline.DATASETS, what="test dataset")
+    data_dir: Optional[str] = option(None, "folder with the original files or a prepared tfds data_dir")
+    latent_dim: Optional[int] = option(None, "latent dimensions (default: the chapter's for the model)",
+                                       kind="positive_int")
+    hidden_dim: Optional[int] = option(None, "hidden units of the MLP models (default: the chapter's 400)",
+                                       kind="positive_int")
+    recon: str = option("bce_logits", "reconstruction loss: bce_logits trains, bce is the chapter's clamped BCE",
+                        choices=losses.RECON_KINDS, what="reconstruction loss")
+    beta: float = option(1.0, "weight of the KL term (beta-VAE)", kind="nonneg_float")
+    # KL weight = min(1, epoch / E) (epochs counted from 1)
+    kl_anneal_epochs: int = option(0, "KL weight min(1, epoch/E); 0: off", kind="nonneg_int")
+    binarize: str = option("none", "dynamic: Bernoulli draws of the pixels at each step", choices=BINARIZE_KINDS,
+                           what="binarization")
+    epochs: int = option(10, "epochs in all", kind="positive_int")
+    batch_size: int = option(128, "the global batch", kind="positive_int")  # split over --devices
+    lr: float = option(1e-3, "Adam's learning rate", kind="positive_float")
+    lr_schedule: str = option("constant", "cosine: decay --lr to 0 over --epochs (a resume must keep --epochs)",
+                              choices=LR_SCHEDULES, what="learning-rate schedule")
+    seed: int = option(0, "the run's seed", kind="nonneg_int")
+    train_limit: Optional[int] = option(None, "use the first N training images", kind="positive_int")
+    test_limit: Optional[int] = option(None, "use the first N test images", kind="positive_int")
+    iwae_k: int = option(0, "importance-sampled NLL with k samples at the end", kind="nonneg_int")
+    train_k: int = option(1, "samples per image in the training objective: 1 = the ELBO (the chapter), k > 1 = "
+                             "the IWAE bound (Bernoulli VAEs); test losses stay the ELBO", kind="positive_int")
+    init_from: Optional[str] = option(None, "start from the weights of this run directory's latest checkpoint "
+                                            "(fine-tuning; fresh Adam state); same model and image shape")
+    devices: int = option(1, "data-parallel over N devices (global batch = --batch-size); see README",
+                          kind="positive_int")
+    max_steps: Optional[int] = option(None, "stop after N optimizer steps in all (checkpointed, resumable), then "
+                                            "test and plot", kind="positive_int")
+    checkpoint_every: int = option(0, "also checkpoint every N optimizer steps inside an epoch (0: at each "
+                                      "epoch's end only)", kind="nonneg_int")
+    data_mode: str = option("auto", "memory: each split whole on the device; stream: Grain decodes batches ahead "
+                                    "of the step; auto: stream splits over 64 MiB (uint8)",
+                            choices=DATA_MODES, what="data mode")
+    data_workers: int = option(0, "stream: Grain worker processes that decode batches (0: threads in this "
+                                  "process)", kind="nonneg_int")
+    log_every: int = option(100, "TensorBoard: the training loss every N optimizer steps (0: per epoch only)",
+                            kind="nonneg_int")
+    tensorboard: bool = option(True, "no event files in <workdir>/tensorboard", flag="--no-tensorboard")
+    checkpoint: bool = True  # not an option: tests and experiments turn checkpoints off
+    figures: bool = option(True, "skip the figures at the end", flag="--no-figures")
+    progress: bool = option(True, "no progress bars", flag="--no-progress")
 
     def validate(self):
-        if self.model not in models.MODELS:
-            raise ConfigError(f"unknown model {self.model!r}: use one of {', '.join(models.MODELS)}")
-        if self.dataset not in input_pipeline.DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}: use one of {', '.join(input_pipeline.DATASETS)}")
-        if self.test_dataset is not None and self.test_dataset not in input_pipeline.DATASETS:
-            raise ConfigError(f"unknown test dataset {self.test_dataset!r}: use one of {', '.join(input_pipeline.DATASETS)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"unknown learning-rate schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
-        if self.recon not in losses.RECON_KINDS:
-            raise ConfigError(f"unknown reconstruction loss {self.recon!r}: use one of {', '.join(losses.RECON_KINDS)}")
-        if self.data_mode not in DATA_MODES:
-            raise ConfigError(f"unknown data mode {self.data_mode!r}: use one of {', '.join(DATA_MODES)}")
-        for name in ("max_steps",):
-            v = getattr(self, name)
-            if v is not None and int(v) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
-        if int(self.checkpoint_every) < 0 or int(self.data_workers) < 0 or int(self.log_every) < 0:
-            raise ConfigError("--checkpoint-every, --data-workers and --log-every must be >= 0")
-        if self.binarize not in ("none", "dynamic"):
-            raise ConfigError(f"unknown binarization {self.binarize!r}: use 'none' or 'dynamic'")
-        for name in ("epochs", "batch_size", "devices"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        for name in ("latent_dim", "hidden_dim", "train_limit", "test_limit"):
-            v = getattr(self, name)
-            if v is not None and int(v) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+        fields = [f for f in dataclasses.fields(self) if not (f.default is None and getattr(self, f.name) is None)]
+        for f in fields:  # names first (None only where it is the default): from the registries
+            valid, v = f.metadata.get("choices", f.metadata.get("names")), getattr(self, f.name)
+            if valid is not None and v not in valid:
+                raise ConfigError(f"unknown {f.metadata['what']} {v!r}: use one of {', '.join(valid)}")
+        for f in fields:  # then numbers: the kind of each
+            v = getattr(self, f.name)
+            if "kind" in f.metadata:
+                cast, ok, what = KINDS[f.metadata["kind"]]
+                if not ok(cast(v)):
+                    raise ConfigError(f"{option_name(f)} must be {what}, got {v}")
         if not (0 < self.lr <= FLOAT32_MAX):
             raise ConfigError(f"--lr must be a positive number a float32 can hold (<= 3.4e38), got {self.lr}")
         if not (0 <= self.beta <= FLOAT32_MAX):
@@ -101,10 +155,6 @@ class Config:
             raise ConfigError(f"--devices {self.devices} asks for more devices than JAX sees ({jax.device_count()}): "
                               f"on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={self.devices}, "
                               "or lower --devices")
-        if self.kl_anneal_epochs < 0 or self.iwae_k < 0:
-            raise ConfigError("--kl-anneal-epochs and --iwae-k must be >= 0")
-        if int(self.train_k) < 1:
-            raise ConfigError(f"--train-k must be a positive integer, got {self.train_k}")
         for name, on in (("iwae-k", self.iwae_k), ("train-k", self.train_k > 1)):
             if on and (self.model == "ae" or self.recon not in ("bce", "bce_logits")):
                 raise ConfigError(f"--{name} needs a VAE with a Bernoulli decoder, not --model {self.model} "
@@ -113,15 +163,6 @@ class Config:
             raise ConfigError("--train-k > 1 trains the IWAE bound, which has no KL term to weigh: "
                               "drop --beta/--kl-anneal-epochs or use --train-k 1")
         return self
-
-
-LR_SCHEDULES = ("constant", "cosine")
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-DATA_MODES = ("auto", "memory", "stream")
-# --data-mode auto keeps a split whole on the device up to this size (as stored, uint8): MNIST's
-# 60000 images are 47 MB; CelebA's train split at 64x64 is 2.0 GB and streams.
-MEMORY_BYTES = 64 * 2**20
-
 
 def learning_rate(config: Config, steps_per_epoch: Optional[int]):
     """Adam's learning rate: the constant --lr, or a cosine decay from --lr to 0 over the run's steps."""
@@ -133,20 +174,8 @@ def learning_rate(config: Config, steps_per_epoch: Optional[int]):
 
 
 def build_model(config: Config, image_shape, num_classes=10, *, rngs):
-    """The model named by config, sized for the data (input_dim/channels from image_shape)."""
-    cls = models.MODELS[config.model]
-    kw = {}
-    if config.latent_dim is not None:
-        kw["latent_dim"] = int(config.latent_dim)
-    if getattr(cls, "flat_input", False):
-        kw["input_dim"] = int(np.prod(image_shape))
-        if config.hidden_dim is not None:
-            kw["hidden_dim"] = int(config.hidden_dim)
-        if cls.conditional:
-            kw["num_classes"] = num_classes
-    else:
-        kw["input_channels"] = int(image_shape[-1])
-    return cls(**kw, rngs=rngs)
+    """The model named by config, sized for the data (as its vae_jax.models.REGISTRY entry says)."""
+    return models.REGISTRY[config.model].build(config, image_shape, num_classes, rngs=rngs)
 
 
 def kl_weight_for(config: Config, epoch: int) -> float:
@@ -312,18 +341,6 @@ class Trainer:
         return self._eval(state, images[idx], labels[idx], key, kl_weight)
 
 
-def _test_step_sleep() -> float:
-    """Test-only: seconds to sleep after each training step, from $VAE_JAX_TEST_STEP_SLEEP.
-
-    Lets the crash-safety test kill a training process in the middle of an epoch
-    deterministically; unset (the default) it costs nothing.
-    """
-    try:
-        return max(0.0, float(os.environ.get("VAE_JAX_TEST_STEP_SLEEP") or 0))
-    except ValueError:
-        return 0.0
-
-
 def zero_sums():
     """The running loss sums of an epoch (kept in the train state, so a checkpoint inside an epoch
     resumes it exactly)."""
@@ -381,12 +398,13 @@ class Feed:
 
 def epoch_keys(seed: int, epoch: int):
     root = jax.random.key(seed)
-    return {p: jax.random.fold_in(jax.random.fold_in(root, p), epoch) for p in (_SHUFFLE, _TRAIN, _EVAL)}
+    purposes = (KeyPurpose.SHUFFLE, KeyPurpose.TRAIN, KeyPurpose.EVAL)
+    return {p: jax.random.fold_in(jax.random.fold_in(root, p), epoch) for p in purposes}
 
 
 def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     """The shuffled order of a 1-based epoch (from the run's seed), on the host."""
-    return np.asarray(input_pipeline.epoch_permutation(epoch_keys(seed, epoch)[_SHUFFLE], num_examples))
+    return np.asarray(input_pipeline.epoch_permutation(epoch_keys(seed, epoch)[KeyPurpose.SHUFFLE], num_examples))
 
 
 def first_nonfinite(losses) -> Optional[int]:
@@ -407,14 +425,13 @@ def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: in
         state = {**state, "sums": trainer.put(zero_sums())}
     step_fn, losses = feed.step(train=True), []
     spe = steps_per_epoch(config, feed.ds)
-    sleep = _test_step_sleep()
     bar = None
     if config.progress and jax.process_index() == 0:
         from tqdm.auto import tqdm
         bar = tqdm(total=stop - start, initial=0, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
     order = epoch_order(config.seed, epoch, len(feed.ds))
     for i, args in enumerate(feed.batches(order, config.batch_size, start, stop), start):
-        state, m = step_fn(state, *args, jax.random.fold_in(keys[_TRAIN], i), kw)
+        state, m = step_fn(state, *args, jax.random.fold_in(keys[KeyPurpose.TRAIN], i), kw)
         losses.append(m["loss"])
         if first_step is not None and not first_step:
             first_step.append(float(to_host(m["loss"])))  # waits for it: the time to the first step, once
@@ -426,8 +443,6 @@ def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: in
                 "train/steps_per_sec": (step - summaries.last[0]) / (now - summaries.last[1])}
             summaries.scalars(step, {"train/step_loss": float(to_host(m["loss"])) / n, **rate})
             summaries.last = (step, now)
-        if sleep:
-            time.sleep(sleep)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -441,7 +456,7 @@ def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: in
 
 def evaluate_split(trainer, state, feed: Feed, config: Config, epoch: int) -> dict[str, float]:
     """Per-sample means of the test ELBO terms, in order, z drawn from the epoch's eval key."""
-    key, kw = epoch_keys(config.seed, epoch)[_EVAL], kl_weight_for(config, epoch)
+    key, kw = epoch_keys(config.seed, epoch)[KeyPurpose.EVAL], kl_weight_for(config, epoch)
     step_fn, sums = feed.step(train=False), None
     order = np.arange(len(feed.ds), dtype=np.int32)
     for i, args in enumerate(feed.batches(order, config.batch_size)):
@@ -483,8 +498,8 @@ def train_epoch(trainer, state, feeds, config, epoch):
     return state, epoch_metrics(trainer, state, feeds, config, epoch, time.perf_counter() - t0, spe)
 
 
-def check_model_fits(config: Config, image_shape):
-    """ConfigError unless the model runs on images of `image_shape`.
+def _fit_error(config: Config, image_shape):
+    """None when the model runs on images of `image_shape`, else the exception.
 
     Traced with abstract values only (jax.eval_shape): nothing is initialized or computed.
     """
@@ -497,11 +512,22 @@ def check_model_fits(config: Config, image_shape):
     try:
         jax.eval_shape(loss)
     except (TypeError, ValueError) as e:
-        detail = (str(e).strip().splitlines() or [""])[0][:160]
-        raise ConfigError(
-            f"--model {config.model} does not fit the {config.dataset} images of shape {tuple(image_shape)} "
-            f"({type(e).__name__}: {detail}) -- use ae, vae, cvae or conv_vae28 for 28x28 images, "
-            "celeba_vae for 64x64 RGB") from None
+        return e
+    return None
+
+
+def check_model_fits(config: Config, image_shape):
+    """ConfigError unless the model runs on images of `image_shape`; the message names the registered
+    models that do."""
+    e = _fit_error(config, image_shape)
+    if e is None:
+        return
+    detail = (str(e).strip().splitlines() or [""])[0][:160]
+    fitting = [name for name in models.REGISTRY
+               if _fit_error(dataclasses.replace(config, model=name, latent_dim=None, hidden_dim=None), image_shape) is None]
+    raise ConfigError(
+        f"--model {config.model} does not fit the {config.dataset} images of shape {tuple(image_shape)} "
+        f"({type(e).__name__}: {detail}) -- use a model that does: {', '.join(fitting) or 'none is registered'}")
 
 
 def device_memory_bytes() -> int:
@@ -593,7 +619,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart
     check_model_fits(config, image_shape)
     check_memory(config, image_shape)
     root = jax.random.key(config.seed)
-    model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)))
+    model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, KeyPurpose.INIT)))
     check_figures_fit(config, model, test_ds)
     spe = steps_per_epoch(config, train_ds)
     trainer = Trainer(model, config, steps_per_epoch=spe)
@@ -664,7 +690,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart
         from vae_jax import evaluate
         test_x, test_y = device_arrays(test_ds)
         summary["iwae_nll"] = evaluate.iwae_nll(model, test_x, test_y, k=config.iwae_k,
-                                                key=jax.random.fold_in(root, _IWAE), recon=config.recon,
+                                                key=jax.random.fold_in(root, KeyPurpose.IWAE), recon=config.recon,
                                                 binarize_key=None)
         log(f"importance-sampled NLL (k={config.iwae_k}): {summary['iwae_nll']:.3f} nats")
     summaries.close()
@@ -674,7 +700,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart
 
         t0 = time.perf_counter()
         with atomic_dir(workdir / "figures", replace=True) as tmp:  # all figures or none
-            made = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.fold_in(root, _FIGURES))
+            made = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.fold_in(root, KeyPurpose.FIGURES))
         summary["figures"] = {k: str(workdir / "figures" / Path(v).name) for k, v in made.items()}
         summary["figures_time_s"] = time.perf_counter() - t0
         log(f"figures: {len(made)} PNGs in {workdir / 'figures'} ({summary['figures_time_s']:.1f}s)")
@@ -701,8 +727,8 @@ def initial_weights_from(path, trainer, state, config: Config, image_shape):
     except CheckpointError as e:
         raise ConfigError(f"--init-from {path}: {e}") from None
     _, params, batch_stats = nnx.split(src, nnx.Param, nnx.BatchStat)
-    mismatch = checkpoints._mismatch(checkpoints._flat({"params": params, "batch_stats": batch_stats}),
-                                     checkpoints._flat({k: state[k] for k in ("params", "batch_stats")}))
+    mismatch = checkpoints.tree_mismatch(checkpoints.flat_tree({"params": params, "batch_stats": batch_stats}),
+                                         checkpoints.flat_tree({k: state[k] for k in ("params", "batch_stats")}))
     if tuple(src_shape) != tuple(image_shape) or mismatch:
         size = lambda c: f"{c.model} (--latent-dim {c.latent_dim or 'default'}, --hidden-dim {c.hidden_dim or 'default'})"
         raise ConfigError(f"--init-from {path}: it holds a {size(src_config)} for images {tuple(src_shape)}, this run "
@@ -735,7 +761,7 @@ def restore_run(workdir):
         raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e}) -- restore it from the run's "
                               "original config.json or train again") from None
     run = checkpoints.RunDir(workdir, config, resume=True, read_only=True)
-    model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), _INIT)))
+    model = build_model(config, image_shape, rngs=nnx.Rngs(params=purpose_key(config.seed, KeyPurpose.INIT)))
     trainer = Trainer(model, config, steps_per_epoch=1)  # the schedule only shapes opt_state
     state, epoch = run.restore(trainer.init_state)
     if not epoch:

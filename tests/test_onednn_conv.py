@@ -1,0 +1,143 @@
+"""vae_jax.onednn_conv (oneDNN convolutions through the XLA FFI) against the lax convolutions the
+layers use: forward values and gradients w.r.t. input and kernel, eagerly and under jax.jit, for
+the k4 s2 p1 layer shapes of the chapter's conv models (batch 128). Skips when the library is not
+built (pip install -e ".[onednn]" && python -m vae_jax.onednn_build)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import onednn_conv as oc
+
+pytestmark = pytest.mark.skipif(not oc.available(), reason=f"oneDNN conv library not built: {oc.BUILD_HINT}")
+
+DN = ("NHWC", "HWIO", "NHWC")
+B = 128
+TCONV_PAD = ((2, 2), (2, 2))  # vae_jax.layers._TCONV_PAD; output_padding=1 -> _TCONV_PAD_OUT1 ((2, 3), (2, 3))
+
+# (cin, cout, H): torch Conv2d(cin, cout, 4, 2, 1) on H x H
+CONVS = [
+    (1, 32, 28),
+    (32, 64, 14),
+    (64, 128, 7),  # ConvVAE28's encoder
+    (3, 32, 64),
+    (32, 64, 32),
+    (64, 128, 16),
+    (128, 256, 8),
+]  # CelebAVAE's
+# (cin, cout, H, output_padding): torch ConvTranspose2d(cin, cout, 4, 2, 1, output_padding) on H x H
+TCONVS = [
+    (128, 64, 3, 1),
+    (128, 64, 3, 0),
+    (64, 32, 7, 0),
+    (64, 32, 12, 0),
+    (32, 1, 14, 0),  # ConvVAE(28)'s
+    (256, 128, 4, 0),
+    (128, 64, 8, 0),
+    (64, 32, 16, 0),
+    (32, 3, 32, 0),
+]  # CelebAVAE's
+
+
+def lax_conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)
+
+
+def lax_tconv(op):
+    pad = ((2, 2 + op), (2, 2 + op))
+    return lambda x, w: jax.lax.conv_transpose(x, w, (2, 2), pad, dimension_numbers=DN)
+
+
+def onednn_conv(x, w):
+    return oc.conv2d(x, w, 2, ((1, 1), (1, 1)))
+
+
+def onednn_tconv(op):
+    return lambda x, w: oc.conv2d_transpose(x, w, 2, TCONV_PAD, output_padding=op)
+
+
+def data(cin, cout, h, seed=0):
+    k = jax.random.split(jax.random.key(seed), 2)
+    x = jax.random.normal(k[0], (B, h, h, cin), jnp.float32)
+    w = jax.random.normal(k[1], (4, 4, cin, cout), jnp.float32) / np.sqrt(16 * cin)
+    return x, w
+
+
+def assert_close(got, want, what):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, what
+    # rtol on the values plus an atol relative to the array's scale (a sum of products cancels)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()), err_msg=what)
+
+
+def check(mine, ref, x, w, jit):
+    rng = np.random.default_rng(1)
+    y_ref = ref(x, w)
+    g = jnp.asarray(rng.standard_normal(y_ref.shape, np.float32))
+
+    def grads(f):
+        return jax.grad(lambda x, w: jnp.vdot(f(x, w), g), argnums=(0, 1))
+
+    fwd, grd = (jax.jit(mine), jax.jit(grads(mine))) if jit else (mine, grads(mine))
+    assert_close(fwd(x, w), y_ref, "forward")
+    dx, dw = grd(x, w)
+    dx_ref, dw_ref = grads(ref)(x, w)
+    assert_close(dx, dx_ref, "d/dx")
+    assert_close(dw, dw_ref, "d/dw")
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("cin,cout,h", CONVS)
+def test_conv2d_matches_lax(cin, cout, h, jit):
+    x, w = data(cin, cout, h)
+    check(onednn_conv, lax_conv, x, w, jit)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("cin,cout,h,op", TCONVS)
+def test_conv2d_transpose_matches_lax(cin, cout, h, op, jit):
+    x, w = data(cin, cout, h)
+    assert onednn_tconv(op)(x, w).shape == (B, 2 * h + op, 2 * h + op, cout)
+    check(onednn_tconv(op), lax_tconv(op), x, w, jit)
+
+
+def test_other_stride_and_padding():
+    """Not only k4 s2 p1: a 3x3 stride-1 conv with asymmetric padding, and a stride-3 one."""
+    x, w = data(8, 16, 11)
+    w3 = w[:3, :3]
+    for s, pad in ((1, ((1, 0), (2, 1))), (3, ((0, 2), (1, 1)))):
+
+        def ref(x, w, s=s, pad=pad):
+            return jax.lax.conv_general_dilated(x, w, (s, s), pad, dimension_numbers=DN)
+
+        def mine(x, w, s=s, pad=pad):
+            return oc.conv2d(x, w, s, pad)
+
+        check(mine, ref, x[:4], w3, jit=True)
+
+
+def test_lax_drop_ins():
+    """conv_general_dilated / conv_transpose with lax's signatures, as nnx.Conv and nnx.ConvTranspose
+    call them (the ConvDimensionNumbers object, the default dimension numbers)."""
+    x, w = data(16, 8, 7)
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, DN)
+    assert_close(oc.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=dn), lax_conv(x, w), "conv")
+    pad = ((2, 3), (2, 3))
+    assert_close(oc.conv_transpose(x, w, (2, 2), pad), lax_tconv(1)(x, w), "tconv")
+    # what oneDNN does not take falls back to lax
+    assert_close(
+        oc.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn),
+        jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn),
+        "SAME",
+    )
+
+
+def test_rejects_bad_input():
+    x, w = data(4, 8, 8)
+    with pytest.raises(TypeError):
+        oc.conv2d(x.astype(jnp.float16), w, 2, 1)
+    with pytest.raises(ValueError, match="channels"):
+        oc.conv2d(x, w[:, :, :3], 2, 1)

@@ -1,0 +1,286 @@
+"""2-D convolutions on the CPU through oneDNN (the library PyTorch's CPU convolutions use), called
+from JAX through the XLA FFI. Optional: needs the library built from csrc/onednn_conv.cc,
+
+    pip install -e ".[onednn]" && python -m vae_jax.onednn_build     (or: make onednn)
+
+Float32, NHWC activations and HWIO kernels, as Flax's layers:
+
+  conv2d(x, w, stride, padding)
+      == jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv2d_transpose(x, w, stride, padding, output_padding=0)
+      == jax.lax.conv_transpose(x, w, (stride, stride), padding_with_output_padding,
+                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+         as nnx.ConvTranspose calls it (transpose_kernel=False: w is torch's kernel spatially
+         flipped, shape (kh, kw, cin, cout)); output_padding adds to the high padding, so torch's
+         ConvTranspose2d(k=4, s=2, p=1, output_padding=1) is padding ((2, 2), (2, 2)) with
+         output_padding=1, i.e. vae_jax.layers' _TCONV_PAD_OUT1 ((2, 3), (2, 3)).
+
+padding: ((lo_h, hi_h), (lo_w, hi_w)), or an int p for ((p, p), (p, p)). Both are jax.custom_vjp
+functions: their forward and both gradients each run one oneDNN primitive (a transposed conv's
+forward is the strided conv's backward-data, its input gradient is the conv's forward and its
+kernel gradient the conv's backward-weights with the activations' roles swapped). No bias: add it.
+
+The library is loaded, and its three targets registered for platform "cpu", on the first call
+(or by `load()`); `available()` says whether it can be. VAE_ONEDNN_CONV_LIB overrides the path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LIB_ENV = "VAE_ONEDNN_CONV_LIB"
+DEFAULT_LIB = Path(__file__).resolve().parent.parent / "csrc" / "build" / "libvae_onednn_conv.so"
+_TARGETS = {
+    "vae_onednn_conv_fwd": "VaeOnednnConvFwd",
+    "vae_onednn_conv_bwd_data": "VaeOnednnConvBwdData",
+    "vae_onednn_conv_bwd_weights": "VaeOnednnConvBwdWeights",
+}
+BUILD_HINT = "pip install -e '.[onednn]' && python -m vae_jax.onednn_build   (or: make onednn)"
+
+
+class OnednnConvNotBuiltError(ImportError):
+    """The oneDNN convolution library is missing or cannot be loaded."""
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def lib_path() -> Path:
+    return Path(os.environ.get(LIB_ENV) or DEFAULT_LIB)
+
+
+def load() -> ctypes.CDLL:
+    """Loads the library and registers its FFI targets (once). Raises OnednnConvNotBuiltError."""
+    global _lib
+    if _lib is None:
+        path = lib_path()
+        if not path.is_file():
+            raise OnednnConvNotBuiltError(f"oneDNN conv library not found at {path}; build it: {BUILD_HINT}")
+        try:
+            lib = ctypes.cdll.LoadLibrary(str(path))
+        except OSError as e:
+            raise OnednnConvNotBuiltError(f"cannot load {path} ({e}); rebuild it: {BUILD_HINT}") from e
+        for target, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+        _lib = lib
+    return _lib
+
+
+def available() -> bool:
+    try:
+        load()
+    except OnednnConvNotBuiltError:
+        return False
+    return True
+
+
+def onednn_version() -> str:
+    v = load().VaeOnednnVersion()
+    return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _pads(padding) -> Padding:
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    (lh, hh), (lw, hw) = padding
+    return ((int(lh), int(hh)), (int(lw), int(hw)))
+
+
+def _stride(stride) -> int:
+    s = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    if len(s) != 2 or s[0] != s[1] or s[0] < 1:
+        raise ValueError(f"stride must be a positive int or a pair of equal ones, got {stride!r}")
+    return int(s[0])
+
+
+def _check(*arrays):
+    for a in arrays:
+        if a.ndim != 4 or a.dtype != jnp.float32:
+            raise TypeError(f"oneDNN conv takes rank-4 float32 arrays, got {a.dtype}{list(a.shape)}")
+
+
+def _call(target, out_shape, a, b, stride, pad):
+    load()
+    (lh, hh), (lw, hw) = pad
+    f = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32), vmap_method="sequential")
+    i64 = np.int64
+    return f(a, b, stride=i64(stride), pad_lh=i64(lh), pad_hh=i64(hh), pad_lw=i64(lw), pad_hw=i64(hw))
+
+
+def _out_hw(x_shape, w_shape, stride, pad):
+    return tuple((x_shape[1 + i] + pad[i][0] + pad[i][1] - w_shape[i]) // stride + 1 for i in range(2))
+
+
+def _fwd(x, w, stride, pad):  # y = conv(x, w)
+    oh, ow = _out_hw(x.shape, w.shape, stride, pad)
+    return _call("vae_onednn_conv_fwd", (x.shape[0], oh, ow, w.shape[3]), x, w, stride, pad)
+
+
+def _bwd_data(dy, w, x_shape, stride, pad):  # dx of conv(x, w), x of shape x_shape
+    return _call("vae_onednn_conv_bwd_data", x_shape, dy, w, stride, pad)
+
+
+def _bwd_weights(x, dy, w_shape, stride, pad):  # dw of conv(x, w), w of shape w_shape
+    return _call("vae_onednn_conv_bwd_weights", w_shape, x, dy, stride, pad)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, w, stride, pad):
+    return _fwd(x, w, stride, pad)
+
+
+def _conv_vjp_fwd(x, w, stride, pad):
+    return _fwd(x, w, stride, pad), (x, w)
+
+
+def _conv_vjp_bwd(stride, pad, res, g):
+    x, w = res
+    return _bwd_data(g, w, x.shape, stride, pad), _bwd_weights(x, g, w.shape, stride, pad)
+
+
+_conv.defvjp(_conv_vjp_fwd, _conv_vjp_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_bwd_data(x, wc, y_shape, stride, pad):
+    """y (y_shape) = the backward-data of conv(y, wc) applied to x, wc the conv's HWIO kernel."""
+    return _bwd_data(x, wc, y_shape, stride, pad)
+
+
+def _cbd_vjp_fwd(x, wc, y_shape, stride, pad):
+    return _bwd_data(x, wc, y_shape, stride, pad), (x, wc)
+
+
+def _cbd_vjp_bwd(y_shape, stride, pad, res, g):
+    x, wc = res
+    return _fwd(g, wc, stride, pad), _bwd_weights(g, x, wc.shape, stride, pad)
+
+
+_conv_bwd_data.defvjp(_cbd_vjp_fwd, _cbd_vjp_bwd)
+
+
+def conv2d(x, w, stride=1, padding=0):
+    """NHWC x (N, H, W, C), HWIO w (KH, KW, C, O) -> (N, OH, OW, O); see the module docstring."""
+    _check(x, w)
+    if x.shape[3] != w.shape[2]:
+        raise ValueError(f"x has {x.shape[3]} channels, the kernel expects {w.shape[2]}")
+    return _conv(x, w, _stride(stride), _pads(padding))
+
+
+def conv2d_transpose(x, w, stride=1, padding=0, output_padding=0):
+    """jax.lax.conv_transpose(x, w, (stride, stride), padding + output_padding at the high ends,
+    dimension_numbers=("NHWC", "HWIO", "NHWC")); w (KH, KW, cin, cout) as nnx.ConvTranspose's."""
+    _check(x, w)
+    if x.shape[3] != w.shape[2]:
+        raise ValueError(f"x has {x.shape[3]} channels, the kernel expects {w.shape[2]}")
+    s = _stride(stride)
+    (lh, hh), (lw, hw) = _pads(padding)
+    hh, hw = hh + output_padding, hw + output_padding
+    kh, kw = w.shape[0], w.shape[1]
+    # The strided conv whose backward-data this is: padding k-1-p, the kernel flipped with its
+    # in/out channels swapped; output (H-1)*s + 1 + lo + hi - k + 1 rows, as lax's.
+    pad = ((kh - 1 - lh, kh - 1 - hh), (kw - 1 - lw, kw - 1 - hw))
+    if min(pad[0] + pad[1]) < 0:
+        raise NotImplementedError(f"transposed-conv padding above kernel_size - 1: {padding!r}")
+    y_shape = (
+        x.shape[0],
+        (x.shape[1] - 1) * s + 1 + lh + hh - kh + 1,
+        (x.shape[2] - 1) * s + 1 + lw + hw - kw + 1,
+        w.shape[3],
+    )
+    if min(y_shape[1:3]) < 1:
+        raise ValueError(f"transposed conv of {x.shape} with {w.shape}, padding {padding!r}: empty output")
+    wc = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    return _conv_bwd_data(x, wc, y_shape, s, pad)
+
+
+# Drop-ins with jax.lax's signatures: oneDNN where it applies (float32, NHWC/HWIO, equal strides,
+# no dilation or groups, explicit padding), jax.lax otherwise. nnx.Conv takes the first as its
+# `conv_general_dilated` argument; nnx.ConvTranspose calls jax.lax.conv_transpose directly, so a
+# layer uses the second by overriding __call__ (as vae_jax.layers' SubPixelConvTranspose does).
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _plain(lhs, rhs, strides, dimension_numbers, dtype_ok):
+    if lhs.ndim != 4 or rhs.ndim != 4 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32 or not dtype_ok:
+        return False
+    dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    want = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    return dn == want and len(set(strides)) == 1 and available()
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+    **kw,
+):
+    """jax.lax.conv_general_dilated, through conv2d when it applies."""
+    if (
+        _plain(lhs, rhs, window_strides, dimension_numbers, preferred_element_type in (None, jnp.float32))
+        and not isinstance(padding, str)
+        and set(lhs_dilation or (1,)) == {1}
+        and set(rhs_dilation or (1,)) == {1}
+        and feature_group_count == 1
+        and batch_group_count == 1
+    ):
+        return conv2d(lhs, rhs, window_strides[0], padding)
+    return jax.lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+        precision,
+        preferred_element_type,
+        **kw,
+    )
+
+
+def conv_transpose(
+    lhs,
+    rhs,
+    strides,
+    padding,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    transpose_kernel=False,
+    precision=None,
+    preferred_element_type=None,
+):
+    """jax.lax.conv_transpose, through conv2d_transpose when it applies."""
+    if (
+        _plain(lhs, rhs, strides, dimension_numbers or _NHWC, preferred_element_type in (None, jnp.float32))
+        and not isinstance(padding, str)
+        and set(rhs_dilation or (1,)) == {1}
+        and not transpose_kernel
+        and all(rhs.shape[i] - 1 - p >= 0 for i in range(2) for p in padding[i])
+    ):
+        return conv2d_transpose(lhs, rhs, strides[0], padding)
+    return jax.lax.conv_transpose(
+        lhs, rhs, strides, padding, rhs_dilation, dimension_numbers, transpose_kernel, precision, preferred_element_type
+    )
