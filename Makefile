@@ -24,11 +24,26 @@ export JAX_PLATFORMS ?= cpu
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
+# ONEDNN=1 (the default): also oneDNN's wheels (the `onednn` extra) and csrc/onednn_conv.cc built
+# with g++ into csrc/build/libvae_onednn_conv.so, the convolutions the conv models use on the CPU
+# (vae_jax.onednn_conv). ONEDNN=0 make install: without it; the conv models then run XLA's forms.
+ONEDNN ?= 1
+ifeq ($(ONEDNN),1)
+EXTRAS := torch,tf,test,onednn
+ONEDNN_LIB := csrc/build/libvae_onednn_conv.so
+else
+EXTRAS := torch,tf,test
+ONEDNN_LIB :=
+endif
+
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install -q -c constraints.txt -e ".[torch,tf,test]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
 
-install: $(VENV)/.installed
+csrc/build/libvae_onednn_conv.so: csrc/onednn_conv.cc vae_jax/onednn_build.py $(VENV)/.installed
+	$(BIN)/python -m vae_jax.onednn_build
+
+install: $(VENV)/.installed $(ONEDNN_LIB)
 
 # Lint first, then the tests: a lint failure stops the run before pytest starts.
 lint: install
@@ -42,11 +57,9 @@ test: install lint
 test-fast: install lint
 	$(PYTEST) -q -m "not slow" tests parity_tests
 
-# Optional: oneDNN's wheels (the `onednn` extra) and csrc/onednn_conv.cc built into
-# csrc/build/libvae_onednn_conv.so for vae_jax.onednn_conv (needs g++); tests/test_onednn_conv.py
-# skips without it.
+# Rebuild the oneDNN convolution library (e.g. after editing csrc/onednn_conv.cc).
 .PHONY: onednn
-onednn: install
+onednn: $(VENV)/.installed
 	$(BIN)/pip install -q -c constraints.txt -e ".[onednn]"
 	$(BIN)/python -m vae_jax.onednn_build
 
@@ -59,4 +72,4 @@ train: install
 	$(BIN)/vae-jax train --epochs 150 --batch-size 32 --workdir runs/train-$$(date +%Y%m%d-%H%M%S) $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs csrc/build

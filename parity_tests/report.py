@@ -17,15 +17,13 @@ import argparse
 import os
 import sys
 import time
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-import torch  # noqa: E402
+import torch
 
-from parity_tests import harness as H  # noqa: E402
-from parity_tests.tolerances import TOLERANCES, tol  # noqa: E402
+from parity_tests import harness as H
+from parity_tests.tolerances import TOLERANCES, tol
 
 COLUMNS = [("forward", "forward"), ("loss", "loss_jit"), ("grad", "grad"), ("Adam", "adam")]
 

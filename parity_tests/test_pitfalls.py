@@ -13,21 +13,25 @@ import torch.nn.functional as F
 from flax import nnx
 
 from parity_tests import harness as H
-from vae_jax import convert, layers, losses
+from vae_jax import convert, layers, losses, onednn_conv
 
 FWD = H.tol("float32", "forward").bound
+_NEEDS_ONEDNN = pytest.mark.skipif(not onednn_conv.available(),
+                                   reason=f"the oneDNN conv library is not built: {onednn_conv.BUILD_HINT}")
 # vae_jax computes the k4 s2 p1 layers in more than one form (same parameters, layers.ConvForm):
 # each form, and the class it must give, is a case of its own.
 _CONV_FORMS = [pytest.param(layers.ConvForm(conv="lax"), nnx.Conv, id="lax"),
                pytest.param(layers.ConvForm(conv="s2d", s1="matmul"), layers.SpaceToDepthConv, id="s2d-matmul"),
                pytest.param(layers.ConvForm(conv="s2d", s1="lax"), layers.SpaceToDepthConv, id="s2d-lax"),
-               pytest.param(layers.ConvForm(), layers.SpaceToDepthConv, id="default")]  # auto: s2d on 9x9
+               pytest.param(layers.ConvForm(), layers.SpaceToDepthConv, id="default"),  # auto: s2d on 9x9
+               pytest.param(layers.ONEDNN_CONV_FORM, layers.OnednnConv, id="onednn", marks=_NEEDS_ONEDNN)]
 _TCONV_FORMS = [pytest.param(layers.ConvForm(tconv="lax"), nnx.ConvTranspose, id="lax"),
                 pytest.param(layers.ConvForm(tconv="subpixel", s1="matmul"), layers.SubPixelConvTranspose,
                              id="subpixel-matmul"),
                 pytest.param(layers.ConvForm(tconv="subpixel", s1="lax"), layers.SubPixelConvTranspose,
                              id="subpixel-lax"),
-                pytest.param(layers.ConvForm(), nnx.ConvTranspose, id="default")]  # auto: lax for cout 4
+                pytest.param(layers.ConvForm(), nnx.ConvTranspose, id="default"),  # auto: lax for cout 4
+                pytest.param(layers.ONEDNN_CONV_FORM, layers.OnednnConvTranspose, id="onednn", marks=_NEEDS_ONEDNN)]
 
 
 class _One(nnx.Module):

@@ -82,7 +82,11 @@ def test_two_writers_started_together_leave_one_consistent_run(tmp_path):
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]
     procs = [subprocess.Popen([*cmd, "train", "--workdir", str(work), *TINY, "--epochs", "2", "--no-figures",
                                "--seed", str(seed)], stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
-    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    results = []
+    for p in procs:
+        with p:  # closes the pipe
+            _, err = p.communicate(timeout=600)
+            results.append((p.returncode, err))
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     loser = next(err for code, err in results if code == 2).strip().splitlines()
@@ -324,15 +328,16 @@ def test_interrupted_train_names_the_kept_checkpoint(trained, tmp_path, capsys, 
 def test_sigint_of_eval_says_nothing_was_written(trained, tmp_path):
     exe = Path(sys.executable).with_name("vae-jax")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]
-    p = subprocess.Popen([*cmd, "eval", "--workdir", str(trained), "--iwae-k", "10000000", "--no-progress", "--out",
-                          str(tmp_path / "e.json")], stderr=subprocess.PIPE, text=True)
     import time
 
-    time.sleep(8)  # inside the importance sampling
-    p.send_signal(signal.SIGINT)
-    err = p.stderr.read().strip().splitlines()
-    assert p.wait(timeout=120) == 130 and err == ["vae-jax: interrupted; nothing was written (outputs appear only "
-                                                  "when complete)"], err
+    with subprocess.Popen([*cmd, "eval", "--workdir", str(trained), "--iwae-k", "10000000", "--no-progress", "--out",
+                           str(tmp_path / "e.json")], stderr=subprocess.PIPE, text=True) as p:  # closes the pipe
+        time.sleep(8)  # inside the importance sampling
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    err = err.strip().splitlines()
+    assert p.returncode == 130 and err == ["vae-jax: interrupted; nothing was written (outputs appear only "
+                                           "when complete)"], err
     assert not (tmp_path / "e.json").exists()
 
 

@@ -58,8 +58,8 @@ from flax import nnx
 _TCONV_PAD = ((2, 2), (2, 2))
 _TCONV_PAD_OUT1 = ((2, 3), (2, 3))
 
-TCONV_FORMS = ("auto", "lax", "subpixel")
-CONV_FORMS = ("auto", "lax", "s2d")
+TCONV_FORMS = ("auto", "lax", "subpixel", "onednn")
+CONV_FORMS = ("auto", "lax", "s2d", "onednn")
 S1_FORMS = ("matmul", "lax")
 
 
@@ -94,7 +94,19 @@ class ConvForm:
         return self.conv
 
 
-DEFAULT_CONV_FORM = ConvForm()
+DEFAULT_CONV_FORM = ConvForm()  # the XLA forms: every backend
+ONEDNN_CONV_FORM = ConvForm(tconv="onednn", conv="onednn")
+
+
+def default_conv_form(dtype=jnp.float32) -> ConvForm:
+    """The form a model gets when none is given: oneDNN's kernels on the CPU when the optional library
+    is built (`make onednn`; vae_jax.onednn_conv), the XLA forms otherwise (GPU/TPU, or not built).
+    Decided when the model is built, not at import (JAX's backend is not started by importing)."""
+    from vae_jax import onednn_conv
+
+    if jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu" and onednn_conv.available():
+        return ONEDNN_CONV_FORM
+    return DEFAULT_CONV_FORM
 
 
 def _torch_uniform(fan_in: int):
@@ -230,6 +242,35 @@ class SpaceToDepthConv(nnx.Conv):
                                    preferred_element_type=self.preferred_element_type, s1=self.conv_form.s1)
 
 
+class OnednnConv(nnx.Conv):
+    """nnx.Conv (k4 s2 p1, float32) computed by oneDNN's convolution (vae_jax.onednn_conv); same
+    parameters."""
+
+    def __call__(self, inputs, out_sharding=None):
+        from vae_jax import onednn_conv
+
+        kernel = self.kernel[...]
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        y = onednn_conv.conv2d(inputs, kernel, 2, ((1, 1), (1, 1)))
+        return y if bias is None else y + bias
+
+
+class OnednnConvTranspose(nnx.ConvTranspose):
+    """nnx.ConvTranspose (k4 s2, padding _TCONV_PAD or _TCONV_PAD_OUT1, float32) computed by oneDNN
+    (a strided conv's backward-data; vae_jax.onednn_conv); same parameters."""
+
+    def __call__(self, inputs):
+        from vae_jax import onednn_conv
+
+        pad = tuple(tuple(p) for p in cast(Sequence[Sequence[int]], self.padding))
+        kernel = self.kernel[...]
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        y = onednn_conv.conv2d_transpose(inputs, kernel, 2, _TCONV_PAD, output_padding=int(pad == _TCONV_PAD_OUT1))
+        return y if bias is None else y + bias
+
+
 def Conv2d(cin, cout, *, rngs, param_dtype=jnp.float32, conv_form: ConvForm = DEFAULT_CONV_FORM):
     """torch Conv2d(cin, cout, kernel_size=4, stride=2, padding=1) in NHWC.
 
@@ -240,6 +281,8 @@ def Conv2d(cin, cout, *, rngs, param_dtype=jnp.float32, conv_form: ConvForm = DE
     kw = dict(kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs)
     if conv_form.conv == "lax":
         return nnx.Conv(cin, cout, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), **kw)
+    if conv_form.conv == "onednn":
+        return OnednnConv(cin, cout, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), **kw)
     return SpaceToDepthConv(cin, cout, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), conv_form=conv_form, **kw)
 
 
@@ -255,6 +298,8 @@ def ConvTranspose2d(cin, cout, *, output_padding=0, rngs, param_dtype=jnp.float3
     init = _torch_uniform(cout * 16)
     pad = _TCONV_PAD_OUT1 if output_padding else _TCONV_PAD
     kw = dict(kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs)
+    if conv_form.tconv == "onednn":
+        return OnednnConvTranspose(cin, cout, (4, 4), strides=(2, 2), padding=pad, **kw)
     if conv_form.tconv_for(cout) == "subpixel":
         return SubPixelConvTranspose(cin, cout, (4, 4), strides=(2, 2), padding=pad, conv_form=conv_form, **kw)
     return nnx.ConvTranspose(cin, cout, (4, 4), strides=(2, 2), padding=pad, **kw)

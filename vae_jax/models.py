@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from vae_jax.layers import (
-    DEFAULT_CONV_FORM,
+    default_conv_form,
     BatchNorm2d,
     Conv2d,
     ConvForm,
@@ -172,10 +172,10 @@ class ConvVAE(_Gaussian):
     output_padding = 0
 
     def __init__(self, input_channels=1, latent_dim=128, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-                 conv_form: ConvForm = DEFAULT_CONV_FORM):
+                 conv_form: ConvForm | None = None):
         self.input_channels, self.latent_dim, self._param_dtype = input_channels, latent_dim, param_dtype
         kw = dict(rngs=rngs, param_dtype=param_dtype)
-        ckw = dict(kw, conv_form=conv_form)  # the conv layers: which form they compute in (vae_jax.layers)
+        ckw = dict(kw, conv_form=conv_form or default_conv_form(param_dtype))  # the conv layers: which form they compute in (vae_jax.layers)
         self.encoder_conv = nnx.Sequential(
             Conv2d(input_channels, 32, **ckw), jax.nn.relu,
             Conv2d(32, 64, **ckw), jax.nn.relu,
@@ -212,10 +212,10 @@ class CelebAVAE(_Gaussian):
     """The chapter's 64x64 RGB VAE with BatchNorm (torch BatchNorm2d semantics)."""
 
     def __init__(self, input_channels=3, latent_dim=256, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-                 conv_form: ConvForm = DEFAULT_CONV_FORM):
+                 conv_form: ConvForm | None = None):
         self.input_channels, self.latent_dim, self._param_dtype = input_channels, latent_dim, param_dtype
         kw = dict(rngs=rngs, param_dtype=param_dtype)
-        ckw = dict(kw, conv_form=conv_form)
+        ckw = dict(kw, conv_form=conv_form or default_conv_form(param_dtype))
         bn = dict(param_dtype=param_dtype)
         enc = []
         for cin, cout in [(input_channels, 32), (32, 64), (64, 128), (128, 256)]:

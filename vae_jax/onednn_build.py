@@ -56,6 +56,9 @@ def build(out: Path = DEFAULT_OUT, cxx: str = "g++", verbose: bool = True) -> Pa
     where = locate()
     out.parent.mkdir(parents=True, exist_ok=True)
     libdir = where["libdnnl"].parent
+    # Built under a temporary name, then renamed: a process that has the old library loaded keeps
+    # its (unlinked) copy instead of seeing the file rewritten under it.
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     cmd = [
         cxx,
         "-O2",
@@ -68,7 +71,7 @@ def build(out: Path = DEFAULT_OUT, cxx: str = "g++", verbose: bool = True) -> Pa
         str(where["dnnl_include"]),
         str(SOURCE),
         "-o",
-        str(out),
+        str(tmp),
         str(where["libdnnl"]),
         f"-Wl,-rpath,{libdir}",
     ]
@@ -76,7 +79,11 @@ def build(out: Path = DEFAULT_OUT, cxx: str = "g++", verbose: bool = True) -> Pa
         for k, v in where.items():
             print(f"{k}: {v}")
         print(shlex.join(cmd))
-    subprocess.run(cmd, check=True)
+    try:
+        subprocess.run(cmd, check=True)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     if verbose:
         print(f"built {out}")
     return out
