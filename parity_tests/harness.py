@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 from collections import defaultdict
 from typing import Any
 
@@ -78,6 +79,7 @@ MAX_REDRAWS = 8
 
 # ------------------------------------------------------------------------------------ models
 
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     name: str
@@ -100,21 +102,23 @@ class Spec:
         return not self.conv
 
 
-SPECS = {s.name: s for s in [
-    Spec("Autoencoder", models.Autoencoder, R.Autoencoder, (784,), (784,), 5, 20, ae=True),
-    Spec("VAE", models.VAE, R.VAE, (784,), (784,), 5, 20),
-    Spec("CVAE", models.CVAE, R.CVAE, (784,), (784,), 5, 20, conditional=True),
-    # The chapter's ConvVAE returns 24x24 for a 28x28 input (its BCE against the input fails in
-    # both frameworks); a 24x24 input encodes to the same 3x3 and decodes to 24x24, so its loss
-    # is compared on 24x24 inputs. Forward is compared on 28x28 (output 24x24 in both).
-    Spec("ConvVAE", models.ConvVAE, R.ConvVAE, (28, 28, 1), (24, 24, 1), 4, 128),
-    Spec("ConvVAE28", models.ConvVAE28, R.ConvVAE28, (28, 28, 1), (28, 28, 1), 4, 128),
-    Spec("CelebAVAE", models.CelebAVAE, R.CelebAVAE, (64, 64, 3), (64, 64, 3), 2, 256, bn=True),
-]}
+SPECS = {
+    s.name: s
+    for s in [
+        Spec("Autoencoder", models.Autoencoder, R.Autoencoder, (784,), (784,), 5, 20, ae=True),
+        Spec("VAE", models.VAE, R.VAE, (784,), (784,), 5, 20),
+        Spec("CVAE", models.CVAE, R.CVAE, (784,), (784,), 5, 20, conditional=True),
+        # The chapter's ConvVAE returns 24x24 for a 28x28 input (its BCE against the input fails in
+        # both frameworks); a 24x24 input encodes to the same 3x3 and decodes to 24x24, so its loss
+        # is compared on 24x24 inputs. Forward is compared on 28x28 (output 24x24 in both).
+        Spec("ConvVAE", models.ConvVAE, R.ConvVAE, (28, 28, 1), (24, 24, 1), 4, 128),
+        Spec("ConvVAE28", models.ConvVAE28, R.ConvVAE28, (28, 28, 1), (28, 28, 1), 4, 128),
+        Spec("CelebAVAE", models.CelebAVAE, R.CelebAVAE, (64, 64, 3), (64, 64, 3), 2, 256, bn=True),
+    ]
+}
 MODEL_NAMES = tuple(SPECS)
 
-DTYPES = {"float32": (jnp.float32, torch.float32, np.float32),
-          "float64": (jnp.float64, torch.float64, np.float64)}
+DTYPES = {"float32": (jnp.float32, torch.float32, np.float32), "float64": (jnp.float64, torch.float64, np.float64)}
 
 
 @contextlib.contextmanager
@@ -178,7 +182,8 @@ def _instrument(model):
 
 # ---------------------------------------------------------------------------- model pairs
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _jax_init(name: str, dtype: str, seed: int):
     """(graphdef, state) of SPECS[name].jax_cls(rngs=nnx.Rngs(seed)), cached: XLA:CPU compiles
     each random init per shape, which would otherwise dominate the suite's time."""
@@ -186,7 +191,7 @@ def _jax_init(name: str, dtype: str, seed: int):
     if dtype == "float32":
         with jax.enable_x64(False):
             return nnx.split(_instrument(cls(rngs=nnx.Rngs(seed))))
-    gd32, st32 = _jax_init(name, "float32", seed)
+    _gd32, st32 = _jax_init(name, "float32", seed)
     with jax.enable_x64(True):
         abstract = _instrument(nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(seed), param_dtype=jnp.float64)))
         gd, ast = nnx.split(abstract)
@@ -207,9 +212,13 @@ def torch_model(name: str, dtype: str, seed: int):
 
 
 def _bn_random_values(rng, n):
-    return dict(weight=rng.uniform(0.5, 1.5, n), bias=rng.normal(0, 0.2, n),
-                running_mean=rng.normal(0, 0.2, n), running_var=rng.uniform(0.5, 2.0, n),
-                num_batches_tracked=int(rng.integers(1, 100)))
+    return dict(
+        weight=rng.uniform(0.5, 1.5, n),
+        bias=rng.normal(0, 0.2, n),
+        running_mean=rng.normal(0, 0.2, n),
+        running_var=rng.uniform(0.5, 2.0, n),
+        num_batches_tracked=int(rng.integers(1, 100)),
+    )
 
 
 def perturb_bn_torch(tm, seed):
@@ -258,6 +267,7 @@ def make_pair(name: str, direction: str, seed: int, dtype: str):
 
 # ------------------------------------------------------------------------------------ inputs
 
+
 @dataclasses.dataclass
 class Batch:
     x: np.ndarray  # JAX layout
@@ -271,10 +281,12 @@ def make_batch(name: str, dtype: str, seed: int, *, for_loss=False, salt=0) -> B
     npdt = DTYPES[dtype][2]
     rng = np.random.default_rng([seed, salt, 7 if for_loss else 3])
     shape = spec.loss_x_shape if for_loss else spec.x_shape
-    return Batch(x=rng.uniform(0, 1, (spec.batch, *shape)).astype(npdt),
-                 y=rng.integers(0, 10, spec.batch).astype(np.int32),
-                 eps=rng.standard_normal((spec.batch, spec.latent)).astype(npdt),
-                 z=rng.standard_normal((spec.batch, spec.latent)).astype(npdt))
+    return Batch(
+        x=rng.uniform(0, 1, (spec.batch, *shape)).astype(npdt),
+        y=rng.integers(0, 10, spec.batch).astype(np.int32),
+        eps=rng.standard_normal((spec.batch, spec.latent)).astype(npdt),
+        z=rng.standard_normal((spec.batch, spec.latent)).astype(npdt),
+    )
 
 
 def to_torch_x(spec, x):
@@ -293,20 +305,29 @@ def nhwc(a):
 
 # ------------------------------------------------------------------------ torch's eps injection
 
-from vae_torch_ref.noise import inject_eps  # noqa: E402,F401 -- re-exported for the suite
-
+from vae_torch_ref.noise import inject_eps  # noqa: E402 -- re-exported for the suite
 
 # ------------------------------------------------------------------- JAX: one jitted case
+
 
 def _jax_forward_dict(m, x, onehot, z, eps):
     cond = (onehot,) if m.conditional else ()
     if isinstance(m, models.Autoencoder):
         xr, zz = m(x)
-        return {"encode": m.encode(x), "decode": m.decode(z), "decode_logits": m.decode_logits(z),
-                "forward.x_recon": xr, "forward.z": zz}
+        return {
+            "encode": m.encode(x),
+            "decode": m.decode(z),
+            "decode_logits": m.decode_logits(z),
+            "forward.x_recon": xr,
+            "forward.z": zz,
+        }
     mu, logvar = m.encode(x, *cond)
-    out = {"encode.mu": mu, "encode.logvar": logvar, "decode": m.decode(z, *cond),
-           "decode_logits": m.decode_logits(z, *cond)}
+    out = {
+        "encode.mu": mu,
+        "encode.logvar": logvar,
+        "decode": m.decode(z, *cond),
+        "decode_logits": m.decode_logits(z, *cond),
+    }
     xr, mu2, lv2 = m(x, None, *cond, eps=eps)
     out.update({"forward.x_recon": xr, "forward.mu": mu2, "forward.logvar": lv2})
     return out
@@ -320,10 +341,12 @@ def _jax_case(m, x, onehot, z, eps, xl, yl, epsl, beta, kl_weight, recons=RECONS
     fwd = _jax_forward_dict(m, x, onehot, z, eps)
     out = {}
     for r in recons:
+
         def f(m, r=r):
             with jax_taps() as taps:
                 total, (rec, kl) = T.loss_terms(m, xl, yl, None, recon=r, beta=beta, kl_weight=kl_weight, eps=epsl)
             return total, (rec, kl, tuple(taps))
+
         (total, (rec, kl, taps)), g = nnx.value_and_grad(f, has_aux=True)(m)
         out[r] = (total, rec, kl, g, taps)
     return fwd, out
@@ -339,6 +362,7 @@ def grads_torch_layout(jm, grads):
 
 # ------------------------------------------------------------------------------ torch: a case
 
+
 def _onehot_t(b, tdt):
     return F.one_hot(torch.from_numpy(b.y).long(), 10).to(tdt)
 
@@ -350,12 +374,20 @@ def _torch_forward_dict(spec, tm, b: Batch, tdt):
     with torch.no_grad():
         if spec.ae:
             xr, zz = tm(x)
-            return {"encode": tm.encode(x).numpy(), "decode": tm.decode(z).numpy(),
-                    "decode_logits": R.decode_logits(tm, z).numpy(),
-                    "forward.x_recon": xr.numpy(), "forward.z": zz.numpy()}
+            return {
+                "encode": tm.encode(x).numpy(),
+                "decode": tm.decode(z).numpy(),
+                "decode_logits": R.decode_logits(tm, z).numpy(),
+                "forward.x_recon": xr.numpy(),
+                "forward.z": zz.numpy(),
+            }
         mu, logvar = tm.encode(x, *cond)
-        out = {"encode.mu": mu.numpy(), "encode.logvar": logvar.numpy(), "decode": nhwc(tm.decode(z, *cond)),
-               "decode_logits": nhwc(R.decode_logits(tm, z, *cond))}
+        out = {
+            "encode.mu": mu.numpy(),
+            "encode.logvar": logvar.numpy(),
+            "decode": nhwc(tm.decode(z, *cond)),
+            "decode_logits": nhwc(R.decode_logits(tm, z, *cond)),
+        }
         with inject_eps(eps):
             xr, mu2, lv2 = tm(x, *cond)
         out.update({"forward.x_recon": nhwc(xr), "forward.mu": mu2.numpy(), "forward.logvar": lv2.numpy()})
@@ -384,8 +416,17 @@ def torch_loss(spec, tm, x, labels, eps, *, recon, beta, kl_weight):
     RT.elbo_loss = spy
     try:
         with inject_eps(eps):
-            total, rec, kl = R.batch_loss(tm, x, labels, "cpu", flatten=spec.flat, conditional=spec.conditional,
-                                          recon=recon, beta=beta, kl_weight=kl_weight)
+            total, rec, kl = R.batch_loss(
+                tm,
+                x,
+                labels,
+                "cpu",
+                flatten=spec.flat,
+                conditional=spec.conditional,
+                recon=recon,
+                beta=beta,
+                kl_weight=kl_weight,
+            )
     finally:
         RT.elbo_loss = real
     return total, rec, kl, seen["scale"]
@@ -401,8 +442,14 @@ def _torch_case(spec, tm, fb: Batch, lb: Batch, tdt, beta, kl_weight, recons=REC
         with torch_taps() as taps:
             total, rec, kl, scale = torch_loss(spec, tm, x, labels, eps, recon=r, beta=beta, kl_weight=kl_weight)
         total.backward()
-        out[r] = (total.item(), rec.item(), kl.item(), {k: p.grad.numpy().copy() for k, p in params.items()},
-                  taps, scale)
+        out[r] = (
+            total.item(),
+            rec.item(),
+            kl.item(),
+            {k: p.grad.numpy().copy() for k, p in params.items()},
+            taps,
+            scale,
+        )
     tm.zero_grad(set_to_none=True)
     return fwd, out
 
@@ -431,6 +478,7 @@ def error(actual, expected, metric: str, scale=None) -> float:
 class Check:
     """One comparison of several named outputs under one tolerance entry (evaluated eagerly, so
     that cached cases hold only these summaries, not the arrays)."""
+
     context: str
     dtype: str
     quantity: str
@@ -444,23 +492,36 @@ class Check:
     def message(self):
         t = tol(self.dtype, self.quantity)
         k, v = self.worst
-        return (f"{self.context}: {len(self.bad)} of {len(self.errors)} outputs exceed ({self.dtype}, "
-                f"{self.quantity}) [{t.metric} <= {t.bound:.1e}]; max error {v:.3e} at {k}\n" + "\n".join(self.bad))
+        return (
+            f"{self.context}: {len(self.bad)} of {len(self.errors)} outputs exceed ({self.dtype}, "
+            f"{self.quantity}) [{t.metric} <= {t.bound:.1e}]; max error {v:.3e} at {k}\n" + "\n".join(self.bad)
+        )
 
     def assert_ok(self):
         assert not self.bad, self.message()
 
 
-def compare(actual: dict, expected: dict, *, dtype: str, quantity: str, context: str, model: str | None = None,
-            report_as: str | None = None, scales: dict | None = None) -> Check:
+def compare(
+    actual: dict,
+    expected: dict,
+    *,
+    dtype: str,
+    quantity: str,
+    context: str,
+    model: str | None = None,
+    report_as: str | None = None,
+    scales: dict | None = None,
+) -> Check:
     """Compare every output of `actual` (JAX) with `expected` (torch) under TOLERANCES[(dtype,
     quantity)]; the Check names each failing output with its error and the bound, and the
     largest error of all. Records the largest error for report.py under `report_as`."""
     t = tol(dtype, quantity)
     bad, errs = [], {}
     if set(actual) != set(expected):
-        bad.append(f"  outputs differ: only JAX {sorted(set(actual) - set(expected))}, "
-                   f"only torch {sorted(set(expected) - set(actual))}")
+        bad.append(
+            f"  outputs differ: only JAX {sorted(set(actual) - set(expected))}, "
+            f"only torch {sorted(set(expected) - set(actual))}"
+        )
     for k in sorted(set(actual) & set(expected)):
         a, e = np.asarray(actual[k]), np.asarray(expected[k])
         if a.shape != e.shape:
@@ -493,7 +554,7 @@ def relu_flips(jtaps, ttaps, dtype):
     assert len(jtaps) == len(ttaps), f"{len(jtaps)} JAX ReLU calls vs {len(ttaps)} torch"
     bound = tol(dtype, "forward").bound
     n, unexplained = 0, []
-    for i, (j, t) in enumerate(zip(jtaps, ttaps)):
+    for i, (j, t) in enumerate(zip(jtaps, ttaps, strict=False)):
         j, t = np.asarray(j), nhwc(t)
         assert j.shape == t.shape, f"ReLU {i}: JAX {j.shape} vs torch {t.shape}"
         f = (j > 0) != (t > 0)
@@ -507,6 +568,7 @@ def relu_flips(jtaps, ttaps, dtype):
 
 # ------------------------------------------------------------- the cases (cached summaries)
 
+
 def _ctx(name, direction, seed, dtype, what):
     return f"{name} {direction} seed={seed} {dtype} {what}"
 
@@ -517,8 +579,12 @@ def bn_buffers(jm, tm):
     tsd = {k: v.numpy() for k, v in tm.state_dict().items()}
     out = []
     for sd in (jsd, tsd):
-        out.append(({k: sd[k] for k in tsd if k.endswith(("running_mean", "running_var"))},
-                    {k: sd[k] for k in tsd if k.endswith("num_batches_tracked")}))
+        out.append(
+            (
+                {k: sd[k] for k in tsd if k.endswith(("running_mean", "running_var"))},
+                {k: sd[k] for k in tsd if k.endswith("num_batches_tracked")},
+            )
+        )
     return out
 
 
@@ -529,13 +595,13 @@ def bn_fed_biases(tm):
     for prefix, mod in tm.named_modules():
         if isinstance(mod, torch.nn.Sequential):
             layers = list(mod)
-            for i, (a, b) in enumerate(zip(layers, layers[1:])):
+            for i, (a, b) in enumerate(itertools.pairwise(layers)):
                 if isinstance(b, torch.nn.BatchNorm2d) and getattr(a, "bias", None) is not None:
                     out[f"{prefix}.{i}.bias"] = f"{prefix}.{i + 1}"
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run_case(name: str, direction: str, seed: int, dtype: str) -> dict:
     """All forward / loss / gradient comparisons of one (model, direction, seed, dtype), as
     {"forward": [Check], "loss": [Check], "grad": [Check]}: forward in eval mode; for BatchNorm
@@ -551,17 +617,30 @@ def run_case(name: str, direction: str, seed: int, dtype: str) -> dict:
     with precision(dtype):
         jm, tm = make_pair(name, direction, seed, dtype)
         fb = make_batch(name, dtype, seed)
-        args = (jnp.asarray(fb.x), jax.nn.one_hot(jnp.asarray(fb.y), 10, dtype=jdt), jnp.asarray(fb.z),
-                jnp.asarray(fb.eps))
+        args = (
+            jnp.asarray(fb.x),
+            jax.nn.one_hot(jnp.asarray(fb.y), 10, dtype=jdt),
+            jnp.asarray(fb.z),
+            jnp.asarray(fb.eps),
+        )
         if spec.bn:  # eval-mode forward (running statistics)
             jm.eval(), tm.eval()
             jf, _ = _jax_case(jm, *args, *args[:1], jnp.asarray(fb.y), args[3], beta, kl_weight, recons=())
             tf, _ = _torch_case(spec, tm, fb, fb, tdt, beta, kl_weight, recons=())
-            res["forward"].append(compare({k: np.asarray(v) for k, v in jf.items()}, tf, dtype=dtype,
-                                          quantity="forward", model=name, context=ctx("forward (eval)")))
+            res["forward"].append(
+                compare(
+                    {k: np.asarray(v) for k, v in jf.items()},
+                    tf,
+                    dtype=dtype,
+                    quantity="forward",
+                    model=name,
+                    context=ctx("forward (eval)"),
+                )
+            )
             (jfl, jcnt), (tfl, tcnt) = bn_buffers(jm, tm)
-            res["forward"].append(compare(jcnt, tcnt, dtype=dtype, quantity="exact",
-                                          context=ctx("eval mode must not count batches")))
+            res["forward"].append(
+                compare(jcnt, tcnt, dtype=dtype, quantity="exact", context=ctx("eval mode must not count batches"))
+            )
         jm.train(), tm.train()
         mode = "train" if spec.bn else "eval = train"
         for attempt in range(MAX_REDRAWS):
@@ -578,8 +657,16 @@ def run_case(name: str, direction: str, seed: int, dtype: str) -> dict:
         if unexplained or flips:
             why = unexplained or [f"  a ReLU input within rounding of 0 in each of {MAX_REDRAWS} batches"]
             res["grad"].append(Check(ctx("ReLU branches"), dtype, "forward", {"-": float("inf")}, why))
-        res["forward"].append(compare({k: np.asarray(v) for k, v in jf.items()}, tf, dtype=dtype,
-                                      quantity="forward", model=name, context=ctx(f"forward ({mode})")))
+        res["forward"].append(
+            compare(
+                {k: np.asarray(v) for k, v in jf.items()},
+                tf,
+                dtype=dtype,
+                quantity="forward",
+                model=name,
+                context=ctx(f"forward ({mode})"),
+            )
+        )
         losses_j, losses_t, kl_j, kl_t, scales, gj, gt = {}, {}, {}, {}, {}, {}, {}
         for r in RECONS:
             jtot, jrec, jkl, jg, _ = jl[r]
@@ -590,28 +677,71 @@ def run_case(name: str, direction: str, seed: int, dtype: str) -> dict:
             gsd = grads_torch_layout(jm, jg)
             for k in tg:
                 gj[f"{r}:{k}"], gt[f"{r}:{k}"] = gsd[k], tg[k]
-        res["loss"].append(compare(losses_j, losses_t, dtype=dtype, quantity="loss_jit", model=name,
-                                   context=ctx(f"loss total/recon {w}, loss_terms under jit")))
+        res["loss"].append(
+            compare(
+                losses_j,
+                losses_t,
+                dtype=dtype,
+                quantity="loss_jit",
+                model=name,
+                context=ctx(f"loss total/recon {w}, loss_terms under jit"),
+            )
+        )
         if spec.ae:
             res["loss"].append(compare(kl_j, kl_t, dtype=dtype, quantity="exact", context=ctx("Autoencoder: KL == 0")))
         else:
-            res["loss"].append(compare(kl_j, kl_t, dtype=dtype, quantity="kl", model=name, scales=scales,
-                                       context=ctx(f"KL {w}")))
+            res["loss"].append(
+                compare(kl_j, kl_t, dtype=dtype, quantity="kl", model=name, scales=scales, context=ctx(f"KL {w}"))
+            )
         fed = bn_fed_biases(tm) if spec.bn else {}
         regular = [k for k in gt if k.split(":", 1)[1] not in fed]
-        res["grad"].append(compare({k: gj[k] for k in regular}, {k: gt[k] for k in regular}, dtype=dtype,
-                                   quantity="grad", model=name, context=ctx(f"gradients {w}")))
+        res["grad"].append(
+            compare(
+                {k: gj[k] for k in regular},
+                {k: gt[k] for k in regular},
+                dtype=dtype,
+                quantity="grad",
+                model=name,
+                context=ctx(f"gradients {w}"),
+            )
+        )
         for who, g in (("JAX", gj), ("torch", gt)) if fed else ():
-            noise = {k: np.abs(g[k]).max() / np.abs(g[k[: -len("bias")] + "weight"]).max()
-                     for k in gt if k.split(":", 1)[1] in fed}
-            res["grad"].append(compare(noise, {k: 0.0 for k in noise}, dtype=dtype, quantity="grad_bn_bias",
-                                       model=name, context=ctx(f"{who}: |grad| of BatchNorm-fed biases {w}")))
+            noise = {
+                k: np.abs(g[k]).max() / np.abs(g[k[: -len("bias")] + "weight"]).max()
+                for k in gt
+                if k.split(":", 1)[1] in fed
+            }
+            res["grad"].append(
+                compare(
+                    noise,
+                    dict.fromkeys(noise, 0.0),
+                    dtype=dtype,
+                    quantity="grad_bn_bias",
+                    model=name,
+                    context=ctx(f"{who}: |grad| of BatchNorm-fed biases {w}"),
+                )
+            )
         if spec.bn:
             (jfl, jcnt), (tfl, tcnt) = bn_buffers(jm, tm)
-            res["forward"].append(compare(jfl, tfl, dtype=dtype, quantity="forward", model=name,
-                                          context=ctx("BatchNorm running stats after the train-mode passes")))
-            res["forward"].append(compare(jcnt, tcnt, dtype=dtype, quantity="exact",
-                                          context=ctx("num_batches_tracked after the train-mode passes")))
+            res["forward"].append(
+                compare(
+                    jfl,
+                    tfl,
+                    dtype=dtype,
+                    quantity="forward",
+                    model=name,
+                    context=ctx("BatchNorm running stats after the train-mode passes"),
+                )
+            )
+            res["forward"].append(
+                compare(
+                    jcnt,
+                    tcnt,
+                    dtype=dtype,
+                    quantity="exact",
+                    context=ctx("num_batches_tracked after the train-mode passes"),
+                )
+            )
     return res
 
 
@@ -623,6 +753,7 @@ _ADAM = optax.adam(ADAM_LR, b1=0.9, b2=0.999, eps=1e-8)
 @functools.partial(jax.jit, static_argnums=0)
 def _jax_adam_step(graphdef, params, batch_stats, opt_state, x, y, eps, beta):
     """vae_jax.train.Trainer._train_step with the noise injected (Trainer draws eps from a key)."""
+
     def loss_fn(params):
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
         total, _ = T.loss_terms(model, x, y, None, recon="bce_logits", beta=beta, kl_weight=1.0, eps=eps)
@@ -657,7 +788,8 @@ def adam_trajectories(name: str, direction: str, seed: int, dtype: str):
                 for k in fed:
                     bias_hist[k].append(tm.state_dict()[k].numpy() - jsd[k])
             params, stats, opt_state, jtotal = _jax_adam_step(
-                graphdef, params, stats, opt_state, jnp.asarray(b.x), jnp.asarray(b.y), jnp.asarray(b.eps), beta)
+                graphdef, params, stats, opt_state, jnp.asarray(b.x), jnp.asarray(b.y), jnp.asarray(b.eps), beta
+            )
             opt.zero_grad(set_to_none=True)
             x, labels, eps = to_torch_x(spec, b.x), torch.from_numpy(b.y).long(), torch.from_numpy(b.eps)
             total = torch_loss(spec, tm, x, labels, eps, recon="bce_logits", beta=beta, kl_weight=1.0)[0]
@@ -670,24 +802,40 @@ def adam_trajectories(name: str, direction: str, seed: int, dtype: str):
     return jsd, tsd, sd0, jloss, tloss, fed, bias_hist
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run_adam(name: str, direction: str, seed: int, dtype: str) -> list:
     """[Check] of adam_trajectories: each step's loss, the parameters, the BatchNorm buffers."""
     ctx = functools.partial(_ctx, name, direction, seed, dtype)
-    jsd, tsd, sd0, jloss, tloss, fed, bias_hist = adam_trajectories(name, direction, seed, dtype)
-    checks = [compare(jloss, tloss, dtype=dtype, quantity="adam_loss", model=name,
-                      context=ctx("Adam: each step's loss"))]
+    jsd, tsd, _sd0, jloss, tloss, fed, bias_hist = adam_trajectories(name, direction, seed, dtype)
+    checks = [
+        compare(jloss, tloss, dtype=dtype, quantity="adam_loss", model=name, context=ctx("Adam: each step's loss"))
+    ]
     pnames = [k for k in tsd if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     regular = [k for k in pnames if k not in fed]
-    checks.append(compare({k: jsd[k] for k in regular}, {k: tsd[k] for k in regular}, dtype=dtype,
-                          quantity="adam", model=name, context=ctx(f"parameters after {ADAM_STEPS} Adam steps")))
+    checks.append(
+        compare(
+            {k: jsd[k] for k in regular},
+            {k: tsd[k] for k in regular},
+            dtype=dtype,
+            quantity="adam",
+            model=name,
+            context=ctx(f"parameters after {ADAM_STEPS} Adam steps"),
+        )
+    )
     diffs = np.concatenate([np.abs(jsd[k].astype(np.float64) - tsd[k]).ravel() for k in regular])
     key = (name, dtype, "adam_q999")  # the bulk of the elements, for report.py (not asserted)
     MEASURED[key] = max(MEASURED[key], float(np.quantile(diffs, 0.999)))
     if fed:
-        checks.append(compare({k: jsd[k] for k in fed}, {k: tsd[k] for k in fed}, dtype=dtype,
-                              quantity="adam_bn_bias", model=name,
-                              context=ctx("BatchNorm-fed biases (zero true gradient) after Adam")))
+        checks.append(
+            compare(
+                {k: jsd[k] for k in fed},
+                {k: tsd[k] for k in fed},
+                dtype=dtype,
+                quantity="adam_bn_bias",
+                model=name,
+                context=ctx("BatchNorm-fed biases (zero true gradient) after Adam"),
+            )
+        )
         # BatchNorm's running_mean includes the bias that feeds it. The part of the running_mean
         # difference that the bias difference explains, exactly: running_mean_N = sum_k m (1-m)^(N-1-k)
         # batch_mean_k + (1-m)^N running_mean_0 (m = 0.1), and batch_mean_k contains bias_k.
@@ -696,11 +844,26 @@ def run_adam(name: str, direction: str, seed: int, dtype: str) -> list:
             n = len(bias_hist[k])
             corr[f"{bn}.running_mean"] = sum(0.1 * 0.9 ** (n - 1 - i) * d for i, d in enumerate(bias_hist[k]))
         bn_keys = [k for k in tsd if k.endswith(("running_mean", "running_var"))]
-        checks.append(compare({k: jsd[k] + corr.get(k, 0.0) for k in bn_keys}, {k: tsd[k] for k in bn_keys},
-                              dtype=dtype, quantity="adam_bn_stats", model=name,
-                              context=ctx("BatchNorm running stats after Adam (running_mean net of the "
-                                          "BatchNorm-fed bias difference)")))
+        checks.append(
+            compare(
+                {k: jsd[k] + corr.get(k, 0.0) for k in bn_keys},
+                {k: tsd[k] for k in bn_keys},
+                dtype=dtype,
+                quantity="adam_bn_stats",
+                model=name,
+                context=ctx(
+                    "BatchNorm running stats after Adam (running_mean net of the BatchNorm-fed bias difference)"
+                ),
+            )
+        )
         cnt = [k for k in tsd if k.endswith("num_batches_tracked")]
-        checks.append(compare({k: jsd[k] for k in cnt}, {k: tsd[k] for k in cnt}, dtype=dtype, quantity="exact",
-                              context=ctx("num_batches_tracked after Adam")))
+        checks.append(
+            compare(
+                {k: jsd[k] for k in cnt},
+                {k: tsd[k] for k in cnt},
+                dtype=dtype,
+                quantity="exact",
+                context=ctx("num_batches_tracked after Adam"),
+            )
+        )
     return checks

@@ -55,8 +55,11 @@ def main(argv=None):
     print("|---|" + "---|" * (len(args.dtypes) * len(COLUMNS)))
     for name in args.models:
         print(f"| {name} | " + " | ".join(_cell(name, d, q) for d in args.dtypes for _, q in COLUMNS) + " |")
-    print("| **bound** | " + " | ".join(f"{tol(d, q).metric} {tol(d, q).bound:.0e}"
-                                         for d in args.dtypes for _, q in COLUMNS) + " |")
+    print(
+        "| **bound** | "
+        + " | ".join(f"{tol(d, q).metric} {tol(d, q).bound:.0e}" for d in args.dtypes for _, q in COLUMNS)
+        + " |"
+    )
     main_q = {q for _, q in COLUMNS}
     extra = sorted({q for (_, _, q) in H.MEASURED} - main_q)
     if extra:
@@ -68,15 +71,24 @@ def main(argv=None):
                 if (d, q) not in TOLERANCES:
                     continue
                 t = tol(d, q)
-                print(f"| {d} {q} | {t.metric} {t.bound:.1e} | " + " | ".join(_cell(m, d, q) for m in args.models) + " |")
+                print(
+                    f"| {d} {q} | {t.metric} {t.bound:.1e} | " + " | ".join(_cell(m, d, q) for m in args.models) + " |"
+                )
     if any(k[2] == "adam_q999" for k in H.MEASURED):
-        print("\nfloat32 Adam, 99.9th percentile of |diff| over all parameter elements (not asserted): "
-              + ", ".join(f"{m} {H.MEASURED[(m, 'float32', 'adam_q999')]:.1e}" for m in args.models
-                          if (m, "float32", "adam_q999") in H.MEASURED))
+        print(
+            "\nfloat32 Adam, 99.9th percentile of |diff| over all parameter elements (not asserted): "
+            + ", ".join(
+                f"{m} {H.MEASURED[(m, 'float32', 'adam_q999')]:.1e}"
+                for m in args.models
+                if (m, "float32", "adam_q999") in H.MEASURED
+            )
+        )
     redraws = {k: v for k, v in H.REDRAWS.items() if v}
     print(f"\nbatches redrawn because a ReLU input lay within rounding of 0 (see harness): {redraws or 'none'}")
-    print(f"{len(args.seeds)} seeds x {len(H.DIRECTIONS)} directions per model and dtype; "
-          f"{time.perf_counter() - t0:.0f} s; {len(failures)} failing checks")
+    print(
+        f"{len(args.seeds)} seeds x {len(H.DIRECTIONS)} directions per model and dtype; "
+        f"{time.perf_counter() - t0:.0f} s; {len(failures)} failing checks"
+    )
     for f in failures:
         print("FAIL:", f)
     return 1 if failures else 0

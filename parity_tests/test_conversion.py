@@ -42,12 +42,13 @@ def test_flax_torch_flax_is_identity(name):
     a, b = nnx.state(jm), nnx.state(jm2)
     la, lb = jax_leaves_with_paths(a), jax_leaves_with_paths(b)
     assert [p for p, _ in la] == [p for p, _ in lb]
-    for (p, x), (_, y) in zip(la, lb):
+    for (p, x), (_, y) in zip(la, lb, strict=False):
         assert x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y), f"{name}: {p} changed"
 
 
 def jax_leaves_with_paths(state):
     import jax
+
     return [(jax.tree_util.keystr(p), np.asarray(v)) for p, v in jax.tree_util.tree_leaves_with_path(state)]
 
 
@@ -67,7 +68,8 @@ def test_export_is_the_torch_state_dict_and_loads_strict(name):
     assert sorted(sd) == sorted(ref)
     for k, v in ref.items():
         assert tuple(sd[k].shape) == tuple(v.shape) and sd[k].dtype == v.dtype, (
-            f"{name}: {k} exported as {tuple(sd[k].shape)} {sd[k].dtype}, torch has {tuple(v.shape)} {v.dtype}")
+            f"{name}: {k} exported as {tuple(sd[k].shape)} {sd[k].dtype}, torch has {tuple(v.shape)} {v.dtype}"
+        )
     if H.SPECS[name].bn:
         cnt = sd["encoder.1.num_batches_tracked"]
         assert cnt.dtype == torch.int64 and cnt.shape == () and cnt.item() > 0
@@ -92,4 +94,6 @@ def test_save_pt_load_pt(tmp_path, name):
 
 def test_load_refuses_another_models_state_dict():
     with pytest.raises(ConversionError, match="does not fit CVAE: key .decoder_fc1.weight. has shape .400, 20.,"):
-        convert.load_torch_state_dict(H.jax_model("CVAE", "float32", 0), H.torch_model("VAE", "float32", 0).state_dict())
+        convert.load_torch_state_dict(
+            H.jax_model("CVAE", "float32", 0), H.torch_model("VAE", "float32", 0).state_dict()
+        )

@@ -7,6 +7,7 @@ import pytest
 
 from parity_tests import harness as H
 
+
 def _case(m, d, s, dt):
     return pytest.param(m, d, s, dt, id=f"{m}-{d.replace('->', '2')}-s{s}-{dt[5:]}")
 
@@ -15,7 +16,9 @@ CASES = [_case(m, d, s, dt) for dt in H.DTYPES for m in H.MODEL_NAMES for d in H
 # Adam: every model and seed in float32; in float64 (where elementwise trajectory parity holds, see
 # tolerances.py) seed 0 of an MLP and of the BatchNorm model, both directions, to keep the suite
 # within its time budget (each float64 model costs an XLA compile) -- report.py runs them all.
-ADAM_CASES = [c for c in CASES if c.values[3] == "float32" or (c.values[2] == 0 and c.values[0] in ("VAE", "CelebAVAE"))]
+ADAM_CASES = [
+    c for c in CASES if c.values[3] == "float32" or (c.values[2] == 0 and c.values[0] in ("VAE", "CelebAVAE"))
+]
 
 
 def _assert(checks):
@@ -48,6 +51,7 @@ def test_conv_vae_is_24x24_in_both_frameworks():
     input (ConvVAE28: 28x28); the forward comparisons above also require equal shapes."""
     import jax
     import torch
+
     for name, hw in (("ConvVAE", 24), ("ConvVAE28", 28)):
         jm = H.jax_model(name, "float32", 0)
         tm = H.torch_model(name, "float32", 0)

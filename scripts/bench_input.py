@@ -1,7 +1,7 @@
 """The streaming input pipeline against the CelebA train step, on a CelebA-layout folder.
 
-    python scripts/make_celeba_like.py --out /tmp/celeba_full            # 202,599 synthetic JPEGs, once
-    python scripts/bench_input.py --data-dir /tmp/celeba_full --out-json input.json
+    python scripts/make_celeba_like.py --out DATA            # 202,599 synthetic JPEGs, once
+    python scripts/bench_input.py --data-dir DATA --out-json input.json
 
 Measures, in one process, alternating the variants each repeat (median, min and spread of --repeats):
   loader          the Grain pipeline alone (decode, crop, resize, batch; `input_pipeline.stream_batches`)
@@ -74,10 +74,24 @@ def make_runner(ds, mode, batch, batches):
 def run_cli(data_dir, max_steps, batch):
     with tempfile.TemporaryDirectory() as tmp:
         exe = Path(sys.executable).with_name("vae-jax")
-        cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "vae_jax.cli"]),
-               "train", "--model", "celeba_vae", "--dataset", "celeb_a", "--data-dir", str(data_dir),
-               "--max-steps", str(max_steps), "--batch-size", str(batch), "--workdir", f"{tmp}/run",
-               "--no-progress"]
+        cmd = [
+            str(exe) if exe.exists() else sys.executable,
+            *([] if exe.exists() else ["-m", "vae_jax.cli"]),
+            "train",
+            "--model",
+            "celeba_vae",
+            "--dataset",
+            "celeb_a",
+            "--data-dir",
+            str(data_dir),
+            "--max-steps",
+            str(max_steps),
+            "--batch-size",
+            str(batch),
+            "--workdir",
+            f"{tmp}/run",
+            "--no-progress",
+        ]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         first, lines = None, []
@@ -92,9 +106,14 @@ def run_cli(data_dir, max_steps, batch):
             raise SystemExit(f"bench_input: the command failed ({code}): {lines[-1] if lines else ''}")
         summary = json.loads(Path(tmp, "run", "summary.json").read_text())
         in_run = float(re.search(r"first step done ([\d.]+)s", "\n".join(lines)).group(1))
-        return {"command": " ".join(cmd[cmd.index("train"):]), "peak_rss_mb": round(peak_mb),
-                "first_step_from_launch_s": round(first, 1), "first_step_in_run_s": in_run,
-                "wall_s": round(wall, 1), "test_loss": summary["final"]["test_loss"]}
+        return {
+            "command": " ".join(cmd[cmd.index("train") :]),
+            "peak_rss_mb": round(peak_mb),
+            "first_step_from_launch_s": round(first, 1),
+            "first_step_in_run_s": in_run,
+            "wall_s": round(wall, 1),
+            "test_loss": summary["final"]["test_loss"],
+        }
 
 
 def main(argv=None):
@@ -109,23 +128,32 @@ def main(argv=None):
     ap.add_argument("--out-json")
     args = ap.parse_args(argv)
 
-    from vae_jax import input_pipeline as ip, train
+    from vae_jax import input_pipeline as ip
+    from vae_jax import train
 
-    result = {"load_before": load(), "cpus": os.cpu_count(), "batch_size": args.batch_size,
-              "batches": args.batches, "threads": args.threads, "workers": args.workers}
+    result = {
+        "load_before": load(),
+        "cpus": os.cpu_count(),
+        "batch_size": args.batch_size,
+        "batches": args.batches,
+        "threads": args.threads,
+        "workers": args.workers,
+    }
     if args.cli:  # first, in a fresh process, before this one holds memory
         result["cli"] = run_cli(args.data_dir, 20, args.batch_size)
     t0 = time.perf_counter()
     ds = ip.load_dataset("celeb_a", "train", args.data_dir)
     result["list_and_check_s"] = round(time.perf_counter() - t0, 2)
     result["train_images"] = len(ds)
-    runners = {"step_memory": make_runner(ds, "memory", args.batch_size, args.batches),
-               "step_stream": make_runner(ds, "stream", args.batch_size, args.batches)}
+    runners = {
+        "step_memory": make_runner(ds, "memory", args.batch_size, args.batches),
+        "step_stream": make_runner(ds, "stream", args.batch_size, args.batches),
+    }
     runs = {"loader": [], "step_memory": [], "step_stream": []}
     for r in range(args.repeats):
         order = train.epoch_order(0, 100 + r, len(ds))
         runs["loader"].append(time_loader(ds, order, args.batch_size, args.batches, args.threads, args.workers))
-        for name in (("step_memory", "step_stream") if r % 2 == 0 else ("step_stream", "step_memory")):
+        for name in ("step_memory", "step_stream") if r % 2 == 0 else ("step_stream", "step_memory"):
             runs[name].append(runners[name]())
     result.update({k: stats(v) for k, v in runs.items()})
     med = {k: result[k]["median"] for k in runs}
@@ -133,8 +161,10 @@ def main(argv=None):
     result["stream_over_memory"] = med["step_stream"] / med["step_memory"]
     result["load_after"] = load()
 
-    print(f"CelebA-layout folder, {len(ds)} train images, batch {args.batch_size}, {args.batches} batches per run, "
-          f"{args.repeats} repeats; load average {result['load_before']} before, {result['load_after']} after")
+    print(
+        f"CelebA-layout folder, {len(ds)} train images, batch {args.batch_size}, {args.batches} batches per run, "
+        f"{args.repeats} repeats; load average {result['load_before']} before, {result['load_after']} after"
+    )
     print(f"{'':14} {'median':>9} {'min':>9} {'max':>9}   (batches/s)")
     for k in runs:
         s = result[k]
@@ -143,8 +173,10 @@ def main(argv=None):
     print(f"stream / memory (step)    {result['stream_over_memory']:.3f}   (target >= 0.90)")
     if "cli" in result:
         c = result["cli"]
-        print(f"{c['command']}: peak RSS {c['peak_rss_mb']} MB (target <= 3072), first step "
-              f"{c['first_step_from_launch_s']} s after launch (target <= 30), whole command {c['wall_s']} s")
+        print(
+            f"{c['command']}: peak RSS {c['peak_rss_mb']} MB (target <= 3072), first step "
+            f"{c['first_step_from_launch_s']} s after launch (target <= 30), whole command {c['wall_s']} s"
+        )
     if args.out_json:
         Path(args.out_json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

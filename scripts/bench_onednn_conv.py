@@ -1,5 +1,6 @@
 """Timing check: the k4 s2 p1 conv layers of ConvVAE28 and CelebAVAE, forward + backward, in three
-forms: vae_jax.onednn_conv (oneDNN through the XLA FFI), the lax form (what nnx.Conv /
+forms: vae_jax.onednn_conv (oneDNN through the XLA FFI), the XLA form the default ConvForm() picks
+(space-to-depth / sub-pixel / lax, vae_jax.layers), the lax form (what nnx.Conv /
 nnx.ConvTranspose run) and torch's F.conv2d / F.conv_transpose2d (NCHW, as the chapter's code).
 
 Per layer: gradients of <layer(x, w), g> w.r.t. the kernel and -- except for a model's first encoder
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from vae_jax import layers as L
 from vae_jax import onednn_conv as oc
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -44,7 +46,14 @@ LAYERS = [
 ]
 
 
-def jax_fn(form, kind, op):
+def jax_fn(form, kind, op, h=0, cout=0):
+    if form == "xla":  # the XLA form the default ConvForm() picks for this layer (vae_jax.layers)
+        if kind == "conv":
+            pick = L.DEFAULT_CONV_FORM.conv_for(h, h)
+            return (lambda x, w: L.space_to_depth_conv(x, w)) if pick == "s2d" else jax_fn("lax", kind, op)
+        if L.DEFAULT_CONV_FORM.tconv_for(cout) == "subpixel":
+            return lambda x, w: L.subpixel_conv_transpose(x, w, output_padding=op)
+        return jax_fn("lax", kind, op)
     if kind == "conv":
         if form == "onednn":
             return lambda x, w: oc.conv2d(x, w, 2, 1)
@@ -123,16 +132,16 @@ def main(argv=None):
         f"jax {jax.__version__} on {jax.devices()[0].platform}, oneDNN {oc.onednn_version()}, {torch_info}, "
         f"batch {a.batch}, best of {a.repeats} means of up to {a.iters} calls, ms per forward+backward\n"
     )
-    print("| model | layer | shape | onednn | lax | torch | lax/onednn | torch/onednn |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("| model | layer | shape | onednn | xla (ConvForm()) | lax | torch | xla/onednn | torch/onednn |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     tot: dict[tuple[str, str], float] = {}
     rng = np.random.default_rng(0)
     for model, name, kind, cin, cout, h, op, first in LAYERS:
         x = jnp.asarray(rng.standard_normal((a.batch, h, h, cin), np.float32))
         w = jnp.asarray(rng.standard_normal((4, 4, cin, cout), np.float32) * 0.05)
         row = {}
-        for form in ("onednn", "lax"):
-            fn = jax_fn(form, kind, op)
+        for form in ("onednn", "xla", "lax"):
+            fn = jax_fn(form, kind, op, h, cout)
             g = jnp.ones(jax.eval_shape(fn, x, w).shape, jnp.float32)
             step = jax.jit(jax.grad(lambda x, w, fn=fn, g=g: jnp.vdot(fn(x, w), g), argnums=1 if first else (0, 1)))
             row[form] = best_ms(step, (x, w), a.repeats, a.iters)
@@ -143,13 +152,13 @@ def main(argv=None):
             tot[(model, k)] = tot.get((model, k), 0.0) + v
         shape = f"{kind} {cin}->{cout} {h}x{h}" + (" op1" if op else "")
         print(
-            f"| {model} | {name} | {shape} | {row['onednn']:.2f} | {row['lax']:.2f} | {row['torch']:.2f} | "
-            f"{row['lax'] / row['onednn']:.2f} | {row['torch'] / row['onednn']:.2f} |",
+            f"| {model} | {name} | {shape} | {row['onednn']:.2f} | {row['xla']:.2f} | {row['lax']:.2f} | "
+            f"{row['torch']:.2f} | {row['xla'] / row['onednn']:.2f} | {row['torch'] / row['onednn']:.2f} |",
             flush=True,
         )
     for model in dict.fromkeys(m for m, *_ in LAYERS):
-        o, lx, t = (tot[(model, k)] for k in ("onednn", "lax", "torch"))
-        print(f"| {model} | **sum** | | {o:.2f} | {lx:.2f} | {t:.2f} | {lx / o:.2f} | {t / o:.2f} |")
+        o, xl, lx, t = (tot[(model, k)] for k in ("onednn", "xla", "lax", "torch"))
+        print(f"| {model} | **sum** | | {o:.2f} | {xl:.2f} | {lx:.2f} | {t:.2f} | {xl / o:.2f} | {t / o:.2f} |")
     return 0
 
 

@@ -13,6 +13,7 @@ timings of --iters calls.
 Prints a markdown table (ms per forward+backward, speedup = lax / alternative; "models use":
 the form the default vae_jax.layers.ConvForm() picks for that layer).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from vae_jax import layers as L  # noqa: E402
+from vae_jax import layers as L
 
 DEFAULT_FORM = L.ConvForm()  # what the models use unless built with another conv_form
 
@@ -93,18 +94,17 @@ def main(argv=None):
             f, params = make_step(kind, impl, cin, cout, op, first)
             forms[impl] = [f, params]
         # output shape (same for both forms)
-        if kind == "conv":
-            oh = (h - 2) // 2 + 1
-        else:
-            oh = 2 * h + op
+        oh = (h - 2) // 2 + 1 if kind == "conv" else 2 * h + op
         g = jax.random.normal(jax.random.fold_in(key, 1), (a.batch, oh, oh, cout))
         args = {impl: (p, x, g) for impl, (f, p) in forms.items()}
         # compile + warm up, and check the two forms agree
         outs = {}
         for impl, (f, _) in forms.items():
             outs[impl] = jax.block_until_ready(f(*args[impl]))
-        err = max(float(jnp.max(jnp.abs(u - v)) / (jnp.max(jnp.abs(u)) + 1e-30))
-                  for u, v in zip(jax.tree.leaves(outs["lax"]), jax.tree.leaves(outs[ALT[kind]])))
+        err = max(
+            float(jnp.max(jnp.abs(u - v)) / (jnp.max(jnp.abs(u)) + 1e-30))
+            for u, v in zip(jax.tree.leaves(outs["lax"]), jax.tree.leaves(outs[ALT[kind]]), strict=False)
+        )
         ts = {impl: [] for impl in forms}
         for _ in range(a.repeats):
             for impl, (f, _) in forms.items():  # alternate the forms
@@ -115,20 +115,40 @@ def main(argv=None):
         totals[model][kind][0] += med["lax"]
         totals[model][kind][1] += med[alt]
         used = DEFAULT_FORM.conv_for(h, h) if kind == "conv" else DEFAULT_FORM.tconv_for(cout)
-        rows.append((model, name, kind, f"{cin}->{cout}", f"{h}->{oh}", med["lax"], alt, med[alt],
-                     med["lax"] / med[alt], err, used))
-    lines = [f"Batch {a.batch}, float32, {jax.devices()[0].platform} ({os.cpu_count()} CPUs), "
-             f"median of {a.repeats} x {a.iters} forward+backward calls, forms alternated; "
-             "speedup = lax / alternative.", "",
-             "| model | layer | kind | channels | H | lax ms | alternative | alt ms | speedup | max rel. diff | models use |",
-             "|---|---|---|---|---|---:|---|---:|---:|---:|---|"]
+        rows.append(
+            (
+                model,
+                name,
+                kind,
+                f"{cin}->{cout}",
+                f"{h}->{oh}",
+                med["lax"],
+                alt,
+                med[alt],
+                med["lax"] / med[alt],
+                err,
+                used,
+            )
+        )
+    lines = [
+        f"Batch {a.batch}, float32, {jax.devices()[0].platform} ({os.cpu_count()} CPUs), "
+        f"median of {a.repeats} x {a.iters} forward+backward calls, forms alternated; "
+        "speedup = lax / alternative.",
+        "",
+        "| model | layer | kind | channels | H | lax ms | alternative | alt ms | speedup | max rel. diff | models use |",
+        "|---|---|---|---|---|---:|---|---:|---:|---:|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.3f} | {r[6]} | {r[7]:.3f} | "
-                     f"{r[8]:.2f}x | {r[9]:.1e} | {r[10]} |")
+        lines.append(
+            f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.3f} | {r[6]} | {r[7]:.3f} | "
+            f"{r[8]:.2f}x | {r[9]:.1e} | {r[10]} |"
+        )
     for model, kinds in totals.items():
         for kind, (t_lax, t_alt) in kinds.items():
-            lines.append(f"| {model} | **all {kind}** | {kind} | | | {t_lax:.3f} | {ALT[kind]} | {t_alt:.3f} | "
-                         f"{t_lax / t_alt:.2f}x | | |")
+            lines.append(
+                f"| {model} | **all {kind}** | {kind} | | | {t_lax:.3f} | {ALT[kind]} | {t_alt:.3f} | "
+                f"{t_lax / t_alt:.2f}x | | |"
+            )
     text = "\n".join(lines)
     print(text)
     if a.out_md:

@@ -22,6 +22,7 @@ Two modes, both run by default:
 
 Writes <out>/curves.json and <out>/curves.png (overlaid curves, and |JAX - PyTorch| per step).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,26 @@ MLP = {"ae", "vae", "cvae"}
 
 def load_images(dataset, data_dir, limit):
     from vae_jax import input_pipeline
+
     ds = input_pipeline.load_dataset(dataset, "train", data_dir)
     images = ds.images[:limit] if limit else ds.images
-    labels = (ds.labels if ds.labels is not None else np.zeros(len(ds.images), np.int64))[:len(images)]
+    labels = (ds.labels if ds.labels is not None else np.zeros(len(ds.images), np.int64))[: len(images)]
     return np.asarray(images, np.float32), np.asarray(labels, np.int64)
 
 
-def run_pair(model_name, images, labels, *, epochs, batch_size=128, seed=0, inject=True, eps_stream=0,
-             recon="bce_logits", log=lambda s: None):
+def run_pair(
+    model_name,
+    images,
+    labels,
+    *,
+    epochs,
+    batch_size=128,
+    seed=0,
+    inject=True,
+    eps_stream=0,
+    recon="bce_logits",
+    log=lambda s: None,
+):
     """Train both frameworks side by side; returns {"jax": [...], "torch": [...], "epoch_of_step": [...]},
     each a per-step loss per sample. Weights and batch order come from `seed`; eps from `seed` and
     `eps_stream` (inject: one stream for both; free: JAX draws stream `eps_stream`, torch draws
@@ -58,13 +71,16 @@ def run_pair(model_name, images, labels, *, epochs, batch_size=128, seed=0, inje
     import torch
     from flax import nnx
 
-    from vae_jax import convert, input_pipeline, train as T
-    from vae_torch_ref import MODELS as TORCH_MODELS, batch_loss, inject_eps
+    from vae_jax import convert, input_pipeline
+    from vae_jax import train as T
+    from vae_torch_ref import MODELS as TORCH_MODELS
+    from vae_torch_ref import batch_loss, inject_eps
 
     if model_name == "ae":
         raise ValueError("the Autoencoder has no eps to inject: use vae, cvae or conv_vae28")
-    cfg = T.Config(model=model_name, recon=recon, batch_size=batch_size, seed=seed, progress=False,
-                   checkpoint=False, figures=False)
+    cfg = T.Config(
+        model=model_name, recon=recon, batch_size=batch_size, seed=seed, progress=False, checkpoint=False, figures=False
+    )
     root = jax.random.key(seed)
     jm = T.build_model(cfg, images.shape[1:], rngs=nnx.Rngs(params=jax.random.fold_in(root, 0)))
     trainer = T.Trainer(jm, cfg)
@@ -101,8 +117,10 @@ def run_pair(model_name, images, labels, *, epochs, batch_size=128, seed=0, inje
             out["jax"].append(float(m["loss"]) / (b - a))
             out["torch"].append(total.item() / (b - a))
             out["epoch_of_step"].append(epoch)
-        log(f"  {'inject' if inject else 'free'} epoch {epoch}: JAX {np.mean(out['jax'][-(i + 1):]):.4f}, "
-            f"PyTorch {np.mean(out['torch'][-(i + 1):]):.4f} ({time.perf_counter() - t0:.1f}s)")
+        log(
+            f"  {'inject' if inject else 'free'} epoch {epoch}: JAX {np.mean(out['jax'][-(i + 1) :]):.4f}, "
+            f"PyTorch {np.mean(out['torch'][-(i + 1) :]):.4f} ({time.perf_counter() - t0:.1f}s)"
+        )
     return out
 
 
@@ -113,12 +131,15 @@ def summarize(curves):
     d = np.abs(j - t)
     last = ep == ep.max()
     above = np.flatnonzero(d > 0.01)
-    return {"steps": int(len(d)),
-            "max_abs_diff": float(d.max()),
-            "max_rel_diff": float((d / np.abs(t)).max()),
-            "first_step_abs_diff": float(d[0]),
-            "first_step_above_0.01": int(above[0]) + 1 if len(above) else None,
-            "last_epoch_mean_jax": float(j[last].mean()), "last_epoch_mean_torch": float(t[last].mean())}
+    return {
+        "steps": len(d),
+        "max_abs_diff": float(d.max()),
+        "max_rel_diff": float((d / np.abs(t)).max()),
+        "first_step_abs_diff": float(d[0]),
+        "first_step_above_0.01": int(above[0]) + 1 if len(above) else None,
+        "last_epoch_mean_jax": float(j[last].mean()),
+        "last_epoch_mean_torch": float(t[last].mean()),
+    }
 
 
 def compare_streams(runs):
@@ -127,17 +148,25 @@ def compare_streams(runs):
     b = np.array([summarize(c)["last_epoch_mean_torch"] for c in runs])
     se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) if len(runs) > 1 else float("nan")
     diff = float(a.mean() - b.mean())
-    return {"runs": len(runs), "jax": a.tolist(), "torch": b.tolist(),
-            "jax_mean": float(a.mean()), "torch_mean": float(b.mean()),
-            "jax_std": float(a.std(ddof=1)) if len(a) > 1 else float("nan"),
-            "torch_std": float(b.std(ddof=1)) if len(b) > 1 else float("nan"),
-            "diff": diff, "welch_t": diff / se if se > 0 else float("nan")}
+    return {
+        "runs": len(runs),
+        "jax": a.tolist(),
+        "torch": b.tolist(),
+        "jax_mean": float(a.mean()),
+        "torch_mean": float(b.mean()),
+        "jax_std": float(a.std(ddof=1)) if len(a) > 1 else float("nan"),
+        "torch_std": float(b.std(ddof=1)) if len(b) > 1 else float("nan"),
+        "diff": diff,
+        "welch_t": diff / se if se > 0 else float("nan"),
+    }
 
 
 def plot(results, path, title):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
     colors = {"inject": ("C0", "C1"), "free": ("C2", "C3")}
     for mode, curves in results.items():
@@ -146,8 +175,9 @@ def plot(results, path, title):
         cj, ct = colors[mode]
         axes[0].plot(steps, j, color=cj, lw=1.2, label=f"JAX ({mode} eps)")
         axes[0].plot(steps, t, color=ct, lw=0.8, ls="--", label=f"PyTorch ({mode} eps)")
-        axes[1].semilogy(steps, np.maximum(np.abs(j - t), 1e-9), color=cj, lw=0.8,
-                         label=f"|JAX - PyTorch| ({mode} eps)")
+        axes[1].semilogy(
+            steps, np.maximum(np.abs(j - t), 1e-9), color=cj, lw=0.8, label=f"|JAX - PyTorch| ({mode} eps)"
+        )
     axes[0].set_ylabel("training loss per sample (nats)")
     lo = min(min(np.percentile(c["jax"], 1), np.percentile(c["torch"], 1)) for c in results.values())
     hi = max(max(np.percentile(c["jax"], 90), np.percentile(c["torch"], 90)) for c in results.values())
@@ -182,32 +212,60 @@ def main(argv=None):
     images, labels = load_images(dataset, a.data_dir, a.train_limit)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     log(f"{a.model} on {dataset} ({len(images)} images), batch {a.batch_size}, {a.epochs} epochs, seed {a.seed}")
-    results, report = {}, {"model": a.model, "dataset": dataset, "num_images": len(images), "epochs": a.epochs,
-                           "batch_size": a.batch_size, "seed": a.seed, "modes": {}}
+    results, report = (
+        {},
+        {
+            "model": a.model,
+            "dataset": dataset,
+            "num_images": len(images),
+            "epochs": a.epochs,
+            "batch_size": a.batch_size,
+            "seed": a.seed,
+            "modes": {},
+        },
+    )
     modes = [m for m in a.modes.split(",") if m]
     if "inject" in modes:
-        results["inject"] = run_pair(a.model, images, labels, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
-                                     inject=True, log=log)
+        results["inject"] = run_pair(
+            a.model, images, labels, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, inject=True, log=log
+        )
         s = report["modes"]["inject"] = summarize(results["inject"])
-        print(f"inject: {s['steps']} steps, max |diff| {s['max_abs_diff']:.3g} nats (max relative "
-              f"{s['max_rel_diff']:.3g}; first step {s['first_step_abs_diff']:.2g}, first above 0.01 nats at step "
-              f"{s['first_step_above_0.01']}); last epoch mean JAX {s['last_epoch_mean_jax']:.4f}, "
-              f"PyTorch {s['last_epoch_mean_torch']:.4f}")
+        print(
+            f"inject: {s['steps']} steps, max |diff| {s['max_abs_diff']:.3g} nats (max relative "
+            f"{s['max_rel_diff']:.3g}; first step {s['first_step_abs_diff']:.2g}, first above 0.01 nats at step "
+            f"{s['first_step_above_0.01']}); last epoch mean JAX {s['last_epoch_mean_jax']:.4f}, "
+            f"PyTorch {s['last_epoch_mean_torch']:.4f}"
+        )
     if "free" in modes:
-        runs = [run_pair(a.model, images, labels, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
-                         inject=False, eps_stream=r, log=log) for r in range(1, a.free_seeds + 1)]
+        runs = [
+            run_pair(
+                a.model,
+                images,
+                labels,
+                epochs=a.epochs,
+                batch_size=a.batch_size,
+                seed=a.seed,
+                inject=False,
+                eps_stream=r,
+                log=log,
+            )
+            for r in range(1, a.free_seeds + 1)
+        ]
         results["free"] = runs[0]
         s = report["modes"]["free"] = dict(summarize(runs[0]), streams=compare_streams(runs))
         c = s["streams"]
-        print(f"free  : {c['runs']} eps streams per framework; last-epoch mean loss JAX {c['jax_mean']:.4f} "
-              f"± {c['jax_std']:.4f}, PyTorch {c['torch_mean']:.4f} ± {c['torch_std']:.4f} (std over streams); "
-              f"JAX - PyTorch {c['diff']:+.4f}, Welch t = {c['welch_t']:+.2f}; one pair: max |diff| "
-              f"{s['max_abs_diff']:.3g} nats, first step {s['first_step_abs_diff']:.3g}")
+        print(
+            f"free  : {c['runs']} eps streams per framework; last-epoch mean loss JAX {c['jax_mean']:.4f} "
+            f"± {c['jax_std']:.4f}, PyTorch {c['torch_mean']:.4f} ± {c['torch_std']:.4f} (std over streams); "
+            f"JAX - PyTorch {c['diff']:+.4f}, Welch t = {c['welch_t']:+.2f}; one pair: max |diff| "
+            f"{s['max_abs_diff']:.3g} nats, first step {s['first_step_abs_diff']:.3g}"
+        )
     if out is not None:
         out.mkdir(parents=True)
         (out / "curves.json").write_text(json.dumps({**report, "curves": results}, indent=1) + "\n")
-        plot(results, out / "curves.png", f"{a.model} on {dataset}: JAX and PyTorch from the same weights, "
-                                          "same batches")
+        plot(
+            results, out / "curves.png", f"{a.model} on {dataset}: JAX and PyTorch from the same weights, same batches"
+        )
         print(f"wrote {out}/curves.json and {out}/curves.png")
 
 

@@ -4,7 +4,7 @@
 #   2. the benchmark (scripts/bench.py) on the accelerator, PyTorch and JAX side by side.
 #
 #   bash scripts/device_check.sh                  # -> docs/device/device_check-<UTC date>.json
-#   OUT=/tmp/dc REPEATS=5 bash scripts/device_check.sh
+#   OUT=OUTDIR REPEATS=5 bash scripts/device_check.sh
 #
 # Exits 2 with one line when no accelerator is visible to JAX (JAX_PLATFORMS is not forced to cpu
 # here). Needs the venv of `make install` (or a python with the test extras) in $PY.

@@ -14,6 +14,7 @@ partition file comes last, so an interrupted run never leaves a truncated JPEG u
 
 Exit code: 0 on success; 2 for bad options (e.g. --out exists and is not empty).
 """
+
 import argparse
 import io
 import multiprocessing
@@ -50,8 +51,10 @@ def file_name(index):
 def _grid():
     global _GRID
     if _GRID is None:
-        _GRID = (np.linspace(0, 1, HEIGHT, dtype=np.float32)[:, None],
-                 np.linspace(0, 1, WIDTH, dtype=np.float32)[None, :])
+        _GRID = (
+            np.linspace(0, 1, HEIGHT, dtype=np.float32)[:, None],
+            np.linspace(0, 1, WIDTH, dtype=np.float32)[None, :],
+        )
     return _GRID
 
 
@@ -94,26 +97,26 @@ def draw_face(img, rng):
     cy = HEIGHT * 0.54 + rng.uniform(-6, 6)
     rx, ry = rng.uniform(38, 50), rng.uniform(52, 64)
     skin, hair = _skin(rng), _colour(rng, 10, 140)
-    _ellipse(d, cx, HEIGHT + 30, rng.uniform(70, 95), 75, _colour(rng, 0, 255))          # shoulders
-    d.rectangle((cx - rx * 0.45, cy + ry * 0.6, cx + rx * 0.45, HEIGHT), fill=skin)       # neck
+    _ellipse(d, cx, HEIGHT + 30, rng.uniform(70, 95), 75, _colour(rng, 0, 255))  # shoulders
+    d.rectangle((cx - rx * 0.45, cy + ry * 0.6, cx + rx * 0.45, HEIGHT), fill=skin)  # neck
     hair_ry = ry + rng.uniform(8, 30)
-    _ellipse(d, cx, cy - rng.uniform(8, 18), rx + rng.uniform(6, 20), hair_ry, hair)      # hair behind the face
-    _ellipse(d, cx, cy, rx, ry, skin)                                                     # face
+    _ellipse(d, cx, cy - rng.uniform(8, 18), rx + rng.uniform(6, 20), hair_ry, hair)  # hair behind the face
+    _ellipse(d, cx, cy, rx, ry, skin)  # face
     ey = cy - ry * rng.uniform(0.12, 0.22)
     dx, erx, ery = rx * rng.uniform(0.36, 0.46), rng.uniform(6, 9), rng.uniform(3, 5)
     iris = _colour(rng, 20, 120)
     for sx in (-1, 1):
         ex = cx + sx * dx
-        _ellipse(d, ex, ey, erx, ery, (240, 240, 235))                                  # eye white
-        _ellipse(d, ex + rng.uniform(-1.5, 1.5), ey, ery * 0.9, ery * 0.9, iris)       # iris
+        _ellipse(d, ex, ey, erx, ery, (240, 240, 235))  # eye white
+        _ellipse(d, ex + rng.uniform(-1.5, 1.5), ey, ery * 0.9, ery * 0.9, iris)  # iris
         bw = erx * 1.3
         d.line((ex - bw, ey - ery - 5, ex + bw, ey - ery - 6 + sx), fill=hair, width=3)  # eyebrow
     nose_y = cy + ry * rng.uniform(0.15, 0.25)
     shade = tuple(max(0, c - 40) for c in skin)
-    d.line((cx, ey + 4, cx - 3, nose_y, cx + 3, nose_y), fill=shade, width=2)              # nose
+    d.line((cx, ey + 4, cx - 3, nose_y, cx + 3, nose_y), fill=shade, width=2)  # nose
     my = cy + ry * rng.uniform(0.45, 0.58)
     mouth = (int(rng.integers(120, 200)), int(rng.integers(40, 90)), int(rng.integers(50, 100)))
-    _ellipse(d, cx, my, rx * rng.uniform(0.3, 0.42), rng.uniform(2.5, 7), mouth)             # mouth
+    _ellipse(d, cx, my, rx * rng.uniform(0.3, 0.42), rng.uniform(2.5, 7), mouth)  # mouth
 
 
 def grain(rng):
@@ -210,8 +213,10 @@ def main(argv=None):
     total += len(text)
     wall = time.perf_counter() - t0
     sizes = "/".join(str(n) for n in split_sizes(a.num))
-    print(f"{a.num} images (train/valid/test {sizes}), {total} bytes ({total / 2**20:.1f} MiB) in files, "
-          f"{wall:.1f} s -> {a.out}")
+    print(
+        f"{a.num} images (train/valid/test {sizes}), {total} bytes ({total / 2**20:.1f} MiB) in files, "
+        f"{wall:.1f} s -> {a.out}"
+    )
     return 0
 
 

@@ -5,6 +5,7 @@
 
 Exit code: the command's; 1 when --limit-mb is given and exceeded.
 """
+
 import argparse
 import resource
 import subprocess

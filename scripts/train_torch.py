@@ -25,8 +25,9 @@ from vae_torch_ref.data import mnist_loaders
 MODELS = {k: tm.MODELS[k] for k in ("vae", "ae", "cvae", "conv_vae28")}  # the MNIST models
 
 
-def train_torch(data_dir, *, model="vae", epochs=10, batch_size=128, lr=1e-3, seed=0, workdir=None,
-                num_workers=2, log=print):
+def train_torch(
+    data_dir, *, model="vae", epochs=10, batch_size=128, lr=1e-3, seed=0, workdir=None, num_workers=2, log=print
+):
     """Train one torch run; returns the list of per-epoch metrics."""
     torch.manual_seed(seed)
     train_loader, test_loader = mnist_loaders(data_dir, batch_size=batch_size, num_workers=num_workers)
@@ -49,8 +50,16 @@ def train_torch(data_dir, *, model="vae", epochs=10, batch_size=128, lr=1e-3, se
             tr = tt.train_epoch_general(net, train_loader, optimizer, device, **kw)
             train_time = time.perf_counter() - t0
             te = tt.test_epoch_general(net, test_loader, device, **kw)
-        m = {"epoch": epoch, "train_loss": tr[0], "train_recon": tr[1], "train_kl": tr[2],
-             "test_loss": te[0], "test_recon": te[1], "test_kl": te[2], "train_time_s": train_time}
+        m = {
+            "epoch": epoch,
+            "train_loss": tr[0],
+            "train_recon": tr[1],
+            "train_kl": tr[2],
+            "test_loss": te[0],
+            "test_recon": te[1],
+            "test_kl": te[2],
+            "train_time_s": train_time,
+        }
         history.append(m)
         if out:
             out.write(json.dumps(m) + "\n")
@@ -72,8 +81,9 @@ def main(argv=None):
     p.add_argument("--workdir", default=None)
     a = p.parse_args(argv)
     try:
-        train_torch(a.data_dir, model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                    seed=a.seed, workdir=a.workdir)
+        train_torch(
+            a.data_dir, model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, workdir=a.workdir
+        )
     except (ValueError, FileExistsError) as e:
         print(f"train_torch: error: {e}", file=sys.stderr)
         return 2

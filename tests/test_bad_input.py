@@ -25,8 +25,18 @@ from PIL import Image
 
 from vae_jax import cli, input_pipeline, train
 
-TINY = ["--train-limit", "200", "--test-limit", "50", "--epochs", "1", "--batch-size", "64",
-        "--no-figures", "--no-progress"]
+TINY = [
+    "--train-limit",
+    "200",
+    "--test-limit",
+    "50",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--no-figures",
+    "--no-progress",
+]
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
 
 
@@ -55,7 +65,7 @@ def assert_one_line_error(code, err, problem, fix, *, exit_code=2):
     assert line.startswith("vae-jax: error: "), line
     assert code == exit_code, (code, line)
     for words in (problem, fix):
-        for w in ([words] if isinstance(words, str) else words):
+        for w in [words] if isinstance(words, str) else words:
             assert w in line, (w, line)
     return line
 
@@ -79,7 +89,7 @@ def write_mnist(folder: Path, n_train=8, n_test=4):
     """The 4 original MNIST file names, gzipped, with random content."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    for (images, labels), n in zip(input_pipeline._IDX_FILES.values(), (n_train, n_test)):
+    for (images, labels), n in zip(input_pipeline._IDX_FILES.values(), (n_train, n_test), strict=False):
         (folder / f"{images}.gz").write_bytes(gzip.compress(idx_bytes(rng.integers(0, 256, (n, 28, 28)))))
         (folder / f"{labels}.gz").write_bytes(gzip.compress(idx_bytes(rng.integers(0, 10, n))))
     return folder
@@ -163,8 +173,7 @@ MNIST_CASES = [
     ("truncated_idx", MNIST_IMAGES, _truncate_idx, "IDX file truncated", "original IDX file"),
     ("wrong_magic", MNIST_IMAGES, _wrong_magic, "bad magic 00000804", "original IDX file"),
     ("wrong_image_dims", MNIST_IMAGES, _wrong_dims, "want images (n, 28, 28)", "original MNIST files"),
-    ("labels_file_holds_images", MNIST_LABELS, _labels_are_images, "one label 0..9 per image",
-     "original MNIST files"),
+    ("labels_file_holds_images", MNIST_LABELS, _labels_are_images, "one label 0..9 per image", "original MNIST files"),
     ("label_out_of_range", MNIST_LABELS, _label_out_of_range, "max 12", "original MNIST files"),
     ("image_label_count_mismatch", MNIST_LABELS, _count_mismatch, "for 8 images", "original MNIST files"),
 ]
@@ -174,22 +183,30 @@ MNIST_CASES = [
 def test_damaged_mnist_file(tmp_path, capsys, name, filename, damage, problem, fix):
     data = write_mnist(tmp_path / "data")
     damage(data / filename)
-    line = check_case(tmp_path, capsys, train_args(tmp_path, "--dataset", "mnist", "--data-dir", data),
-                      problem, fix)
+    line = check_case(tmp_path, capsys, train_args(tmp_path, "--dataset", "mnist", "--data-dir", data), problem, fix)
     assert filename in line
 
 
 def test_mnist_file_missing(tmp_path, capsys):
     data = write_mnist(tmp_path / "data")
     (data / "t10k-labels-idx1-ubyte.gz").unlink()
-    check_case(tmp_path, capsys, train_args(tmp_path, "--dataset", "mnist", "--data-dir", data),
-               ["file not found", "t10k-labels-idx1-ubyte"], "--data-dir")
+    check_case(
+        tmp_path,
+        capsys,
+        train_args(tmp_path, "--dataset", "mnist", "--data-dir", data),
+        ["file not found", "t10k-labels-idx1-ubyte"],
+        "--data-dir",
+    )
 
 
 def test_missing_data_directory_says_how_to_get_the_data(tmp_path, capsys):
-    check_case(tmp_path, capsys, train_args(tmp_path, "--dataset", "mnist", "--data-dir", tmp_path / "nope"),
-               ["data directory", "does not exist"],
-               ["train-images-idx3-ubyte.gz", "https://", "--data-dir", "vae-jax prepare"])
+    check_case(
+        tmp_path,
+        capsys,
+        train_args(tmp_path, "--dataset", "mnist", "--data-dir", tmp_path / "nope"),
+        ["data directory", "does not exist"],
+        ["train-images-idx3-ubyte.gz", "https://", "--data-dir", "vae-jax prepare"],
+    )
 
 
 # ------------------------------------------------------------------- data files (binarized, images)
@@ -216,8 +233,9 @@ AMAT_CASES = [
 def test_damaged_amat_file(tmp_path, capsys, name, damage, problem, fix):
     data = write_binarized(tmp_path / "data")
     damage(data / "binarized_mnist_train.amat.gz")
-    line = check_case(tmp_path, capsys, train_args(tmp_path, "--dataset", "binarized_mnist", "--data-dir", data),
-                      problem, fix)
+    line = check_case(
+        tmp_path, capsys, train_args(tmp_path, "--dataset", "binarized_mnist", "--data-dir", data), problem, fix
+    )
     assert "binarized_mnist_train.amat.gz" in line
 
 
@@ -225,16 +243,25 @@ def test_image_folder_with_a_corrupt_image(tmp_path, capsys):
     data = write_images(tmp_path / "data" / "train")
     write_images(tmp_path / "data" / "test")
     (data / "1.png").write_bytes((data / "1.png").read_bytes()[:60])  # cut inside the PNG
-    check_case(tmp_path, capsys, train_args(tmp_path, "--dataset", "image_folder", "--data-dir", tmp_path / "data",
-                                            "--model", "celeba_vae"),
-               ["cannot read image", "1.png"], "remove or replace the file")
+    check_case(
+        tmp_path,
+        capsys,
+        train_args(tmp_path, "--dataset", "image_folder", "--data-dir", tmp_path / "data", "--model", "celeba_vae"),
+        ["cannot read image", "1.png"],
+        "remove or replace the file",
+    )
 
 
 def test_image_folder_without_images(tmp_path, capsys):
     (tmp_path / "data" / "train").mkdir(parents=True)
     (tmp_path / "data" / "train" / "notes.txt").write_text("no images here")
-    check_case(tmp_path, capsys, train_args(tmp_path, "--dataset", "image_folder", "--data-dir", tmp_path / "data"),
-               "no .png/.jpg images", "--data-dir")
+    check_case(
+        tmp_path,
+        capsys,
+        train_args(tmp_path, "--dataset", "image_folder", "--data-dir", tmp_path / "data"),
+        "no .png/.jpg images",
+        "--data-dir",
+    )
 
 
 # ------------------------------------------------ values no file format can hold: NaN, Inf, range, dtype
@@ -242,10 +269,18 @@ def test_image_folder_without_images(tmp_path, capsys):
 # come from a loader; the loader of the embedded digits is replaced to check the CLI path end to end.
 
 
-@pytest.mark.parametrize("bad, problem", [
-    (np.nan, "NaN or Inf"), (np.inf, "NaN or Inf"), (255.0, "outside [0, 1]"), (-0.5, "outside [0, 1]"),
-    ("float64", "want float32"), ("flat", "want float32 (N>0, H, W, C)"),
-], ids=["nan", "inf", "above_1", "negative", "float64", "flat_images"])
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        (np.nan, "NaN or Inf"),
+        (np.inf, "NaN or Inf"),
+        (255.0, "outside [0, 1]"),
+        (-0.5, "outside [0, 1]"),
+        ("float64", "want float32"),
+        ("flat", "want float32 (N>0, H, W, C)"),
+    ],
+    ids=["nan", "inf", "above_1", "negative", "float64", "flat_images"],
+)
 def test_bad_pixel_values_from_a_loader(tmp_path, capsys, monkeypatch, bad, problem):
     original = input_pipeline._load_digits
 
@@ -266,26 +301,38 @@ def test_bad_pixel_values_from_a_loader(tmp_path, capsys, monkeypatch, bad, prob
 # ------------------------------------------------------------------- model and data that do not fit
 
 
-@pytest.mark.parametrize("model, dataset, shape", [
-    ("conv_vae", "digits", "(28, 28, 1)"),  # the chapter's ConvVAE decodes 24x24
-    ("celeba_vae", "digits", "(28, 28, 1)"),
-    ("conv_vae28", "image_folder", "(64, 64, 3)"),
-])
+@pytest.mark.parametrize(
+    "model, dataset, shape",
+    [
+        ("conv_vae", "digits", "(28, 28, 1)"),  # the chapter's ConvVAE decodes 24x24
+        ("celeba_vae", "digits", "(28, 28, 1)"),
+        ("conv_vae28", "image_folder", "(64, 64, 3)"),
+    ],
+)
 def test_model_does_not_fit_the_images(tmp_path, capsys, model, dataset, shape):
     extra = []
     if dataset == "image_folder":
         write_images(tmp_path / "data" / "train")
         write_images(tmp_path / "data" / "test")
         extra = ["--data-dir", tmp_path / "data"]
-    check_case(tmp_path, capsys, train_args(tmp_path, "--model", model, "--dataset", dataset, *extra),
-               [f"--model {model} does not fit", shape], "conv_vae28 for 28x28")
+    check_case(
+        tmp_path,
+        capsys,
+        train_args(tmp_path, "--model", model, "--dataset", dataset, *extra),
+        [f"--model {model} does not fit", shape],
+        "conv_vae28 for 28x28",
+    )
 
 
 def test_cvae_on_data_without_labels(tmp_path, capsys):
     data = write_binarized(tmp_path / "data")
-    check_case(tmp_path, capsys, train_args(tmp_path, "--model", "cvae", "--dataset", "binarized_mnist",
-                                            "--data-dir", data),
-               "needs labels", "use mnist or digits")
+    check_case(
+        tmp_path,
+        capsys,
+        train_args(tmp_path, "--model", "cvae", "--dataset", "binarized_mnist", "--data-dir", data),
+        "needs labels",
+        "use mnist or digits",
+    )
 
 
 # ---------------------------------------------------------------- run directories and checkpoints
@@ -305,19 +352,35 @@ def run_copy(trained_run, tmp_path):
     return tmp_path / "run"
 
 
-@pytest.mark.parametrize("extra, problem", [
-    (["--model", "ae"], "--model 'ae' differs from the run's 'vae'"),
-    (["--hidden-dim", "32"], "--hidden-dim 32 differs from the run's None"),
-    (["--batch-size", "32"], "--batch-size 32 differs from the run's 64"),
-], ids=["model", "hidden_dim", "batch_size"])
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        (["--model", "ae"], "--model 'ae' differs from the run's 'vae'"),
+        (["--hidden-dim", "32"], "--hidden-dim 32 differs from the run's None"),
+        (["--batch-size", "32"], "--batch-size 32 differs from the run's 64"),
+    ],
+    ids=["model", "hidden_dim", "batch_size"],
+)
 def test_resume_with_other_options(run_copy, tmp_path, capsys, extra, problem):
     args = ["train", "--workdir", run_copy, *TINY, "--epochs", "2", "--resume", *extra]
     check_case(tmp_path, capsys, args, ["cannot resume", problem], "drop those options")
 
 
 def test_resume_names_every_differing_option_at_once(run_copy, tmp_path, capsys):
-    args = ["train", "--workdir", run_copy, "--epochs", "2", "--resume", "--model", "ae", "--seed", "7",
-            "--train-limit", "100"]
+    args = [
+        "train",
+        "--workdir",
+        run_copy,
+        "--epochs",
+        "2",
+        "--resume",
+        "--model",
+        "ae",
+        "--seed",
+        "7",
+        "--train-limit",
+        "100",
+    ]
     check_case(tmp_path, capsys, args, ["--model 'ae'", "--seed 7", "--train-limit 100"], "drop those options")
 
 
@@ -332,15 +395,25 @@ def test_resume_needs_only_the_workdir(run_copy, capsys):
 
 def test_resume_of_nothing(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    check_case(tmp_path, capsys, ["train", "--workdir", tmp_path / "empty", *TINY, "--resume"],
-               "nothing to resume", "drop --resume")
+    check_case(
+        tmp_path,
+        capsys,
+        ["train", "--workdir", tmp_path / "empty", *TINY, "--resume"],
+        "nothing to resume",
+        "drop --resume",
+    )
 
 
 def test_export_of_a_run_whose_config_was_tampered_with(run_copy, tmp_path, capsys):
     cfg = json.loads((run_copy / "config.json").read_text())
     (run_copy / "config.json").write_text(json.dumps(dict(cfg, latent_dim=5)))
-    line = check_case(tmp_path, capsys, ["export", "--workdir", run_copy, "--out", tmp_path / "x.pt"],
-                      ["does not fit this model", "'params.", "(20,", "(5,"], "use the options it was trained with")
+    check_case(
+        tmp_path,
+        capsys,
+        ["export", "--workdir", run_copy, "--out", tmp_path / "x.pt"],
+        ["does not fit this model", "'params.", "(20,", "(5,"],
+        "use the options it was trained with",
+    )
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -372,38 +445,65 @@ def test_console_stays_silent_after_a_failed_read_whatever_threads_print_later()
         "except OSError:\n"
         "    pass\n"
         "os.write(2, b'Traceback: call_soon_threadsafe\\n')\n"
-        "os.write(ConsoleStderr.saved_fd, b'vae-jax: error: the one line\\n')\n")
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        "os.write(ConsoleStderr.saved_fd, b'vae-jax: error: the one line\\n')\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert p.returncode == 0 and p.stderr == "vae-jax: error: the one line\n", p.stderr
 
 
 def test_export_of_a_run_with_a_damaged_config_json(run_copy, tmp_path, capsys):
     (run_copy / "config.json").write_text('{"model": "vae", "latent')
-    check_case(tmp_path, capsys, ["export", "--workdir", run_copy, "--out", tmp_path / "x.pt"],
-               ["cannot read", "config.json"], "restore the run's original config.json")
+    check_case(
+        tmp_path,
+        capsys,
+        ["export", "--workdir", run_copy, "--out", tmp_path / "x.pt"],
+        ["cannot read", "config.json"],
+        "restore the run's original config.json",
+    )
 
 
 def test_export_of_a_run_without_checkpoints(run_copy, tmp_path, capsys):
     shutil.rmtree(run_copy / "checkpoints")
-    check_case(tmp_path, capsys, ["export", "--workdir", run_copy, "--out", tmp_path / "x.pt"],
-               "no checkpoint", "train first")
+    check_case(
+        tmp_path, capsys, ["export", "--workdir", run_copy, "--out", tmp_path / "x.pt"], "no checkpoint", "train first"
+    )
 
 
 def test_export_into_a_missing_folder(run_copy, tmp_path, capsys):
-    check_case(tmp_path, capsys, ["export", "--workdir", run_copy, "--out", tmp_path / "no" / "x.pt"],
-               "does not exist", "create it")
+    check_case(
+        tmp_path,
+        capsys,
+        ["export", "--workdir", run_copy, "--out", tmp_path / "no" / "x.pt"],
+        "does not exist",
+        "create it",
+    )
 
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
-    check_case(tmp_path, capsys, ["eval", "--workdir", tmp_path, "--iwae-k", "5"],
-               "config.json is missing", "--workdir of a `vae-jax train` run")
+    check_case(
+        tmp_path,
+        capsys,
+        ["eval", "--workdir", tmp_path, "--iwae-k", "5"],
+        "config.json is missing",
+        "--workdir of a `vae-jax train` run",
+    )
 
 
 def test_resume_with_damaged_metrics(run_copy, tmp_path, capsys):
     (run_copy / "metrics.jsonl").write_text('{"epoch": 1, "train_lo\n{"epoch": 2}\n')
-    check_case(tmp_path, capsys, ["train", "--workdir", run_copy, *TINY, "--epochs", "2", "--resume"],
-               ["line 1 of", "metrics.jsonl is damaged"], "restore the file")
+    check_case(
+        tmp_path,
+        capsys,
+        ["train", "--workdir", run_copy, *TINY, "--epochs", "2", "--resume"],
+        ["line 1 of", "metrics.jsonl is damaged"],
+        "restore the file",
+    )
 
 
 def test_metrics_line_cut_by_a_crash_is_dropped_on_resume(run_copy, capsys):
@@ -434,14 +534,24 @@ def unwritable_workdir(tmp_path):
 
 
 def test_unwritable_workdir(unwritable_workdir, tmp_path, capsys):
-    check_case(tmp_path, capsys, ["train", "--workdir", unwritable_workdir, *TINY],
-               "cannot write to workdir", "choose a writable --workdir")
+    check_case(
+        tmp_path,
+        capsys,
+        ["train", "--workdir", unwritable_workdir, *TINY],
+        "cannot write to workdir",
+        "choose a writable --workdir",
+    )
 
 
 def test_workdir_that_is_a_file(tmp_path, capsys):
     (tmp_path / "run").write_text("precious")
-    check_case(tmp_path, capsys, ["train", "--workdir", tmp_path / "run", *TINY],
-               "cannot write to workdir", "choose a writable --workdir")
+    check_case(
+        tmp_path,
+        capsys,
+        ["train", "--workdir", tmp_path / "run", *TINY],
+        "cannot write to workdir",
+        "choose a writable --workdir",
+    )
 
 
 # ----------------------------------------------------------------------------- names and values
@@ -475,14 +585,24 @@ def test_bad_cli_value(tmp_path, capsys, extra, problem):
 
 
 def test_unknown_dataset(tmp_path, capsys):
-    check_case(tmp_path, capsys, train_args(tmp_path, "--dataset", "cifar10"),
-               "unknown dataset 'cifar10'", "use one of digits, mnist")
+    check_case(
+        tmp_path,
+        capsys,
+        train_args(tmp_path, "--dataset", "cifar10"),
+        "unknown dataset 'cifar10'",
+        "use one of digits, mnist",
+    )
     assert not (tmp_path / "run").exists()  # refused before the workdir is made
 
 
 def test_iwae_on_an_autoencoder_is_refused_before_training(tmp_path, capsys):
-    check_case(tmp_path, capsys, train_args(tmp_path, "--model", "ae", "--iwae-k", "10"),
-               "--iwae-k needs a VAE", "drop --iwae-k")
+    check_case(
+        tmp_path,
+        capsys,
+        train_args(tmp_path, "--model", "ae", "--iwae-k", "10"),
+        "--iwae-k needs a VAE",
+        "drop --iwae-k",
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -515,8 +635,9 @@ def test_state_dict_of_another_size_names_key_and_both_shapes(tmp_path):
     with pytest.raises(ConversionError) as info:
         convert.load_pt(model, tmp_path / "small.pt")
     message = str(info.value)
-    assert "\n" not in message and "'decoder_fc1.weight'" in message and "(400, 5)" in message \
-        and "(400, 20)" in message, message
+    assert (
+        "\n" not in message and "'decoder_fc1.weight'" in message and "(400, 5)" in message and "(400, 20)" in message
+    ), message
     after = convert.to_numpy_state_dict(model)
     assert all(np.array_equal(before[k], after[k]) for k in before)  # left unchanged
 
@@ -549,8 +670,9 @@ def _console(args, tmp_path):
     exe = Path(sys.executable).with_name("vae-jax")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=300)
+    return subprocess.run(
+        cmd + [str(a) for a in args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
 
 
 @pytest.mark.parametrize("case", ["bad_value", "missing_data"])

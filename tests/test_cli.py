@@ -54,15 +54,44 @@ def test_every_config_field_is_a_train_option_with_its_default():
 
 def test_the_old_command_line_still_parses():
     parser, _ = train_parser()
-    args = parser.parse_args(["train", "--workdir", "w", "--resume", "--restart", "--no-figures", "--no-progress",
-                              "--no-tensorboard", "--coordinator-address", "h:1", "--num-processes", "2",
-                              "--process-id", "1", "--dataset", "mnist", "--test-dataset", "binarized_mnist",
-                              "--lr-schedule", "cosine", "--data-mode", "stream", "--binarize", "dynamic"])
+    args = parser.parse_args(
+        [
+            "train",
+            "--workdir",
+            "w",
+            "--resume",
+            "--restart",
+            "--no-figures",
+            "--no-progress",
+            "--no-tensorboard",
+            "--coordinator-address",
+            "h:1",
+            "--num-processes",
+            "2",
+            "--process-id",
+            "1",
+            "--dataset",
+            "mnist",
+            "--test-dataset",
+            "binarized_mnist",
+            "--lr-schedule",
+            "cosine",
+            "--data-mode",
+            "stream",
+            "--binarize",
+            "dynamic",
+        ]
+    )
     kw = cli._config_options(args)
     assert (args.workdir, args.resume, args.restart, args.num_processes, args.process_id) == ("w", True, True, 2, 1)
     assert not kw["figures"] and not kw["progress"] and not kw["tensorboard"]
     assert (kw["dataset"], kw["test_dataset"], kw["lr_schedule"], kw["data_mode"], kw["binarize"]) == (
-        "mnist", "binarized_mnist", "cosine", "stream", "dynamic")
+        "mnist",
+        "binarized_mnist",
+        "cosine",
+        "stream",
+        "dynamic",
+    )
 
 
 def test_choices_come_from_the_registries():

@@ -1,4 +1,5 @@
 """scripts/compare_curves.py: JAX and PyTorch trained side by side from the same weights and batches."""
+
 import importlib.util
 from pathlib import Path
 
@@ -53,22 +54,33 @@ def test_batch_order_and_weights_are_shared(digits):
 
 def test_inject_eps_checks_shape_and_draw_count():
     eps = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match="injected eps"):
-        with inject_eps(eps):
-            torch.randn_like(torch.zeros(2, 4))
-    with pytest.raises(AssertionError, match="drew eps 0 times"):
-        with inject_eps(eps):
-            pass
+    with pytest.raises(ValueError, match="injected eps"), inject_eps(eps):
+        torch.randn_like(torch.zeros(2, 4))
+    with pytest.raises(AssertionError, match="drew eps 0 times"), inject_eps(eps):
+        pass
     with inject_eps(eps):
         assert torch.equal(torch.randn_like(torch.ones(2, 3)), eps)
     assert torch.randn_like(torch.ones(2, 3)).abs().sum() > 0  # restored
 
 
 def test_plot_and_json(tmp_path, digits):
-    cc.main(["--epochs", "1", "--train-limit", "128", "--batch-size", "64", "--free-seeds", "2",
-             "--out", str(tmp_path / "c")])
+    cc.main(
+        [
+            "--epochs",
+            "1",
+            "--train-limit",
+            "128",
+            "--batch-size",
+            "64",
+            "--free-seeds",
+            "2",
+            "--out",
+            str(tmp_path / "c"),
+        ]
+    )
     assert (tmp_path / "c" / "curves.png").stat().st_size > 10_000
     import json
+
     rep = json.loads((tmp_path / "c" / "curves.json").read_text())
     assert set(rep["modes"]) == {"inject", "free"} and rep["modes"]["inject"]["steps"] == 2
     with pytest.raises(SystemExit):

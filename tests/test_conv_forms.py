@@ -1,6 +1,7 @@
 """The sub-pixel transposed conv and the space-to-depth conv equal the lax forms they replace,
 vae_jax.convert maps them like their base classes, and the form (layers.ConvForm) is a static
 choice per model: two models of different forms live in one process, each jitted in its own."""
+
 import dataclasses
 
 import jax
@@ -19,8 +20,10 @@ def s1_impl(request):
     return request.param
 
 
-@pytest.mark.parametrize("kh,kw,pad", [(3, 3, ((1, 1), (1, 1))), (3, 3, ((1, 2), (1, 2))), (2, 2, ((0, 0), (0, 0))),
-                                       (2, 3, ((0, 1), (2, 0)))])
+@pytest.mark.parametrize(
+    "kh,kw,pad",
+    [(3, 3, ((1, 1), (1, 1))), (3, 3, ((1, 2), (1, 2))), (2, 2, ((0, 0), (0, 0))), (2, 3, ((0, 1), (2, 0)))],
+)
 def test_conv_s1_matmul_equals_lax_convolution(kh, kw, pad):
     x = jax.random.normal(jax.random.key(0), (3, 6, 5, 4))
     k = jax.random.normal(jax.random.key(1), (kh, kw, 4, 7))
@@ -38,8 +41,9 @@ def test_conv_s1_matmul_equals_lax_convolution(kh, kw, pad):
 @pytest.mark.parametrize("cin,cout,h,op", [(5, 3, 7, 0), (5, 3, 3, 1), (4, 6, 8, 0), (2, 1, 14, 0), (3, 2, 4, 1)])
 def test_subpixel_equals_conv_transpose(cin, cout, h, op, s1_impl):
     a = L.ConvTranspose2d(cin, cout, output_padding=op, rngs=nnx.Rngs(0), conv_form=L.ConvForm(tconv="lax"))
-    b = L.ConvTranspose2d(cin, cout, output_padding=op, rngs=nnx.Rngs(0),
-                          conv_form=L.ConvForm(tconv="subpixel", s1=s1_impl))
+    b = L.ConvTranspose2d(
+        cin, cout, output_padding=op, rngs=nnx.Rngs(0), conv_form=L.ConvForm(tconv="subpixel", s1=s1_impl)
+    )
     assert isinstance(b, L.SubPixelConvTranspose) and b.conv_form.s1 == s1_impl
     ya, _ = _assert_same_layer(a, b, (2, h, h, cin))
     assert ya.shape == (2, 2 * h + op, 2 * h + op, cout)
@@ -81,14 +85,20 @@ def test_convert_maps_subclasses():
             self.c = L.Conv2d(2, 3, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv="s2d"))
 
     sd = convert.to_numpy_state_dict(Both())
-    assert {k: v.shape for k, v in sd.items()} == {"c.bias": (3,), "c.weight": (3, 2, 4, 4),
-                                                   "t.bias": (3,), "t.weight": (5, 3, 4, 4)}
+    assert {k: v.shape for k, v in sd.items()} == {
+        "c.bias": (3,),
+        "c.weight": (3, 2, 4, 4),
+        "t.bias": (3,),
+        "t.weight": (5, 3, 4, 4),
+    }
 
 
 # ------------------------------------------------------------------------------ ConvForm
 
-@pytest.mark.parametrize("kwargs", [dict(tconv="s2d"), dict(conv="subpixel"), dict(s1="auto"), dict(tconv=None),
-                                    dict(s2d_min_size=0)])
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(tconv="s2d"), dict(conv="subpixel"), dict(s1="auto"), dict(tconv=None), dict(s2d_min_size=0)]
+)
 def test_conv_form_rejects_unknown_values(kwargs):
     with pytest.raises(ValueError, match="ConvForm"):
         L.ConvForm(**kwargs)

@@ -22,8 +22,20 @@ import pytest
 
 from vae_jax import cli, convert, train
 
-ARGS = ["--train-limit", "200", "--test-limit", "50", "--batch-size", "64", "--epochs", "3", "--seed", "0",
-        "--no-figures", "--no-progress"]
+ARGS = [
+    "--train-limit",
+    "200",
+    "--test-limit",
+    "50",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "3",
+    "--seed",
+    "0",
+    "--no-figures",
+    "--no-progress",
+]
 STEPS_PER_EPOCH = 4  # 200 images by 64: 64, 64, 64, 8
 
 
@@ -82,8 +94,7 @@ def export_ok(workdir, out):
 # ------------------------------------------------------------------------------------ non-finite loss
 
 
-def test_nonfinite_loss_names_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch,
-                                                                            reference):
+def test_nonfinite_loss_names_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch, reference):
     """The 6th step (epoch 2, step 2) diverges: its loss and every float in the new state become NaN."""
     work = tmp_path / "run"
     poison_at = STEPS_PER_EPOCH + 1  # 0-based global step
@@ -92,7 +103,7 @@ def test_nonfinite_loss_names_epoch_and_step_and_keeps_the_last_checkpoint(tmp_p
     def diverging_step(self, state, *args):
         new, m = original(self, state, *args)
         bad = state["step"] == poison_at
-        nan = lambda a: jnp.where(bad, jnp.nan, a) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+        nan = lambda a: jnp.where(bad, jnp.nan, a) if jnp.issubdtype(a.dtype, jnp.floating) else a
         return jax.tree.map(nan, new), dict(m, loss=nan(m["loss"]))
 
     monkeypatch.setattr(train.Trainer, "_train_step", diverging_step)
@@ -155,8 +166,9 @@ sys.exit(cli.main(sys.argv[1:]))
 def test_sigkill_in_the_middle_of_an_epoch_then_resume(tmp_path, reference):
     work = tmp_path / "run"
     with open(tmp_path / "log.txt", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", _SLOW_STEPS, *train_args(work)], env=env(),
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SLOW_STEPS, *train_args(work)], env=env(), stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             ckpt1 = work / "checkpoints" / "4"
             _wait_for(lambda: ckpt1.is_dir() and (work / "metrics.jsonl").is_file(), proc, "epoch 1's checkpoint")
@@ -193,14 +205,19 @@ sys.exit(cli.main(sys.argv[1:]))
 
 def test_sigkill_while_a_checkpoint_is_written_then_resume(tmp_path, reference):
     work = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", _KILL_IN_CHECKPOINT_WRITE, *train_args(work)], env=env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_IN_CHECKPOINT_WRITE, *train_args(work)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     names = sorted(p.name for p in (work / "checkpoints").iterdir())
     assert names == ["4", "8.orbax-checkpoint-tmp"], names  # the complete epoch 1, the incomplete epoch 2
     assert [r["epoch"] for r in metrics(work)] == [1, 2]  # appended before the checkpoint: dropped on resume
 
-    model, _, _ = train.restore_run(work)  # the incomplete folder is ignored
+    _model, _, _ = train.restore_run(work)  # the incomplete folder is ignored
     export_ok(work, tmp_path / "epoch1.pt")
     assert cli.main(train_args(work, "--resume")) == 0
     assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["12", "8"]

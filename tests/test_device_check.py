@@ -17,8 +17,9 @@ def test_device_check_without_an_accelerator_is_one_line_and_exit_2(tmp_path):
     if jax.devices()[0].platform != "cpu":
         pytest.skip("an accelerator is present: device_check.sh would run the whole check")
     env = dict(os.environ, PY=sys.executable, OUT=str(tmp_path / "out"), JAX_PLATFORMS="cpu")
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "device_check.sh")], env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "device_check.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "no accelerator" in lines[0] and "GPU" in lines[0], lines

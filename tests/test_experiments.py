@@ -16,9 +16,14 @@ from vae_jax import checkpoints, cli, experiments
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
     """Many sub-runs compile the same steps: a persistent cache keeps the file fast."""
-    old = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
-                                                "jax_persistent_cache_min_compile_time_secs",
-                                                "jax_persistent_cache_min_entry_size_bytes")}
+    old = {
+        k: getattr(jax.config, k)
+        for k in (
+            "jax_compilation_cache_dir",
+            "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes",
+        )
+    }
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -131,8 +136,10 @@ def test_kl_annealing(tmp_path):
 
 def test_mse_vs_bce_through_the_cli(tmp_path):
     workdir = tmp_path / "mse-vs-bce"
-    assert cli.main(["experiment", "mse-vs-bce", "--workdir", str(workdir), "--dataset", "digits",
-                     "--size", "reduced"]) == 0
+    assert (
+        cli.main(["experiment", "mse-vs-bce", "--workdir", str(workdir), "--dataset", "digits", "--size", "reduced"])
+        == 0
+    )
     rows = _table(workdir)
     assert [(r["loss"], r["trained_on"]) for r in rows] == [("bce", "bce_logits"), ("mse", "gaussian")]
     bce, mse = rows

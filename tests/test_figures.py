@@ -126,6 +126,7 @@ def recording_decoder(calls):
     def decode(z):
         calls.append(z.copy())
         return flat_decoder(z)
+
     return decode
 
 
@@ -223,8 +224,15 @@ def test_save_loss_curves(tmp_path):
 
 def test_loss_curves_integer_epochs_nats_and_separate_kl_axis():
     metrics = [
-        {"epoch": e, "train_loss": 200 / e, "test_loss": 210 / e, "train_recon": 180 / e,
-         "test_recon": 190 / e, "train_kl": 20.0 + e, "test_kl": 21.0 + e}
+        {
+            "epoch": e,
+            "train_loss": 200 / e,
+            "test_loss": 210 / e,
+            "train_recon": 180 / e,
+            "test_recon": 190 / e,
+            "train_kl": 20.0 + e,
+            "test_kl": 21.0 + e,
+        }
         for e in range(1, 6)
     ]
     fig = figures._loss_curves_figure(metrics)
@@ -263,17 +271,22 @@ def test_make_figures_passes_labels_mu_and_logvar(tmp_path, monkeypatch, model_n
         def record(*args, **kwargs):
             seen[name] = (args, kwargs)
             return real(*args, **kwargs)
+
         return record
 
     monkeypatch.setattr(figures, "save_latent_scatter", spy("save_latent_scatter"))
     monkeypatch.setattr(figures, "save_manifold", spy("save_manifold"))
     images = RNG.uniform(size=(12, 28, 28, 1)).astype(np.float32)
     labels = RNG.integers(0, 10, size=12).astype(np.int32) if has_labels else None
-    ds = input_pipeline.Dataset(source=input_pipeline.ArraySource(images, labels), name="t",
-                                image_shape=(28, 28, 1), has_labels=has_labels)
+    ds = input_pipeline.Dataset(
+        source=input_pipeline.ArraySource(images, labels), name="t", image_shape=(28, 28, 1), has_labels=has_labels
+    )
     rngs = nnx.Rngs(0)
-    model = (models.VAE(hidden_dim=8, latent_dim=4, rngs=rngs) if model_name == "vae"
-             else models.Autoencoder(hidden_dim=8, latent_dim=4, rngs=rngs))
+    model = (
+        models.VAE(hidden_dim=8, latent_dim=4, rngs=rngs)
+        if model_name == "vae"
+        else models.Autoencoder(hidden_dim=8, latent_dim=4, rngs=rngs)
+    )
     out = evaluate.make_figures(model, ds, [], tmp_path, key=jax.random.key(0), batch_size=5)
     assert out["latent"] == str(tmp_path / "latent.png")
     assert_png(tmp_path / "manifold.png")

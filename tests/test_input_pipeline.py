@@ -25,8 +25,9 @@ IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
 def real_data(subfolder: str) -> Path:
     data_dir = os.environ.get("VAE_DATA_DIR")
     if not data_dir:
-        pytest.skip("VAE_DATA_DIR not set: these tests need the real MNIST files "
-                    "(`make test` sets it to ../shared/data)")
+        pytest.skip(
+            "VAE_DATA_DIR not set: these tests need the real MNIST files (`make test` sets it to ../shared/data)"
+        )
     path = Path(data_dir) / subfolder
     if not path.is_dir():
         pytest.skip(f"VAE_DATA_DIR has no {subfolder}/ folder: {path}")
@@ -94,7 +95,7 @@ def _gz_truncated(path):
 
 def _gz_corrupted(path):
     data = bytearray(gzip.compress(np.random.default_rng(0).bytes(5000)))
-    data[len(data) // 2: len(data) // 2 + 40] = b"\xff" * 40
+    data[len(data) // 2 : len(data) // 2 + 40] = b"\xff" * 40
     path.write_bytes(bytes(data))
 
 
@@ -106,25 +107,31 @@ def test_bad_gzip_is_data_error(tmp_path, reader, make):
     raises_data_error(path, reader, path)
 
 
-@pytest.mark.parametrize("data, words", [
-    (struct.pack(">4I", 0x00000804, 1, 28, 28) + bytes(784), "bad magic"),
-    (b"\x00\x00", "bad magic"),
-    (struct.pack(">4I", IMAGE_MAGIC, 2, 28, 28) + bytes(784), "truncated"),
-    (struct.pack(">I", IMAGE_MAGIC) + b"\x00\x00\x00\x01", "header truncated"),
-    (struct.pack(">2I", LABEL_MAGIC, 3) + bytes(4), "trailing bytes"),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (struct.pack(">4I", 0x00000804, 1, 28, 28) + bytes(784), "bad magic"),
+        (b"\x00\x00", "bad magic"),
+        (struct.pack(">4I", IMAGE_MAGIC, 2, 28, 28) + bytes(784), "truncated"),
+        (struct.pack(">I", IMAGE_MAGIC) + b"\x00\x00\x00\x01", "header truncated"),
+        (struct.pack(">2I", LABEL_MAGIC, 3) + bytes(4), "trailing bytes"),
+    ],
+)
 def test_bad_idx_is_data_error(tmp_path, data, words):
     path = write(tmp_path / "bad-idx-ubyte.gz", data)
     assert words in raises_data_error(path, ip.read_idx, path)
 
 
-@pytest.mark.parametrize("text, words", [
-    (amat_line([0] * 783 + [2]), "bad value"),
-    (amat_line([0] * 783 + [10]), "bad value"),
-    (amat_line([0] * 784).replace(b"0", b"0.5", 1), "bad value"),
-    (amat_line([0] * 784) + amat_line([1] * 783), "has 783 values"),
-    (b"\n\n", "no images"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (amat_line([0] * 783 + [2]), "bad value"),
+        (amat_line([0] * 783 + [10]), "bad value"),
+        (amat_line([0] * 784).replace(b"0", b"0.5", 1), "bad value"),
+        (amat_line([0] * 784) + amat_line([1] * 783), "has 783 values"),
+        (b"\n\n", "no images"),
+    ],
+)
 def test_bad_amat_is_data_error(tmp_path, text, words):
     path = write(tmp_path / "bad.amat", text)
     assert words in raises_data_error(path, ip.read_amat, path)
@@ -134,14 +141,18 @@ def test_missing_file_is_data_error(tmp_path):
     raises_data_error(tmp_path / "nope.gz", ip.read_idx, tmp_path / "nope.gz")
 
 
-_HEADERS = st.sampled_from([b"", struct.pack(">4I", IMAGE_MAGIC, 1, 28, 28),
-                            struct.pack(">2I", LABEL_MAGIC, 3), amat_line([1] * 784)])
+_HEADERS = st.sampled_from(
+    [b"", struct.pack(">4I", IMAGE_MAGIC, 1, 28, 28), struct.pack(">2I", LABEL_MAGIC, 3), amat_line([1] * 784)]
+)
 
 
 @settings(max_examples=150, deadline=None)
-@given(header=_HEADERS, tail=st.binary(max_size=3000),
-       name=st.sampled_from(["f-idx3-ubyte", "f-idx3-ubyte.gz", "f.amat", "f.amat.gz"]),
-       compress=st.booleans())
+@given(
+    header=_HEADERS,
+    tail=st.binary(max_size=3000),
+    name=st.sampled_from(["f-idx3-ubyte", "f-idx3-ubyte.gz", "f.amat", "f.amat.gz"]),
+    compress=st.booleans(),
+)
 def test_arbitrary_bytes_only_raise_data_error(header, tail, name, compress):
     data = header + tail
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,13 +186,11 @@ def test_mnist_files_in_subfolder_and_plain(tmp_path):
 
 def test_count_mismatch_is_data_error(tmp_path):
     write_mnist(tmp_path, n=5, n_labels=4)
-    raises_data_error(tmp_path / "train-labels-idx1-ubyte.gz", ip.load_dataset, "mnist", "train",
-                      tmp_path)
+    raises_data_error(tmp_path / "train-labels-idx1-ubyte.gz", ip.load_dataset, "mnist", "train", tmp_path)
 
 
 def test_missing_dir_is_data_error(tmp_path):
-    message = raises_data_error(tmp_path / "nope", ip.load_dataset, "mnist", "train",
-                                tmp_path / "nope", source="files")
+    message = raises_data_error(tmp_path / "nope", ip.load_dataset, "mnist", "train", tmp_path / "nope", source="files")
     assert "--data-dir" in message and "train-images-idx3-ubyte.gz" in message
 
 
@@ -193,12 +202,15 @@ def test_binarized_files(tmp_path):
     assert np.array_equal(ds.images.reshape(3, 784), rows)
 
 
-@pytest.mark.parametrize("args, words", [
-    (("nope", "train"), "unknown dataset"),
-    (("digits", "valid"), "no split"),
-    (("mnist", "valid", "/x"), "no split"),
-    (("mnist", "train", None), "needs a data_dir"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("nope", "train"), "unknown dataset"),
+        (("digits", "valid"), "no split"),
+        (("mnist", "valid", "/x"), "no split"),
+        (("mnist", "train", None), "needs a data_dir"),
+    ],
+)
 def test_bad_arguments_are_data_errors(args, words):
     with pytest.raises(DataError, match=words):
         ip.load_dataset(*args, source="files")
@@ -256,8 +268,7 @@ def test_image_folder_splits_and_errors(tmp_path):
     assert ds.images.shape == (1, 64, 64, 3)
     raises_data_error(tmp_path / "valid", ip.load_dataset, "image_folder", "valid", tmp_path)
     (tmp_path / "test" / "broken.jpg").write_bytes(b"not a jpeg")  # sorted first: read at load time
-    raises_data_error(tmp_path / "test" / "broken.jpg", ip.load_dataset, "image_folder", "test",
-                      tmp_path)
+    raises_data_error(tmp_path / "test" / "broken.jpg", ip.load_dataset, "image_folder", "test", tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ tfds
@@ -291,8 +302,10 @@ def _has_tensorflow() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-needs_tf = pytest.mark.skipif(not _has_tensorflow(), reason="TensorFlow not installed: `vae-jax prepare` needs the "
-                              "[tf] extra (pip install 'vae-jax[tf]')")
+needs_tf = pytest.mark.skipif(
+    not _has_tensorflow(),
+    reason="TensorFlow not installed: `vae-jax prepare` needs the [tf] extra (pip install 'vae-jax[tf]')",
+)
 
 
 def test_not_prepared_and_offline_is_one_data_error_at_once(tmp_path, monkeypatch):
@@ -316,8 +329,7 @@ def test_not_prepared_and_offline_is_one_data_error_at_once(tmp_path, monkeypatc
 @needs_tf
 def test_prepare_tfds_missing_files(tmp_path):
     write_mnist(tmp_path / "manual")  # train files only
-    message = raises_data_error(tmp_path / "manual", ip.prepare_tfds, "mnist", tmp_path / "manual",
-                                tmp_path / "tfds")
+    message = raises_data_error(tmp_path / "manual", ip.prepare_tfds, "mnist", tmp_path / "manual", tmp_path / "tfds")
     assert "t10k-images-idx3-ubyte.gz" in message and "train-images" not in message
 
 
@@ -335,8 +347,7 @@ def test_prepare_tfds_never_downloads(tmp_path, monkeypatch):
     tfds = ip._tfds()
     write_mnist(tmp_path, split="train")
     write_mnist(tmp_path, split="test")
-    monkeypatch.setattr(tfds.download.DownloadManager, "_get_manually_downloaded_path",
-                        lambda self, url_info: None)
+    monkeypatch.setattr(tfds.download.DownloadManager, "_get_manually_downloaded_path", lambda self, url_info: None)
     message = raises_data_error(tmp_path, ip.prepare_tfds, "mnist", tmp_path, tmp_path / "tfds")
     assert "https://" in message
 
@@ -386,7 +397,7 @@ def test_real_prepare_tfds_mnist_matches_idx(tmp_path, mnist_files):
 
         def rows(ds):
             pixels = np.round(ds.images.reshape(len(ds), -1) * 255).astype(np.uint8)
-            return sorted(bytes([label]) + row.tobytes() for label, row in zip(ds.labels, pixels))
+            return sorted(bytes([label]) + row.tobytes() for label, row in zip(ds.labels, pixels, strict=False))
 
         assert rows(got) == rows(expected)
     assert ip.prepare_tfds("mnist", tmp_path / "unused", tmp_path) == prepared  # reused as is

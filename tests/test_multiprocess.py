@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 DATA = os.environ.get("VAE_DATA_DIR")
-needs_data = pytest.mark.skipif(not DATA or not (Path(DATA) / "mnist").is_dir(),
-                                reason="VAE_DATA_DIR not set: real MNIST files absent")
+needs_data = pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "mnist").is_dir(), reason="VAE_DATA_DIR not set: real MNIST files absent"
+)
 KEYS = ("train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl")
 
 
@@ -40,10 +41,26 @@ def launch(tmp_path, args, n=2, tag="run"):
     for i in range(n):
         # the child writes to its own copies of the descriptors: ours are closed once it has started
         with open(tmp_path / f"{tag}{i}.out", "w") as out, open(tmp_path / f"{tag}{i}.err", "w") as err:
-            procs.append(subprocess.Popen(console([*args, "--coordinator-address", f"127.0.0.1:{port}",
-                                                   "--num-processes", str(n), "--process-id", str(i),
-                                                   "--devices", str(n)]),
-                                          stdout=out, stderr=err, env=env()))
+            procs.append(
+                subprocess.Popen(
+                    console(
+                        [
+                            *args,
+                            "--coordinator-address",
+                            f"127.0.0.1:{port}",
+                            "--num-processes",
+                            str(n),
+                            "--process-id",
+                            str(i),
+                            "--devices",
+                            str(n),
+                        ]
+                    ),
+                    stdout=out,
+                    stderr=err,
+                    env=env(),
+                )
+            )
     return procs
 
 
@@ -66,21 +83,41 @@ def metrics(work):
 
 def assert_close(got, want):
     assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         for k in KEYS:
             assert abs(g[k] - w[k]) <= 1e-4 * abs(w[k]), (k, g[k], w[k])
 
 
 def mnist_args(work, *extra):
-    return ["train", "--dataset", "mnist", "--data-dir", DATA, "--train-limit", "512", "--test-limit", "256",
-            "--batch-size", "64", "--epochs", "2", "--seed", "0", "--no-progress", "--workdir", str(work), *extra]
+    return [
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        DATA,
+        "--train-limit",
+        "512",
+        "--test-limit",
+        "256",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "2",
+        "--seed",
+        "0",
+        "--no-progress",
+        "--workdir",
+        str(work),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     work = tmp_path_factory.mktemp("one") / "run"
-    r = subprocess.run(console(mnist_args(work, "--no-figures")), env=env(), capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        console(mnist_args(work, "--no-figures")), env=env(), capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return work
 

@@ -41,8 +41,12 @@ def one_line(code, err, *words, exit_code=2):
 
 
 def snapshot(root):
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() and not p.is_symlink() else os.readlink(p)
-                                       if p.is_symlink() else None) for p in sorted(Path(root).rglob("*"))}
+    return {
+        str(p.relative_to(root)): (
+            p.read_bytes() if p.is_file() and not p.is_symlink() else os.readlink(p) if p.is_symlink() else None
+        )
+        for p in sorted(Path(root).rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +84,14 @@ def test_two_writers_started_together_leave_one_consistent_run(tmp_path):
     work = tmp_path / "run"
     exe = Path(sys.executable).with_name("vae-jax")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]
-    procs = [subprocess.Popen([*cmd, "train", "--workdir", str(work), *TINY, "--epochs", "2", "--no-figures",
-                               "--seed", str(seed)], stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "train", "--workdir", str(work), *TINY, "--epochs", "2", "--no-figures", "--seed", str(seed)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
     results = []
     for p in procs:
         with p:  # closes the pipe
@@ -186,8 +196,21 @@ def test_an_interrupted_plot_leaves_nothing_and_the_retry_works(trained, tmp_pat
 
 def test_eval_prints_its_result_even_when_it_cannot_be_written(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(files.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only")))
-    code, err, out = run(["eval", "--workdir", trained, "--iwae-k", "3", "--test-limit", "10", "--no-progress",
-                          "--out", tmp_path / "e.json"], capsys)
+    code, err, out = run(
+        [
+            "eval",
+            "--workdir",
+            trained,
+            "--iwae-k",
+            "3",
+            "--test-limit",
+            "10",
+            "--no-progress",
+            "--out",
+            tmp_path / "e.json",
+        ],
+        capsys,
+    )
     one_line(code, err, "read-only")
     result = json.loads(out.strip().splitlines()[-1])
     assert result["num_test"] == 10 and np.isfinite(result["iwae_nll"]) and np.isfinite(result["test_loss"])
@@ -203,8 +226,11 @@ def test_a_full_disk_while_checkpointing_is_one_line(tmp_path, capsys, monkeypat
         raise ValueError("Error writing checkpoint: OSError: [Errno 28] No space left on device: 'ocdbt'")
 
     monkeypatch.setattr(checkpoints.RunDir, "save", full)
-    one_line(*run(["train", "--workdir", tmp_path / "run", *TINY, "--no-figures"], capsys)[:2],
-             "no space left on the device", "free some space")
+    one_line(
+        *run(["train", "--workdir", tmp_path / "run", *TINY, "--no-figures"], capsys)[:2],
+        "no space left on the device",
+        "free some space",
+    )
 
 
 def test_a_name_too_long_is_one_line(tmp_path, capsys):
@@ -212,12 +238,15 @@ def test_a_name_too_long_is_one_line(tmp_path, capsys):
     one_line(*run(["train", "--workdir", work, *TINY], capsys)[:2], "too long")
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--seed", str(2**64)], "--seed must be an integer in 0 .. 2**63-1"),
-    (["--lr", "1e39"], "float32 can hold"),
-    (["--latent-dim", "100000000"], "out of memory"),
-    (["--train-k", "10000000"], "lower --batch-size or --train-k"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--seed", str(2**64)], "--seed must be an integer in 0 .. 2**63-1"),
+        (["--lr", "1e39"], "float32 can hold"),
+        (["--latent-dim", "100000000"], "out of memory"),
+        (["--train-k", "10000000"], "lower --batch-size or --train-k"),
+    ],
+)
 def test_numbers_out_of_range_are_one_line_before_anything(tmp_path, capsys, args, words):
     one_line(*run(["train", "--workdir", tmp_path / "run", *TINY, *args], capsys)[:2], words)
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
@@ -226,8 +255,13 @@ def test_numbers_out_of_range_are_one_line_before_anything(tmp_path, capsys, arg
 def test_no_such_backend_is_one_line(tmp_path):
     exe = Path(sys.executable).with_name("vae-jax")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]
-    r = subprocess.run([*cmd, "train", "--workdir", str(tmp_path / "run"), *TINY], capture_output=True, text=True,
-                       env=dict(os.environ, JAX_PLATFORMS="cuda"), timeout=300)
+    r = subprocess.run(
+        [*cmd, "train", "--workdir", str(tmp_path / "run"), *TINY],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cuda"),
+        timeout=300,
+    )
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and "JAX_PLATFORMS=cuda: no such backend" in err[0], r.stderr
 
@@ -235,8 +269,9 @@ def test_no_such_backend_is_one_line(tmp_path):
 def test_damaged_numbers_in_config_json_are_one_line(trained, tmp_path, capsys):
     work = copy_run(trained, tmp_path)
     cfg = json.loads((work / "config.json").read_text())
-    (work / "config.json").write_text(json.dumps(cfg).replace(f'"latent_dim": {json.dumps(cfg["latent_dim"])}',
-                                                              '"latent_dim": 1e400'))
+    (work / "config.json").write_text(
+        json.dumps(cfg).replace(f'"latent_dim": {json.dumps(cfg["latent_dim"])}', '"latent_dim": 1e400')
+    )
     one_line(*run(["export", "--workdir", work, "--out", tmp_path / "m.pt"], capsys)[:2], "is damaged")
 
 
@@ -249,9 +284,25 @@ def _folder(tmp_path, bad_name, bad_writer):
         for i in range(4):
             Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(tmp_path / "data" / split / f"{i}.png")
     bad_writer(tmp_path / "data" / "train" / bad_name)
-    return ["train", "--workdir", tmp_path / "run", "--dataset", "image_folder", "--data-dir", tmp_path / "data",
-            "--model", "celeba_vae", "--epochs", "1", "--batch-size", "4", "--no-figures", "--no-progress",
-            "--data-mode", "memory"]
+    return [
+        "train",
+        "--workdir",
+        tmp_path / "run",
+        "--dataset",
+        "image_folder",
+        "--data-dir",
+        tmp_path / "data",
+        "--model",
+        "celeba_vae",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-figures",
+        "--no-progress",
+        "--data-mode",
+        "memory",
+    ]
 
 
 def test_a_16_bit_png_is_refused_not_clipped(tmp_path, capsys):
@@ -269,20 +320,39 @@ def test_a_fifo_named_png_is_skipped_not_read(tmp_path, capsys):
     assert run(args, capsys)[0] == 0  # would block forever if opened
 
 
-@pytest.mark.skipif(not DATA or not (Path(DATA) / "mnist").is_dir(), reason="VAE_DATA_DIR not set: real MNIST "
-                    "files absent")
+@pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "mnist").is_dir(), reason="VAE_DATA_DIR not set: real MNIST files absent"
+)
 def test_mnist_files_given_as_fashion_mnist_are_refused(tmp_path, capsys):
-    one_line(*run(["train", "--workdir", tmp_path / "run", "--dataset", "fashion_mnist", "--data-dir",
-                   Path(DATA) / "mnist", *TINY], capsys)[:2], "is the original mnist file, not fashion_mnist",
-             "--dataset mnist")
+    one_line(
+        *run(
+            [
+                "train",
+                "--workdir",
+                tmp_path / "run",
+                "--dataset",
+                "fashion_mnist",
+                "--data-dir",
+                Path(DATA) / "mnist",
+                *TINY,
+            ],
+            capsys,
+        )[:2],
+        "is the original mnist file, not fashion_mnist",
+        "--dataset mnist",
+    )
 
 
 # ------------------------------------------------------------------------- fail early, recover
 
-@pytest.mark.parametrize("args, words", [
-    (["--latent-dim", "1"], "--latent-dim 1: the latent figures"),
-    (["--test-limit", "1"], "at least 2 test images"),
-])
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--latent-dim", "1"], "--latent-dim 1: the latent figures"),
+        (["--test-limit", "1"], "at least 2 test images"),
+    ],
+)
 def test_figures_that_would_fail_are_refused_before_training(tmp_path, capsys, args, words):
     one_line(*run(["train", "--workdir", tmp_path / "run", *TINY, *args], capsys)[:2], words, "--no-figures")
     assert not any((tmp_path / "run").iterdir())
@@ -290,8 +360,12 @@ def test_figures_that_would_fail_are_refused_before_training(tmp_path, capsys, a
 
 def test_a_diverged_run_restarts_or_resumes_with_a_lower_lr(tmp_path, capsys):
     work = tmp_path / "run"
-    line = one_line(*run(["train", "--workdir", work, *TINY, "--lr", "1e30", "--no-figures"], capsys)[:2],
-                    "non-finite", "--restart", exit_code=3)
+    line = one_line(
+        *run(["train", "--workdir", work, *TINY, "--lr", "1e30", "--no-figures"], capsys)[:2],
+        "non-finite",
+        "--restart",
+        exit_code=3,
+    )
     assert "no checkpoint" in line
     one_line(*run(["train", "--workdir", work, *TINY, "--no-figures"], capsys)[:2], "already holds a run")
     code, err, _ = run(["train", "--workdir", work, *TINY, "--no-figures", "--restart"], capsys)
@@ -299,8 +373,10 @@ def test_a_diverged_run_restarts_or_resumes_with_a_lower_lr(tmp_path, capsys):
     rows = (work / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1 and json.loads(rows[0])["epoch"] == 1
     # a later divergence: resume from the last good checkpoint with a lower --lr
-    assert run(["train", "--workdir", work, *TINY, "--epochs", "2", "--lr", "5e-4", "--no-figures", "--resume"],
-               capsys)[0] == 0
+    assert (
+        run(["train", "--workdir", work, *TINY, "--epochs", "2", "--lr", "5e-4", "--no-figures", "--resume"], capsys)[0]
+        == 0
+    )
     assert json.loads((work / "config.json").read_text())["lr"] == 1e-3  # the run's own record stays
 
 
@@ -330,14 +406,28 @@ def test_sigint_of_eval_says_nothing_was_written(trained, tmp_path):
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]
     import time
 
-    with subprocess.Popen([*cmd, "eval", "--workdir", str(trained), "--iwae-k", "10000000", "--no-progress", "--out",
-                           str(tmp_path / "e.json")], stderr=subprocess.PIPE, text=True) as p:  # closes the pipe
+    with subprocess.Popen(
+        [
+            *cmd,
+            "eval",
+            "--workdir",
+            str(trained),
+            "--iwae-k",
+            "10000000",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "e.json"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as p:  # closes the pipe
         time.sleep(8)  # inside the importance sampling
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=120)
     err = err.strip().splitlines()
-    assert p.returncode == 130 and err == ["vae-jax: interrupted; nothing was written (outputs appear only "
-                                           "when complete)"], err
+    assert p.returncode == 130 and err == [
+        "vae-jax: interrupted; nothing was written (outputs appear only when complete)"
+    ], err
     assert not (tmp_path / "e.json").exists()
 
 
@@ -346,8 +436,7 @@ def small_disk(tmp_path):
     """A 600 KB tmpfs: a real full disk (and, remounted, a real read-only one). Needs root."""
     disk = tmp_path / "small"
     disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True,
-                       text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True, text=True)
     if r.returncode:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip()[:100]}")
     yield disk
@@ -357,25 +446,58 @@ def small_disk(tmp_path):
 def test_a_real_full_disk_and_a_real_read_only_disk_are_one_line(small_disk, trained):
     exe = Path(sys.executable).with_name("vae-jax")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]
-    r = subprocess.run([*cmd, "train", "--workdir", str(small_disk / "run"), *TINY, "--epochs", "2", "--no-figures"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*cmd, "train", "--workdir", str(small_disk / "run"), *TINY, "--epochs", "2", "--no-figures"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1, r.stderr[-3000:]  # orbax's thread tracebacks held back
     assert "checkpoint 2" in err[0] and "no space left on the device" in err[0], err
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    r = subprocess.run([*cmd, "export", "--workdir", str(trained), "--out", str(small_disk / "m.pt")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*cmd, "export", "--workdir", str(trained), "--out", str(small_disk / "m.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and "read-only" in err[0], r.stderr[-3000:]
 
 
-FIELDS = ["model", "latent_dim", "hidden_dim", "epochs", "batch_size", "lr", "seed", "recon", "beta", "image_shape",
-          "train_k", "devices", "dataset", "binarize", "kl_anneal_epochs", "max_steps"]
+FIELDS = [
+    "model",
+    "latent_dim",
+    "hidden_dim",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "recon",
+    "beta",
+    "image_shape",
+    "train_k",
+    "devices",
+    "dataset",
+    "binarize",
+    "kl_anneal_epochs",
+    "max_steps",
+]
+
+
 def _values():
     from hypothesis import strategies as st
 
-    return st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                     st.text(max_size=6), st.lists(st.integers(-3, 3), max_size=3), st.just(1e400))
+    return st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True),
+        st.text(max_size=6),
+        st.lists(st.integers(-3, 3), max_size=3),
+        st.just(1e400),
+    )
 
 
 def test_any_damaged_config_field_is_one_line_or_works(trained, tmp_path_factory):
@@ -384,7 +506,8 @@ def test_any_damaged_config_field_is_one_line_or_works(trained, tmp_path_factory
     import io
     import shutil
 
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
 
     @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(field=st.sampled_from(FIELDS), value=_values())
@@ -399,7 +522,11 @@ def test_any_damaged_config_field_is_one_line_or_works(trained, tmp_path_factory
         with contextlib.redirect_stderr(err):
             code = cli.main(["export", "--workdir", str(work), "--out", str(tmp / "m.pt")])
         lines = err.getvalue().strip().splitlines()
-        assert code == 0 or (code == 2 and len(lines) == 1 and lines[0].startswith("vae-jax: error: ")), \
-            (field, value, code, lines)
+        assert code == 0 or (code == 2 and len(lines) == 1 and lines[0].startswith("vae-jax: error: ")), (
+            field,
+            value,
+            code,
+            lines,
+        )
 
     check()

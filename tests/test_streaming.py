@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vae_jax import cli, input_pipeline as ip, train
+from vae_jax import cli, train
+from vae_jax import input_pipeline as ip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,8 +21,21 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def celeba(tmp_path_factory):
     out = tmp_path_factory.mktemp("celeba") / "celeba"
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_celeba_like.py"), "--out", str(out),
-                        "--num", "120", "--workers", "1"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "make_celeba_like.py"),
+            "--out",
+            str(out),
+            "--num",
+            "120",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -56,8 +70,10 @@ def test_memory_and_stream_give_identical_batches(celeba, dataset):
     ds = ip.load_dataset(dataset, "train", None if dataset == "digits" else celeba).take(90)
     cfg = train.Config(model="vae" if dataset == "digits" else "celeba_vae", batch_size=32, seed=3)
     memory = _epoch_batches(ds, cfg, "memory", epoch=2)
-    for streamed in (_epoch_batches(ds, cfg, "stream", epoch=2),
-                     _epoch_batches(ds, cfg, "stream", epoch=2, data_workers=1)):  # a Grain worker process
+    for streamed in (
+        _epoch_batches(ds, cfg, "stream", epoch=2),
+        _epoch_batches(ds, cfg, "stream", epoch=2, data_workers=1),
+    ):  # a Grain worker process
         assert [len(b[0]) for b in streamed] == [32, 32, 26]
         for (mx, my), (sx, sy) in zip(memory, streamed, strict=True):
             assert mx.dtype == sx.dtype and np.array_equal(mx, sx) and np.array_equal(my, sy)
@@ -78,8 +94,21 @@ def test_auto_mode_chooses_by_size():
 
 
 def _run(work, *args):
-    base = ["train", "--workdir", str(work), "--train-limit", "200", "--test-limit", "50", "--batch-size", "64",
-            "--seed", "1", "--no-figures", "--no-progress"]
+    base = [
+        "train",
+        "--workdir",
+        str(work),
+        "--train-limit",
+        "200",
+        "--test-limit",
+        "50",
+        "--batch-size",
+        "64",
+        "--seed",
+        "1",
+        "--no-figures",
+        "--no-progress",
+    ]
     return cli.main(base + list(args))
 
 
@@ -133,18 +162,35 @@ def test_train_limit_selects_images_before_decoding(celeba, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(celeba, data)
     (data / "img_align_celeba" / "000050.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # train image 50
-    args = ["--model", "celeba_vae", "--dataset", "celeb_a", "--data-dir", str(data), "--epochs", "1",
-            "--batch-size", "16", "--test-limit", "8", "--no-figures", "--no-progress"]
+    args = [
+        "--model",
+        "celeba_vae",
+        "--dataset",
+        "celeb_a",
+        "--data-dir",
+        str(data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--test-limit",
+        "8",
+        "--no-figures",
+        "--no-progress",
+    ]
     assert cli.main(["train", "--workdir", str(tmp_path / "ok"), "--train-limit", "32", *args]) == 0
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("no_partition", "partition file not found"),
-    ("bad_line", "line 3 of"),
-    ("no_test", "lists no image of split 'test'"),
-    ("missing_image", "are missing from"),
-    ("empty_image", "are empty files"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("no_partition", "partition file not found"),
+        ("bad_line", "line 3 of"),
+        ("no_test", "lists no image of split 'test'"),
+        ("missing_image", "are missing from"),
+        ("empty_image", "are empty files"),
+    ],
+)
 def test_celeba_layout_errors_are_one_line_before_training(celeba, tmp_path, capsys, damage, message):
     import shutil
 
@@ -163,8 +209,20 @@ def test_celeba_layout_errors_are_one_line_before_training(celeba, tmp_path, cap
     else:
         (data / "img_align_celeba" / "000010.jpg").write_bytes(b"")
     capsys.readouterr()
-    code = cli.main(["train", "--model", "celeba_vae", "--dataset", "celeb_a", "--data-dir", str(data),
-                     "--workdir", str(tmp_path / "w"), "--no-progress"])
+    code = cli.main(
+        [
+            "train",
+            "--model",
+            "celeba_vae",
+            "--dataset",
+            "celeb_a",
+            "--data-dir",
+            str(data),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "w" / "config.json").exists()
@@ -177,9 +235,27 @@ def test_a_corrupt_image_found_while_streaming_is_one_line(celeba, tmp_path, cap
     shutil.copytree(celeba, data)
     (data / "img_align_celeba" / "000077.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     capsys.readouterr()
-    code = cli.main(["train", "--model", "celeba_vae", "--dataset", "celeb_a", "--data-dir", str(data),
-                     "--workdir", str(tmp_path / "w"), "--batch-size", "16", "--epochs", "1",
-                     "--data-mode", "stream", "--no-figures", "--no-progress"])
+    code = cli.main(
+        [
+            "train",
+            "--model",
+            "celeba_vae",
+            "--dataset",
+            "celeb_a",
+            "--data-dir",
+            str(data),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--batch-size",
+            "16",
+            "--epochs",
+            "1",
+            "--data-mode",
+            "stream",
+            "--no-figures",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "cannot read image" in err[0] and "000077.jpg" in err[0] and "remove or replace" in err[0], err

@@ -3,6 +3,7 @@
 Chapter-text tests need the chapter (../shared/chapter/vae-chapter.txt beside the checkout,
 or $VAE_CHAPTER_PATH); real-MNIST tests need $VAE_DATA_DIR (set by the Makefile).
 """
+
 import gzip
 import os
 import struct
@@ -16,8 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import vae_torch_ref as R
 from vae_torch_ref.chapter_source import CLASS_NAMES, LISTING_NAMES
 
-
 # ----------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def chapter_path():
@@ -56,7 +57,7 @@ MODEL_CASES = [
 def _outputs_equal(a, b):
     a = a if isinstance(a, tuple) else (a,)
     b = b if isinstance(b, tuple) else (b,)
-    return len(a) == len(b) and all(torch.equal(u, v) for u, v in zip(a, b))
+    return len(a) == len(b) and all(torch.equal(u, v) for u, v in zip(a, b, strict=False))
 
 
 def _tiny_loader(n=10, batch_size=4, shape=(1, 28, 28), seed=0):
@@ -67,6 +68,7 @@ def _tiny_loader(n=10, batch_size=4, shape=(1, 28, 28), seed=0):
 
 
 # ----------------------------------------------------------- the reference IS the chapter
+
 
 @pytest.mark.parametrize("name", LISTING_NAMES)
 def test_tokens_equal_chapter_listing(chapter_path, name):
@@ -91,6 +93,7 @@ def test_token_comparison_can_fail(chapter_path):
 def test_restored_loops_nest_as_in_chapter(ch):
     # the heuristic put the accumulators inside the loops and the averages after them
     import ast
+
     src = R.chapter_sources()["test_epoch"]
     fn = ast.parse(src).body[0]
     with_node = fn.body[5]
@@ -160,9 +163,11 @@ def test_loss_functions_agree_with_chapter(ch):
 
 def test_train_and_test_epoch_agree_with_chapter(ch):
     results = []
-    for train_epoch, test_epoch in ((R.train_epoch, R.test_epoch),
-                                    (ch["train_epoch"], ch["test_epoch"]),
-                                    (R.train_epoch_general, R.test_epoch_general)):
+    for train_epoch, test_epoch in (
+        (R.train_epoch, R.test_epoch),
+        (ch["train_epoch"], ch["test_epoch"]),
+        (R.train_epoch_general, R.test_epoch_general),
+    ):
         torch.manual_seed(0)
         model = R.VAE(hidden_dim=32, latent_dim=4)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -180,6 +185,7 @@ def test_train_and_test_epoch_agree_with_chapter(ch):
 
 
 # ------------------------------------------------------------ ConvVAE bug and ConvVAE28
+
 
 def test_chapter_convvae_outputs_24x24_and_vae_loss_fails(ch):
     torch.manual_seed(0)
@@ -222,6 +228,7 @@ def test_convvae28_outputs_28x28_and_loads_into_chapter_convvae(ch):
 
 # -------------------------------------------------------------------------------- CVAE
 
+
 def test_cvae_shapes_and_conditioning():
     torch.manual_seed(0)
     m = R.CVAE()
@@ -245,17 +252,23 @@ def test_cvae_shapes_and_conditioning():
 
 # ------------------------------------------------------------------------------ losses
 
+
 def _loss_inputs(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(8, 40, generator=g), torch.rand(8, 40, generator=g),
-            torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g))
+    return (
+        torch.rand(8, 40, generator=g),
+        torch.rand(8, 40, generator=g),
+        torch.randn(8, 5, generator=g),
+        torch.randn(8, 5, generator=g),
+    )
 
 
 def test_elbo_defaults_equal_vae_loss_exactly():
     xr, x, mu, logvar = _loss_inputs()
     assert _outputs_equal(R.elbo_loss(xr, x, mu, logvar), R.vae_loss(xr, x, mu, logvar))
-    assert _outputs_equal(R.elbo_loss(xr, x, mu, logvar, recon="bce", beta=1.0, kl_weight=1.0),
-                          R.vae_loss(xr, x, mu, logvar))
+    assert _outputs_equal(
+        R.elbo_loss(xr, x, mu, logvar, recon="bce", beta=1.0, kl_weight=1.0), R.vae_loss(xr, x, mu, logvar)
+    )
 
 
 @pytest.mark.parametrize("beta,kl_weight", [(0.0, 1.0), (4.0, 1.0), (2.0, 0.25), (0.5, 0.0)])
@@ -263,7 +276,7 @@ def test_elbo_beta_and_kl_weight(beta, kl_weight):
     xr, x, mu, logvar = _loss_inputs()
     _, recon0, kl0 = R.vae_loss(xr, x, mu, logvar)
     total, recon, kl = R.elbo_loss(xr, x, mu, logvar, beta=beta, kl_weight=kl_weight)
-    assert torch.equal(recon, recon0) and torch.equal(kl, kl0)   # kl is unweighted
+    assert torch.equal(recon, recon0) and torch.equal(kl, kl0)  # kl is unweighted
     assert total.item() == pytest.approx(recon0.item() + beta * kl_weight * kl0.item(), rel=1e-6)
 
 
@@ -289,7 +302,7 @@ def test_elbo_bce_logits_differs_for_saturated_logits():
     x = torch.ones(2, 5)
     _, r_probs, _ = R.elbo_loss(torch.sigmoid(logits), x, mu, logvar, recon="bce")
     _, r_logits, _ = R.elbo_loss(logits, x, mu, logvar, recon="bce_logits")
-    assert r_probs.item() == pytest.approx(100.0 * 10)    # log clamped at -100
+    assert r_probs.item() == pytest.approx(100.0 * 10)  # log clamped at -100
     assert r_logits.item() == pytest.approx(200.0 * 10)
 
 
@@ -301,13 +314,21 @@ def test_elbo_bad_recon_raises():
     assert "'mse'" in msg and all(repr(k) in msg for k in ("bce", "bce_logits", "gaussian"))
 
 
-@pytest.mark.parametrize("name,shape", [("Autoencoder", (3, 784)), ("VAE", (3, 784)),
-                                        ("ConvVAE", (3, 1, 28, 28)), ("ConvVAE28", (3, 1, 28, 28)),
-                                        ("CelebAVAE", (2, 3, 64, 64)), ("CVAE", (3, 784))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [
+        ("Autoencoder", (3, 784)),
+        ("VAE", (3, 784)),
+        ("ConvVAE", (3, 1, 28, 28)),
+        ("ConvVAE28", (3, 1, 28, 28)),
+        ("CelebAVAE", (2, 3, 64, 64)),
+        ("CVAE", (3, 784)),
+    ],
+)
 def test_decode_logits_is_pre_sigmoid_decoder(request, name, shape):
     torch.manual_seed(0)
     models = [getattr(R, name)().eval()]
-    if name in CLASS_NAMES:   # the chapter's own classes too
+    if name in CLASS_NAMES:  # the chapter's own classes too
         models.append(request.getfixturevalue("ch")[name]().eval())
         models[1].load_state_dict(models[0].state_dict(), strict=True)
     y = F.one_hot(torch.arange(shape[0]), 10).float() if name == "CVAE" else None
@@ -317,7 +338,7 @@ def test_decode_logits_is_pre_sigmoid_decoder(request, name, shape):
             logits = R.decode_logits(m, z, y)
             probs = m.decode(z, y) if y is not None else m.decode(z)
             assert logits.shape == probs.shape
-            assert (logits < 0).any() and (logits > 0).any()   # really pre-sigmoid
+            assert (logits < 0).any() and (logits > 0).any()  # really pre-sigmoid
             assert torch.equal(torch.sigmoid(logits), probs)
 
 
@@ -328,6 +349,7 @@ def test_decode_logits_needs_labels_for_cvae():
 
 # ---------------------------------------------------------------- generalized training
 
+
 def test_train_epoch_general_conv_cvae_and_losses():
     torch.manual_seed(0)
     conv = R.ConvVAE28(latent_dim=8)
@@ -335,7 +357,7 @@ def test_train_epoch_general_conv_cvae_and_losses():
     before = [p.detach().clone() for p in conv.parameters()]
     tr = R.train_epoch_general(conv, _tiny_loader(), opt, "cpu", flatten=False, beta=2.0)
     assert all(np.isfinite(tr)) and tr[0] == pytest.approx(tr[1] + 2.0 * tr[2])
-    assert any(not torch.equal(a, b) for a, b in zip(before, conv.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, conv.parameters(), strict=False))
     te = R.test_epoch_general(conv, _tiny_loader(), "cpu", flatten=False, recon="gaussian")
     assert all(np.isfinite(te))
 
@@ -352,20 +374,20 @@ def test_general_bce_logits_matches_bce(conditional):
     results = []
     for recon in ("bce", "bce_logits"):
         torch.manual_seed(4)
-        results.append(R.test_epoch_general(model, _tiny_loader(), "cpu",
-                                            conditional=conditional, recon=recon))
+        results.append(R.test_epoch_general(model, _tiny_loader(), "cpu", conditional=conditional, recon=recon))
     assert results[0] == pytest.approx(results[1], rel=1e-5)
-    assert results[0][2] == results[1][2]          # same random draws -> same KL
+    assert results[0][2] == results[1][2]  # same random draws -> same KL
 
 
 # -------------------------------------------------------------------------------- data
+
 
 def _write_idx(path, array, magic=None, gz=False, cut=0, extra=b""):
     array = np.asarray(array, dtype=np.uint8)
     magic = (0x800 | array.ndim) if magic is None else magic
     raw = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
-    raw = (raw + array.tobytes() + extra)
-    raw = raw[:len(raw) - cut]
+    raw = raw + array.tobytes() + extra
+    raw = raw[: len(raw) - cut]
     with (gzip.open if gz else open)(path, "wb") as f:
         f.write(raw)
     return str(path)
@@ -404,7 +426,7 @@ def test_read_idx_truncated_gzip(tmp_path):
     with open(good, "rb") as f:
         raw = f.read()
     bad = tmp_path / "cut.gz"
-    bad.write_bytes(raw[:len(raw) // 2])
+    bad.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ValueError, match="cut.gz: bad or truncated gzip"):
         R.read_idx(bad)
 
@@ -414,10 +436,8 @@ def _fake_mnist(folder, n_train=6, n_test=4, gz=True):
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("t10k", n_test)):
         ext = ".gz" if gz else ""
-        _write_idx(folder / ("%s-images-idx3-ubyte%s" % (split, ext)),
-                   rng.integers(0, 256, (n, 28, 28)), gz=gz)
-        _write_idx(folder / ("%s-labels-idx1-ubyte%s" % (split, ext)),
-                   rng.integers(0, 10, n), gz=gz)
+        _write_idx(folder / ("%s-images-idx3-ubyte%s" % (split, ext)), rng.integers(0, 256, (n, 28, 28)), gz=gz)
+        _write_idx(folder / ("%s-labels-idx1-ubyte%s" % (split, ext)), rng.integers(0, 10, n), gz=gz)
 
 
 @pytest.mark.parametrize("gz", [False, True])

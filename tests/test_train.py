@@ -22,6 +22,7 @@ QUICK = dict(epochs=2, batch_size=64, train_limit=300, test_limit=100, progress=
 def _params(workdir):
     model, _, _ = train.restore_run(workdir)
     from vae_jax import convert
+
     return convert.to_numpy_state_dict(model)
 
 
@@ -40,8 +41,15 @@ def test_default_run_writes_metrics_checkpoints_and_every_figure(tmp_path):
     for k in ("test_loss", "test_recon", "test_kl"):
         assert again[k] == pytest.approx(rows[-1][k], rel=1e-5), k
     figs = summary["figures"]
-    assert set(figs) == {"reconstruction", "samples", "latent", "manifold", "interpolation_linear",
-                         "interpolation_spherical", "loss_curves"}
+    assert set(figs) == {
+        "reconstruction",
+        "samples",
+        "latent",
+        "manifold",
+        "interpolation_linear",
+        "interpolation_spherical",
+        "loss_curves",
+    }
     for p in figs.values():
         data = Path(p).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, p
@@ -65,7 +73,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     train.train_and_evaluate(train.Config(**cfg), tmp_path / "part", resume=True, log=lambda s: None)
     full = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     part = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k not in ("train_time_s", "test_time_s")} for l in lines]
+    strip = lambda lines: [
+        {k: v for k, v in json.loads(l).items() if k not in ("train_time_s", "test_time_s")} for l in lines
+    ]
     assert strip(full) == strip(part)
     pf, pp = _params(tmp_path / "full"), _params(tmp_path / "part")
     assert pf.keys() == pp.keys()
@@ -76,6 +86,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 def test_last_partial_batch_compiles_once(tmp_path):
     cfg = train.Config(**dict(QUICK, epochs=3, train_limit=150, batch_size=64, checkpoint=False, figures=False))
     from flax import nnx
+
     model = train.build_model(cfg, (28, 28, 1), rngs=nnx.Rngs(0))
     tr = train.Trainer(model, cfg)
     ds_train, ds_test = train.load_data(cfg)
@@ -130,8 +141,11 @@ def test_real_mnist_slice_trains_and_exports_to_the_chapter_class(tmp_path):
 def test_iwae_bound_is_tighter_than_the_elbo(tmp_path):
     from vae_jax import evaluate
 
-    cfg2 = train.Config(**dict(QUICK, dataset="binarized_mnist", data_dir=DATA, train_limit=2000, test_limit=200,
-                               epochs=2, figures=False))
+    cfg2 = train.Config(
+        **dict(
+            QUICK, dataset="binarized_mnist", data_dir=DATA, train_limit=2000, test_limit=200, epochs=2, figures=False
+        )
+    )
     s = train.train_and_evaluate(cfg2, tmp_path / "r2", log=lambda s: None)
     model, _, _ = train.restore_run(tmp_path / "r2")
     _, test = train.load_data(cfg2)
@@ -153,8 +167,19 @@ def _cli(args, capsys):
 
 def test_cli_refuses_to_overwrite_a_run_and_names_the_fix(tmp_path, capsys):
     work = tmp_path / "run"
-    base = ["train", "--workdir", str(work), "--epochs", "1", "--train-limit", "200", "--test-limit", "50",
-            "--no-figures", "--no-progress"]
+    base = [
+        "train",
+        "--workdir",
+        str(work),
+        "--epochs",
+        "1",
+        "--train-limit",
+        "200",
+        "--test-limit",
+        "50",
+        "--no-figures",
+        "--no-progress",
+    ]
     assert cli.main(base) == 0
     before = (work / "metrics.jsonl").read_bytes()
     code, err = _cli(base, capsys)
@@ -168,12 +193,15 @@ def test_cli_refuses_to_overwrite_a_run_and_names_the_fix(tmp_path, capsys):
     assert code == 2 and "already exists" in err[0] and out.read_bytes() == b"keep me"
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--epochs", "-1"], "--epochs"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--model", "nope"], "--model"),
-    (["--lr", "abc"], "--lr"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--epochs", "-1"], "--epochs"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--model", "nope"], "--model"),
+        (["--lr", "abc"], "--lr"),
+    ],
+)
 def test_cli_bad_values_exit_nonzero_with_one_line(tmp_path, capsys, args, fragment):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--workdir", str(tmp_path / "w")] + args)
@@ -200,8 +228,7 @@ def test_end_to_end_on_tfds_mock_data(tmp_path):
     (tmp_path / "tfds" / "mnist" / "3.0.1").mkdir(parents=True)
     (tmp_path / "tfds" / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
     with tfds.testing.mock_data(num_examples=96):
-        cfg = train.Config(dataset="mnist", data_dir=str(tmp_path / "tfds"), epochs=2, batch_size=32,
-                           progress=False)
+        cfg = train.Config(dataset="mnist", data_dir=str(tmp_path / "tfds"), epochs=2, batch_size=32, progress=False)
         s = train.train_and_evaluate(cfg, tmp_path / "run", log=lambda s: None)
     assert s["epochs"] == 2 and np.isfinite(s["final"]["test_loss"])
     assert all(Path(p).stat().st_size > 2000 for p in s["figures"].values())
@@ -214,31 +241,40 @@ def test_cosine_schedule_decays_to_zero_and_fixes_epochs_for_a_resume(tmp_path):
     assert 0 < float(lr(7)) < 1e-3
     assert train.learning_rate(train.Config(), steps_per_epoch=5) == 1e-3  # constant: a number
     # the schedule is what trains: cosine and constant runs diverge after the first step
-    const = train.train_and_evaluate(train.Config(**dict(QUICK, epochs=1, figures=False)), tmp_path / "c",
-                                     log=lambda s: None)["final"]
-    cos = train.train_and_evaluate(train.Config(**dict(QUICK, epochs=1, figures=False, lr_schedule="cosine")),
-                                   tmp_path / "s", log=lambda s: None)["final"]
+    const = train.train_and_evaluate(
+        train.Config(**dict(QUICK, epochs=1, figures=False)), tmp_path / "c", log=lambda s: None
+    )["final"]
+    cos = train.train_and_evaluate(
+        train.Config(**dict(QUICK, epochs=1, figures=False, lr_schedule="cosine")), tmp_path / "s", log=lambda s: None
+    )["final"]
     assert cos["train_loss"] != const["train_loss"]
     with pytest.raises(CheckpointError, match="--epochs 2 differs from the run's 1.*cosine"):
-        train.train_and_evaluate(train.Config(**dict(QUICK, epochs=2, figures=False, lr_schedule="cosine")),
-                                 tmp_path / "s", resume=True, log=lambda s: None)
+        train.train_and_evaluate(
+            train.Config(**dict(QUICK, epochs=2, figures=False, lr_schedule="cosine")),
+            tmp_path / "s",
+            resume=True,
+            log=lambda s: None,
+        )
     # a constant-lr run may be extended
-    train.train_and_evaluate(train.Config(**dict(QUICK, epochs=2, figures=False)), tmp_path / "c",
-                             resume=True, log=lambda s: None)
+    train.train_and_evaluate(
+        train.Config(**dict(QUICK, epochs=2, figures=False)), tmp_path / "c", resume=True, log=lambda s: None
+    )
 
 
 @needs_data
 def test_test_dataset_evaluates_on_another_split(tmp_path):
     """Train on dynamically binarized grayscale MNIST, test on the static binarized MNIST test set."""
     cfg = dict(QUICK, epochs=1, figures=False, checkpoint=False, dataset="mnist", data_dir=DATA)
-    a = train.train_and_evaluate(train.Config(**cfg, binarize="dynamic", test_dataset="binarized_mnist"),
-                                 tmp_path / "a", log=lambda s: None)
+    a = train.train_and_evaluate(
+        train.Config(**cfg, binarize="dynamic", test_dataset="binarized_mnist"), tmp_path / "a", log=lambda s: None
+    )
     b = train.train_and_evaluate(train.Config(**cfg, binarize="dynamic"), tmp_path / "b", log=lambda s: None)
     assert a["final"]["train_loss"] == b["final"]["train_loss"]  # same training ...
     assert a["final"]["test_loss"] != b["final"]["test_loss"]  # ... other test images
     _, test = train.load_data(train.Config(dataset="mnist", data_dir=DATA, test_dataset="binarized_mnist"))
     assert set(np.unique(test.images)) == {0.0, 1.0} and len(test.images) == 10000
     from PIL import Image
+
     (tmp_path / "imgs" / "test").mkdir(parents=True)
     for i in range(2):
         Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / "imgs" / "test" / f"{i}.png")
@@ -248,7 +284,9 @@ def test_test_dataset_evaluates_on_another_split(tmp_path):
 
 def _vae_batch(seed=0, b=6, latent=4):
     from flax import nnx
+
     from vae_jax import models
+
     model = models.VAE(input_dim=784, hidden_dim=32, latent_dim=latent, rngs=nnx.Rngs(seed))
     x = (jax.random.uniform(jax.random.key(seed + 1), (b, 28, 28, 1)) > 0.5).astype(jnp.float32)
     return model, x, jnp.zeros((b,), jnp.int32)
@@ -258,22 +296,24 @@ def test_iwae_objective_of_identical_samples_is_the_single_sample_elbo():
     """k copies of one eps: the IWAE bound equals log p(x|z) + log p(z) - log q(z|x), computed here in numpy."""
     model, x, y = _vae_batch()
     eps1 = jax.random.normal(jax.random.key(5), (1, 6, 4))
-    total, (rec, kl) = train.loss_terms(model, x, y, None, recon="bce_logits", beta=1.0, kl_weight=1.0,
-                                        eps=jnp.tile(eps1, (3, 1, 1)), k=3)
+    total, (rec, kl) = train.loss_terms(
+        model, x, y, None, recon="bce_logits", beta=1.0, kl_weight=1.0, eps=jnp.tile(eps1, (3, 1, 1)), k=3
+    )
     xf = np.asarray(x).reshape(6, -1).astype(np.float64)
     mu, logvar = (np.asarray(a, np.float64) for a in model.encode(x.reshape(6, -1)))
     z = mu + np.exp(0.5 * logvar) * np.asarray(eps1[0], np.float64)
     logits = np.asarray(model.decode_logits(jnp.asarray(z, jnp.float32)), np.float64)
     log_px_z = -np.sum(np.logaddexp(0, logits) - xf * logits, -1)
-    log_pz = -0.5 * np.sum(z ** 2 + np.log(2 * np.pi), -1)
+    log_pz = -0.5 * np.sum(z**2 + np.log(2 * np.pi), -1)
     log_qz = -0.5 * np.sum(np.asarray(eps1[0], np.float64) ** 2 + logvar + np.log(2 * np.pi), -1)
     assert float(total) == pytest.approx(-np.sum(log_px_z + log_pz - log_qz), rel=1e-5)
     assert float(rec) == pytest.approx(-np.sum(log_px_z), rel=1e-5)
-    assert float(kl) == pytest.approx(np.sum(-0.5 * (1 + logvar - mu ** 2 - np.exp(logvar))), rel=1e-5)
+    assert float(kl) == pytest.approx(np.sum(-0.5 * (1 + logvar - mu**2 - np.exp(logvar))), rel=1e-5)
 
 
 def test_iwae_objective_is_tighter_than_the_mean_of_its_samples_and_k1_is_the_elbo():
     from vae_jax import losses
+
     model, x, y = _vae_batch(seed=3)
     eps = jax.random.normal(jax.random.key(9), (8, 6, 4))
     total8, _ = train.loss_terms(model, x, y, None, recon="bce_logits", beta=1.0, kl_weight=1.0, eps=eps, k=8)
@@ -288,6 +328,7 @@ def test_iwae_objective_is_tighter_than_the_mean_of_its_samples_and_k1_is_the_el
 
 def test_init_from_starts_from_another_runs_weights_with_fresh_adam(tmp_path, capsys):
     from flax import nnx
+
     src = tmp_path / "src"
     train.train_and_evaluate(train.Config(**dict(QUICK, figures=False)), src, log=lambda s: None)
     cfg = train.Config(**dict(QUICK, figures=False, train_k=4, init_from=str(src), lr=1e-12))
@@ -298,12 +339,19 @@ def test_init_from_starts_from_another_runs_weights_with_fresh_adam(tmp_path, ca
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-9, err_msg=name)
     model = train.build_model(train.Config(), (28, 28, 1), rngs=nnx.Rngs(0))
-    state = train.initial_weights_from(src, train.Trainer(model, train.Config()), train.Trainer(
-        model, train.Config()).init_state, train.Config(), (28, 28, 1))
+    state = train.initial_weights_from(
+        src,
+        train.Trainer(model, train.Config()),
+        train.Trainer(model, train.Config()).init_state,
+        train.Config(),
+        (28, 28, 1),
+    )
     assert all(float(jnp.abs(m).max()) == 0 for m in jax.tree.leaves(state["opt_state"][0].mu))
     # a different model, or no run at all: one error line, and the new workdir is left without a run
-    for extra, fragment in ((["--init-from", str(src), "--latent-dim", "3"], "--latent-dim"),
-                            (["--init-from", str(tmp_path / "nowhere")], "no run there")):
+    for extra, fragment in (
+        (["--init-from", str(src), "--latent-dim", "3"], "--latent-dim"),
+        (["--init-from", str(tmp_path / "nowhere")], "no run there"),
+    ):
         work = tmp_path / f"bad{len(extra[1])}"
         code, err = _cli(["train", "--workdir", str(work), "--epochs", "1", "--no-progress"] + extra, capsys)
         assert code == 2 and len(err) == 1 and fragment in err[0], err
@@ -330,8 +378,8 @@ def _tensorboard_scalars(folder):
         data = path.read_bytes()
         at = 0
         while at < len(data):
-            (length,) = struct.unpack("<Q", data[at:at + 8])
-            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
             at += 12 + length + 4
             for v in event.summary.value:
                 out.setdefault(v.tag, []).append((event.step, v.simple_value))
@@ -357,7 +405,25 @@ def test_paths_are_stored_absolute(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
-    assert cli.main(["train", "--workdir", "run", "--data-dir", "data", "--epochs", "1", "--train-limit", "64",
-                     "--test-limit", "32", "--no-figures", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--workdir",
+                "run",
+                "--data-dir",
+                "data",
+                "--epochs",
+                "1",
+                "--train-limit",
+                "64",
+                "--test-limit",
+                "32",
+                "--no-figures",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["data_dir"] == str(tmp_path / "data")

@@ -22,10 +22,22 @@ from vae_jax.errors import CheckpointError, ConfigError, ConsoleStderr, machine_
 from vae_jax.files import atomic_write, lock_run_dir
 
 # Options that may change when a run is resumed (all others are the run's, from its config.json).
-RESUMABLE = {"epochs", "progress", "figures", "iwae_k", "checkpoint", "data_dir", "devices", "max_steps",
-              "checkpoint_every", "data_mode", "data_workers",
-              "log_every", "tensorboard",
-              "lr"}  # a lower --lr resumes a run that diverged from its last good checkpoint
+RESUMABLE = {
+    "epochs",
+    "progress",
+    "figures",
+    "iwae_k",
+    "checkpoint",
+    "data_dir",
+    "devices",
+    "max_steps",
+    "checkpoint_every",
+    "data_mode",
+    "data_workers",
+    "log_every",
+    "tensorboard",
+    "lr",
+}  # a lower --lr resumes a run that diverged from its last good checkpoint
 
 
 def latest_step_on_disk(workdir) -> int:
@@ -47,7 +59,9 @@ def config_differences(saved: dict, config) -> list[str]:
         resumable = k in RESUMABLE and not (k == "epochs" and cur["lr_schedule"] != "constant")
         if not resumable and saved.get(k, defaults.get(k)) != cur[k]:
             why = " (--lr-schedule cosine fixes the schedule's length)" if k == "epochs" else ""
-            out.append(f"--{k.replace('_', '-')} {cur[k]!r} differs from the run's {saved.get(k, defaults.get(k))!r}{why}")
+            out.append(
+                f"--{k.replace('_', '-')} {cur[k]!r} differs from the run's {saved.get(k, defaults.get(k))!r}{why}"
+            )
     return out
 
 
@@ -56,11 +70,15 @@ def read_config(path: Path) -> dict:
     try:
         saved = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__} -- restore the run's original "
-                              "config.json or train again in another --workdir") from None
+        raise CheckpointError(
+            f"cannot read {path}: {type(e).__name__} -- restore the run's original "
+            "config.json or train again in another --workdir"
+        ) from None
     if not isinstance(saved, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(saved).__name__}, not a run's options -- restore "
-                              "the run's original config.json or train again in another --workdir")
+        raise CheckpointError(
+            f"{path} holds a JSON {type(saved).__name__}, not a run's options -- restore "
+            "the run's original config.json or train again in another --workdir"
+        )
     return saved
 
 
@@ -84,8 +102,9 @@ class RunDir:
                 os.close(fd)
                 os.unlink(probe)
             except OSError as e:
-                raise ConfigError(f"cannot write to workdir {self.dir}: {e.strerror} -- choose a writable "
-                                  "--workdir") from None
+                raise ConfigError(
+                    f"cannot write to workdir {self.dir}: {e.strerror} -- choose a writable --workdir"
+                ) from None
             lock_run_dir(self.dir)
             if restart:
                 self._clear_run(dry_run=True)  # deleted only once the new run's options and data work
@@ -94,13 +113,17 @@ class RunDir:
         has_run = self.primary and self.dir.is_dir() and any(self.dir.iterdir())
         if resume or read_only:
             if not self.config_path.exists():
-                raise CheckpointError(f"nothing to resume in {self.dir}: no config.json -- drop --resume to start a new run")
+                raise CheckpointError(
+                    f"nothing to resume in {self.dir}: no config.json -- drop --resume to start a new run"
+                )
             self._saved = read_config(self.config_path)
             self._check_same_config(self._saved)
         elif has_run and not restart:
             what = "a run" if self.config_path.exists() else "files (not a vae-jax run)"
-            raise ConfigError(f"workdir {self.dir} already holds {what} -- pass --resume to continue a run, "
-                              "or choose another (new or empty) --workdir; nothing was changed")
+            raise ConfigError(
+                f"workdir {self.dir} already holds {what} -- pass --resume to continue a run, "
+                "or choose another (new or empty) --workdir; nothing was changed"
+            )
         self.resume = resume
         self._manager = None
         if jax.process_count() > 1:  # every process has checked the folder before process 0 writes to it
@@ -115,11 +138,16 @@ class RunDir:
         if not self.config_path.exists():
             raise ConfigError(f"--restart: {self.dir} holds no run (no config.json) -- drop --restart")
         ours = {"config.json", "metrics.jsonl", "summary.json", "checkpoints", "figures", "plots", "tensorboard"}
-        other = sorted(p.name for p in self.dir.iterdir() if p.name not in ours and not p.name.startswith(".")
-                       and not p.name.startswith("eval_k"))
+        other = sorted(
+            p.name
+            for p in self.dir.iterdir()
+            if p.name not in ours and not p.name.startswith(".") and not p.name.startswith("eval_k")
+        )
         if other:
-            raise ConfigError(f"--restart: {self.dir} also holds {other[0]!r}, which vae-jax did not write -- move it "
-                              "away or choose another --workdir; nothing was deleted")
+            raise ConfigError(
+                f"--restart: {self.dir} also holds {other[0]!r}, which vae-jax did not write -- move it "
+                "away or choose another --workdir; nothing was deleted"
+            )
         for p in [] if dry_run else self.dir.iterdir():
             if p.name in ours or p.name.startswith("eval_k"):
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
@@ -134,15 +162,19 @@ class RunDir:
             cfg = dict(dataclasses.asdict(self.config), image_shape=list(image_shape))
             atomic_write(self.config_path, json.dumps(cfg, indent=2) + "\n")
         elif list(self._saved.get("image_shape", [])) != list(image_shape):
-            raise CheckpointError(f"cannot resume {self.dir}: it was trained on images of shape "
-                                  f"{tuple(self._saved.get('image_shape', ()))}, this data has {tuple(image_shape)} "
-                                  "-- use the same data or another --workdir")
+            raise CheckpointError(
+                f"cannot resume {self.dir}: it was trained on images of shape "
+                f"{tuple(self._saved.get('image_shape', ()))}, this data has {tuple(image_shape)} "
+                "-- use the same data or another --workdir"
+            )
 
     def _check_same_config(self, saved):
         differ = config_differences(saved, self.config)
         if differ:
-            raise CheckpointError(f"cannot resume {self.dir}: {'; '.join(differ)} -- drop those options (a resumed run "
-                                  "keeps the options in its config.json) or train in another --workdir")
+            raise CheckpointError(
+                f"cannot resume {self.dir}: {'; '.join(differ)} -- drop those options (a resumed run "
+                "keeps the options in its config.json) or train in another --workdir"
+            )
 
     @property
     def manager(self):
@@ -154,12 +186,17 @@ class RunDir:
             # next save of that epoch replaces.
             try:
                 self._manager = ocp.CheckpointManager(
-                    self.ckpt_dir, options=ocp.CheckpointManagerOptions(
-                        max_to_keep=2, enable_async_checkpointing=False, create=not self.read_only),
-                    item_handlers=ocp.StandardCheckpointHandler())
+                    self.ckpt_dir,
+                    options=ocp.CheckpointManagerOptions(
+                        max_to_keep=2, enable_async_checkpointing=False, create=not self.read_only
+                    ),
+                    item_handlers=ocp.StandardCheckpointHandler(),
+                )
             except Exception as e:  # noqa: BLE001 -- orbax raises many types for a damaged folder
-                raise CheckpointError(f"cannot read the checkpoints in {self.ckpt_dir} ({type(e).__name__}) -- "
-                                      "restore the folder or train again in another --workdir") from None
+                raise CheckpointError(
+                    f"cannot read the checkpoints in {self.ckpt_dir} ({type(e).__name__}) -- "
+                    "restore the folder or train again in another --workdir"
+                ) from None
         return self._manager
 
     def latest_step(self) -> int:
@@ -181,12 +218,14 @@ class RunDir:
             with _quiet_unraisable(), held:
                 self.manager.save(step, args=ocp.args.StandardSave(state))
                 self.manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001 -- orbax wraps the OSError in ValueError and others
+        except Exception as e:
             line = machine_failure(e)
             if line is None:
                 raise
-            raise CheckpointError(f"checkpoint {step} in {self.ckpt_dir}: {line}; the last complete checkpoint "
-                                  "is kept (--resume once there is room)") from None
+            raise CheckpointError(
+                f"checkpoint {step} in {self.ckpt_dir}: {line}; the last complete checkpoint "
+                "is kept (--resume once there is room)"
+            ) from None
 
     def restore(self, init_state):
         """(state, number): the latest checkpoint, or init_state and 0 when there is none.
@@ -201,8 +240,10 @@ class RunDir:
         try:
             saved = flat_tree(self.manager.item_metadata(epoch))
         except Exception as e:  # noqa: BLE001 -- orbax raises many types for a damaged folder
-            raise CheckpointError(f"{where} is damaged: its metadata cannot be read ({type(e).__name__}) -- "
-                                  "restore the folder or train again in another --workdir") from None
+            raise CheckpointError(
+                f"{where} is damaged: its metadata cannot be read ({type(e).__name__}) -- "
+                "restore the folder or train again in another --workdir"
+            ) from None
         # A checkpoint written at an epoch's end before the epoch's running sums joined the state:
         # its sums are zero (an epoch starts with zero sums).
         old_format = "sums" in init_state and not any(k.startswith("sums.") for k in saved)
@@ -211,17 +252,21 @@ class RunDir:
             abstract = {k: v for k, v in abstract.items() if k != "sums"}
         mismatch = tree_mismatch(saved, flat_tree(abstract))
         if mismatch:
-            raise CheckpointError(f"{where} does not fit this model: {mismatch} -- use the options it was "
-                                  "trained with, or another --workdir")
+            raise CheckpointError(
+                f"{where} does not fit this model: {mismatch} -- use the options it was "
+                "trained with, or another --workdir"
+            )
         try:
             with _quiet_unraisable(), _held_stderr():
                 state = self.manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # noqa: BLE001 -- tensorstore raises bare Exceptions for damaged data
             # The manager is left open: closing it closes the asyncio loop that reads still in flight
             # report to, and their callbacks then print "Event loop is closed" tracebacks.
-            raise CheckpointError(f"{where} is damaged: its arrays cannot be read ({type(e).__name__}) -- "
-                                  "restore the folder, or delete this epoch's folder to resume from the "
-                                  "one before") from None
+            raise CheckpointError(
+                f"{where} is damaged: its arrays cannot be read ({type(e).__name__}) -- "
+                "restore the folder, or delete this epoch's folder to resume from the "
+                "one before"
+            ) from None
         if old_format:
             state = dict(state, sums=sums)
         return state, epoch
@@ -268,14 +313,16 @@ def read_metrics(path) -> list[dict]:
         except (ValueError, TypeError, KeyError):
             if number == len(lines):
                 break
-            raise CheckpointError(f"line {number} of {path} is damaged -- restore the file "
-                                  "or train again in another --workdir") from None
+            raise CheckpointError(
+                f"line {number} of {path} is damaged -- restore the file or train again in another --workdir"
+            ) from None
         rows.append(row)
     return rows
 
 
 def flat_tree(tree) -> dict:
     """{'params.encoder_fc1.kernel.value': leaf} for a state pytree or orbax's tree metadata."""
+
     def name(k):
         for attr in ("key", "idx", "name"):
             if hasattr(k, attr):
@@ -294,8 +341,10 @@ def tree_mismatch(saved: dict, expected: dict) -> str:
             return f"it has no {key!r} (the model expects shape {tuple(want.shape)})"
         got = saved[key]
         if tuple(got.shape) != tuple(want.shape) or np.dtype(got.dtype) != np.dtype(want.dtype):
-            return (f"{key!r} is {np.dtype(got.dtype).name}{tuple(got.shape)} in the checkpoint, the model "
-                    f"expects {np.dtype(want.dtype).name}{tuple(want.shape)}")
+            return (
+                f"{key!r} is {np.dtype(got.dtype).name}{tuple(got.shape)} in the checkpoint, the model "
+                f"expects {np.dtype(want.dtype).name}{tuple(want.shape)}"
+            )
     extra = sorted(set(saved) - set(expected))
     if extra:
         return f"it holds {extra[0]!r} of shape {tuple(saved[extra[0]].shape)}, which the model does not have"
@@ -310,6 +359,7 @@ class _held_stderr:
 
     def __enter__(self):
         import tempfile
+
         sys.stderr.flush()
         self.saved = os.dup(2)
         self.tmp = tempfile.TemporaryFile()

@@ -106,8 +106,10 @@ def _add_config_options(parser):
 
 def _config_options(args) -> dict:
     """{Config field: value} of parsed train arguments (--no-figures: figures=False)."""
-    return {f.name: (not getattr(args, _dest(f.metadata["flag"])) if "flag" in f.metadata else getattr(args, f.name))
-            for f in _config_fields()}
+    return {
+        f.name: (not getattr(args, _dest(f.metadata["flag"])) if "flag" in f.metadata else getattr(args, f.name))
+        for f in _config_fields()
+    }
 
 
 def _one_line(e) -> str:
@@ -124,12 +126,18 @@ def _parser():
     t = sub.add_parser("train", help="train a model (default: the chapter's VAE on the embedded digits)")
     t.add_argument("--workdir", default=None, help="run directory (default runs/<model>_<dataset>_seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
-    t.add_argument("--restart", action="store_true",
-                   help="train the run in --workdir again from scratch, deleting what it wrote (e.g. after a "
-                        "non-finite loss in its first epoch)")
+    t.add_argument(
+        "--restart",
+        action="store_true",
+        help="train the run in --workdir again from scratch, deleting what it wrote (e.g. after a "
+        "non-finite loss in its first epoch)",
+    )
     _add_config_options(t)  # the run's options: one per field of train.Config
-    t.add_argument("--coordinator-address", default=None,
-                   help="multi-process: HOST:PORT of process 0 (jax.distributed.initialize); see README")
+    t.add_argument(
+        "--coordinator-address",
+        default=None,
+        help="multi-process: HOST:PORT of process 0 (jax.distributed.initialize); see README",
+    )
     t.add_argument("--num-processes", type=_positive_int, default=None, help="multi-process: number of processes")
     t.add_argument("--process-id", type=_nonneg_int, default=None, help="multi-process: this process's index")
 
@@ -138,8 +146,9 @@ def _parser():
     e.add_argument("--data-dir", default=None)
     e.add_argument("--iwae-k", type=_positive_int, default=5000)
     e.add_argument("--test-limit", type=_positive_int, default=None, help="use the first N test images")
-    e.add_argument("--out", default=None,
-                   help="JSON file to write (default <workdir>/eval_k<K>_seed<S>.json); must not exist")
+    e.add_argument(
+        "--out", default=None, help="JSON file to write (default <workdir>/eval_k<K>_seed<S>.json); must not exist"
+    )
     e.add_argument("--seed", type=_nonneg_int, default=0)
     e.add_argument("--no-progress", action="store_true")
 
@@ -155,20 +164,27 @@ def _parser():
     x.add_argument("--out", required=True, help="the .pt file to write (must not exist)")
 
     pr = sub.add_parser("prepare", help="prepare a tfds dataset offline from a folder of the original files")
-    pr.add_argument("--dataset", default="mnist",
-                    help=f"the tfds dataset: one of {', '.join(input_pipeline.TFDS_DATASETS)}")
+    pr.add_argument(
+        "--dataset", default="mnist", help=f"the tfds dataset: one of {', '.join(input_pipeline.TFDS_DATASETS)}"
+    )
     pr.add_argument("--manual-dir", required=True, help="folder holding the original files")
     pr.add_argument("--data-dir", required=True, help="tfds data_dir to write")
 
     from vae_jax.experiments import EXPERIMENTS, SIZES
 
-    ex = sub.add_parser("experiment", help="one of the chapter's exercises: train its variants, write tables and figures")
+    ex = sub.add_parser(
+        "experiment", help="one of the chapter's exercises: train its variants, write tables and figures"
+    )
     ex.add_argument("name", choices=list(EXPERIMENTS))
     ex.add_argument("--workdir", required=True, help="output folder; each variant trains in <workdir>/<variant>/")
     ex.add_argument("--data-dir", default=None)
     ex.add_argument("--dataset", default="digits", choices=["mnist", "digits"])
-    ex.add_argument("--size", default="reduced", choices=list(SIZES),
-                    help="reduced: a tiny run (tests); full: 10 epochs, batch 128, Adam 1e-3")
+    ex.add_argument(
+        "--size",
+        default="reduced",
+        choices=list(SIZES),
+        help="reduced: a tiny run (tests); full: 10 epochs, batch 128, Adam 1e-3",
+    )
     ex.add_argument("--seed", type=_nonneg_int, default=0)
     return p
 
@@ -191,8 +207,9 @@ def _fresh_path(path, what, *, parent_must_exist=False):
     if os.path.lexists(path):  # a dangling link too: nothing is written through it
         raise ConfigError(f"{what} {path} already exists -- choose another path; nothing was overwritten")
     if parent_must_exist and not path.parent.is_dir():
-        raise ConfigError(f"cannot write {what} {path}: the folder {path.parent} does not exist -- create it "
-                          "or choose another path")
+        raise ConfigError(
+            f"cannot write {what} {path}: the folder {path.parent} does not exist -- create it or choose another path"
+        )
     return path
 
 
@@ -213,8 +230,11 @@ def _run(args):
 
             saved = read_config(Path(workdir) / "config.json")
             # --max-steps (where this invocation stops) and --devices (this machine's) are not the run's
-            kw = {**{k: v for k, v in saved.items() if k in fields and k not in ("max_steps", "devices")},
-                  **{k: kw[k] for k in ("max_steps", "devices")}, **given}
+            kw = {
+                **{k: v for k, v in saved.items() if k in fields and k not in ("max_steps", "devices")},
+                **{k: kw[k] for k in ("max_steps", "devices")},
+                **given,
+            }
         for k in ("data_dir", "init_from"):  # stored absolute: eval/plot/resume work from any folder
             if kw.get(k) and k in given:
                 kw[k] = os.path.abspath(kw[k])
@@ -229,8 +249,9 @@ def _run(args):
     if args.command == "experiment":
         from vae_jax import experiments
 
-        experiments.run_experiment(args.name, args.workdir, dataset=args.dataset, data_dir=args.data_dir,
-                                   size=args.size, seed=args.seed)
+        experiments.run_experiment(
+            args.name, args.workdir, dataset=args.dataset, data_dir=args.data_dir, size=args.size, seed=args.seed
+        )
         return 0
 
     if args.command == "prepare":
@@ -259,17 +280,26 @@ def _run(args):
     if args.command == "eval":
         from vae_jax import evaluate
 
-        out = _fresh_path(args.out or Path(args.workdir) / f"eval_k{args.iwae_k}_seed{args.seed}.json",
-                          "evaluation file", parent_must_exist=True)
+        out = _fresh_path(
+            args.out or Path(args.workdir) / f"eval_k{args.iwae_k}_seed{args.seed}.json",
+            "evaluation file",
+            parent_must_exist=True,
+        )
         config = dc.replace(config, test_limit=args.test_limit or config.test_limit, seed=args.seed)
         _, test_ds = train.load_data(config)
         result = train.evaluate_model(model, config, test_ds)
         if getattr(model, "reparameterize", None) is not None and config.recon in ("bce", "bce_logits"):
             test_x, test_y = train.device_arrays(test_ds)
             result["iwae_k"] = args.iwae_k
-            result["iwae_nll"] = evaluate.iwae_nll(model, test_x, test_y, k=args.iwae_k,
-                                                   key=jax.random.key(args.seed), recon=config.recon,
-                                                   progress=not args.no_progress)
+            result["iwae_nll"] = evaluate.iwae_nll(
+                model,
+                test_x,
+                test_y,
+                k=args.iwae_k,
+                key=jax.random.key(args.seed),
+                recon=config.recon,
+                progress=not args.no_progress,
+            )
         result["num_test"] = len(test_ds)
         print(json.dumps(result))  # printed first: a file that cannot be written does not lose it
         atomic_write(out, json.dumps(result, indent=2) + "\n", replace=False)
@@ -298,8 +328,11 @@ def _kept_after_interrupt(args) -> str:
 
         workdir = args.workdir or "the workdir"
         step = latest_step_on_disk(args.workdir) if args.workdir else 0
-        return (f"the checkpoint of step {step} in {workdir} is kept (continue with --resume)" if step
-                else "no checkpoint was written yet (start again, or --resume to keep the options)")
+        return (
+            f"the checkpoint of step {step} in {workdir} is kept (continue with --resume)"
+            if step
+            else "no checkpoint was written yet (start again, or --resume to keep the options)"
+        )
     if args.command == "experiment":
         return "the variants trained so far are kept (run the same command again to continue)"
     return "nothing was written (outputs appear only when complete)"
@@ -316,9 +349,11 @@ def _check_platform():
         jax.devices()
     except Exception as e:  # noqa: BLE001 -- jax raises AssertionError/RuntimeError for a missing backend
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise ConfigError(f"JAX_PLATFORMS={wanted}: no such backend here ({detail}) -- unset JAX_PLATFORMS to use "
-                          "the CPU, or install the jax build for that accelerator (e.g. pip install "
-                          "'jax[cuda12]')") from None
+        raise ConfigError(
+            f"JAX_PLATFORMS={wanted}: no such backend here ({detail}) -- unset JAX_PLATFORMS to use "
+            "the CPU, or install the jax build for that accelerator (e.g. pip install "
+            "'jax[cuda12]')"
+        ) from None
 
 
 def main(argv=None, *, console=False):
@@ -338,7 +373,7 @@ def main(argv=None, *, console=False):
             sys.stdout.flush()
             sys.stderr.flush()
             err = ConsoleStderr.silence()
-            sys.stderr = sys.__stderr__ = open(os.devnull, "w")
+            sys.stderr = sys.__stderr__ = open(os.devnull, "w")  # noqa: SIM115 -- open until the process exits
             os.write(err, (line + "\n").encode())
         else:
             print(line, file=sys.stderr)
@@ -357,9 +392,12 @@ def main(argv=None, *, console=False):
         if line:
             return fail(f"vae-jax: error: {line}", 2)
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        return fail(f"vae-jax: error: cannot access{where}: {getattr(e, 'strerror', None) or _one_line(e)} -- "
-                    "check the path, its permissions and the free space", 2)
-    except Exception as e:  # noqa: BLE001 -- last resort: one line instead of a traceback
+        return fail(
+            f"vae-jax: error: cannot access{where}: {getattr(e, 'strerror', None) or _one_line(e)} -- "
+            "check the path, its permissions and the free space",
+            2,
+        )
+    except Exception as e:
         from vae_jax import distributed
 
         line = machine_failure(e)
@@ -367,12 +405,18 @@ def main(argv=None, *, console=False):
             return fail(f"vae-jax: error: {line}", 2)
 
         if "jax" in sys.modules and distributed.is_peer_failure(e):
-            return fail(f"vae-jax: error: another process of this multi-process run failed or is unreachable "
-                        f"({_one_line(e)[:160]}) -- see its output, then restart every process with --resume", 2)
+            return fail(
+                f"vae-jax: error: another process of this multi-process run failed or is unreachable "
+                f"({_one_line(e)[:160]}) -- see its output, then restart every process with --resume",
+                2,
+            )
         if os.environ.get("VAE_JAX_DEBUG"):
             raise
-        return fail(f"vae-jax: internal error: {type(e).__name__}: {_one_line(e)[:300]} -- this is a bug, please "
-                    "report it with the command line (VAE_JAX_DEBUG=1 shows the traceback)", 1)
+        return fail(
+            f"vae-jax: internal error: {type(e).__name__}: {_one_line(e)[:300]} -- this is a bug, please "
+            "report it with the command line (VAE_JAX_DEBUG=1 shows the traceback)",
+            1,
+        )
 
 
 def console_main():

@@ -29,14 +29,26 @@ from vae_jax.layers import BatchNorm2d
 _T = lambda a: a.T  # noqa: E731
 _RULES = {
     nnx.Linear: [("kernel", "weight", _T, _T), ("bias", "bias", None, None)],
-    nnx.Conv: [("kernel", "weight", lambda k: k.transpose(3, 2, 0, 1), lambda w: w.transpose(2, 3, 1, 0)),
-               ("bias", "bias", None, None)],
-    nnx.ConvTranspose: [("kernel", "weight", lambda k: k[::-1, ::-1].transpose(2, 3, 0, 1),
-                         lambda w: w.transpose(2, 3, 0, 1)[::-1, ::-1]),
-                        ("bias", "bias", None, None)],
-    BatchNorm2d: [("scale", "weight", None, None), ("bias", "bias", None, None),
-                  ("mean", "running_mean", None, None), ("var", "running_var", None, None),
-                  ("count", "num_batches_tracked", lambda c: c.astype(np.int64), None)],
+    nnx.Conv: [
+        ("kernel", "weight", lambda k: k.transpose(3, 2, 0, 1), lambda w: w.transpose(2, 3, 1, 0)),
+        ("bias", "bias", None, None),
+    ],
+    nnx.ConvTranspose: [
+        (
+            "kernel",
+            "weight",
+            lambda k: k[::-1, ::-1].transpose(2, 3, 0, 1),
+            lambda w: w.transpose(2, 3, 0, 1)[::-1, ::-1],
+        ),
+        ("bias", "bias", None, None),
+    ],
+    BatchNorm2d: [
+        ("scale", "weight", None, None),
+        ("bias", "bias", None, None),
+        ("mean", "running_mean", None, None),
+        ("var", "running_var", None, None),
+        ("count", "num_batches_tracked", lambda c: c.astype(np.int64), None),
+    ],
 }
 
 
@@ -63,7 +75,7 @@ def _entries(model):
                 yield f"{prefix}.{name}", module, attr, to_t, from_t
 
 
-def to_numpy_state_dict(model) -> "OrderedDict[str, np.ndarray]":
+def to_numpy_state_dict(model) -> OrderedDict[str, np.ndarray]:
     """The torch state_dict of `model` as numpy arrays (torch's keys, shapes and layouts)."""
     sd = OrderedDict()
     for key, module, attr, to_t, _ in _entries(model):
@@ -85,24 +97,26 @@ def load_torch_state_dict(model, state_dict) -> None:
     Any missing key, unexpected key or shape mismatch raises one ConversionError naming the key
     and both shapes; the model is left unchanged in that case.
     """
-    given = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-             for k, v in state_dict.items()}
+    given = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()}
     expected = to_numpy_state_dict(model)
     name = type(model).__name__
     for k, v in expected.items():
         if k not in given:
             raise ConversionError(
                 f"state_dict does not fit {name}: missing key {k!r} (model expects shape {tuple(v.shape)}, "
-                f"state_dict has none) -- is it a checkpoint of another model?")
+                f"state_dict has none) -- is it a checkpoint of another model?"
+            )
         if tuple(given[k].shape) != tuple(v.shape):
             raise ConversionError(
                 f"state_dict does not fit {name}: key {k!r} has shape {tuple(given[k].shape)}, "
-                f"model expects {tuple(v.shape)} -- check the model type and its dimensions")
+                f"model expects {tuple(v.shape)} -- check the model type and its dimensions"
+            )
     extra = sorted(set(given) - set(expected))
     if extra:
         raise ConversionError(
             f"state_dict does not fit {name}: unexpected key {extra[0]!r} with shape "
-            f"{tuple(given[extra[0]].shape)} (model has no such tensor) -- is it a checkpoint of another model?")
+            f"{tuple(given[extra[0]].shape)} (model has no such tensor) -- is it a checkpoint of another model?"
+        )
     for key, module, attr, _, from_t in _entries(model):
         var = getattr(module, attr)
         v = given[key]
@@ -136,8 +150,9 @@ def load_pt(model, path) -> None:
     except FileNotFoundError:
         raise ConversionError(f"state_dict file not found: {path} -- pass the path of a .pt file") from None
     except Exception as e:  # noqa: BLE001 -- torch raises many types for a bad file
-        raise ConversionError(f"cannot read state_dict file {path}: {type(e).__name__} -- "
-                              "is it a torch.save'd state_dict?") from None
+        raise ConversionError(
+            f"cannot read state_dict file {path}: {type(e).__name__} -- is it a torch.save'd state_dict?"
+        ) from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):

@@ -33,8 +33,9 @@ def cluster_detected() -> bool:
     return False
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+def initialize(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
     """Join a multi-process run; returns False (and does nothing) for a single-process run.
 
     Give all three arguments, or none of them on a cluster that JAX detects (see cluster_detected).
@@ -43,28 +44,39 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
     given = [v is not None for v in (coordinator_address, num_processes, process_id)]
     if any(given) and not all(given):
-        raise ConfigError("a multi-process run needs --coordinator-address HOST:PORT, --num-processes N and "
-                          "--process-id I together (or none of them under SLURM/Open MPI)")
+        raise ConfigError(
+            "a multi-process run needs --coordinator-address HOST:PORT, --num-processes N and "
+            "--process-id I together (or none of them under SLURM/Open MPI)"
+        )
     if not any(given) and not cluster_detected():
         return False
     if all(given):
         host, _, port = coordinator_address.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"--coordinator-address {coordinator_address!r} is not HOST:PORT -- e.g. "
-                              "10.0.0.1:12345, the address of process 0")
+            raise ConfigError(
+                f"--coordinator-address {coordinator_address!r} is not HOST:PORT -- e.g. "
+                "10.0.0.1:12345, the address of process 0"
+            )
         if not 0 <= process_id < num_processes:
-            raise ConfigError(f"--process-id {process_id} is not in 0..{num_processes - 1} (--num-processes "
-                              f"{num_processes})")
+            raise ConfigError(
+                f"--process-id {process_id} is not in 0..{num_processes - 1} (--num-processes {num_processes})"
+            )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used only by CPU devices
     try:
-        jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                                   initialization_timeout=INIT_TIMEOUT_S,
-                                   heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
-                                   shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
+        jax.distributed.initialize(
+            coordinator_address,
+            num_processes,
+            process_id,
+            initialization_timeout=INIT_TIMEOUT_S,
+            heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+            shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S,
+        )
     except (RuntimeError, ValueError) as e:
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"cannot join the multi-process run ({detail}) -- check --coordinator-address, "
-                          "--num-processes and --process-id, and that process 0 is running") from None
+        raise ConfigError(
+            f"cannot join the multi-process run ({detail}) -- check --coordinator-address, "
+            "--num-processes and --process-id, and that process 0 is running"
+        ) from None
     return True
 
 
@@ -73,5 +85,6 @@ def is_peer_failure(e: BaseException) -> bool:
     import jax
 
     text = str(e)
-    return jax.process_count() > 1 and any(s in text for s in ("Gloo", "gloo", "Connection closed", "DEADLINE",
-                                                                 "heartbeat", "UNAVAILABLE"))
+    return jax.process_count() > 1 and any(
+        s in text for s in ("Gloo", "gloo", "Connection closed", "DEADLINE", "heartbeat", "UNAVAILABLE")
+    )

@@ -53,10 +53,21 @@ _STORAGE = {  # errno -> (what, fix)
     1: ("operation not permitted", "choose a --workdir/--out you may write to"),
     36: ("a file name is too long", "choose a shorter --workdir/--out"),
 }
-_STORAGE_TEXT = {"No space left on device": 28, "Disk quota exceeded": 122, "Read-only file system": 30,
-                 "Permission denied": 13, "File name too long": 36}
-_MEMORY_TEXT = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM when allocating",
-                "Allocation of", "Failed to allocate")
+_STORAGE_TEXT = {
+    "No space left on device": 28,
+    "Disk quota exceeded": 122,
+    "Read-only file system": 30,
+    "Permission denied": 13,
+    "File name too long": 36,
+}
+_MEMORY_TEXT = (
+    "RESOURCE_EXHAUSTED",
+    "Out of memory",
+    "out of memory",
+    "OOM when allocating",
+    "Allocation of",
+    "Failed to allocate",
+)
 
 
 def machine_failure(e: BaseException) -> str | None:
@@ -72,6 +83,8 @@ def machine_failure(e: BaseException) -> str | None:
         where = getattr(e, "filename", None)
         return f"cannot write{f' {where}' if where else ''}: {what} -- {fix}"
     if isinstance(e, MemoryError) or any(t in text for t in _MEMORY_TEXT):
-        return ("out of memory -- lower --batch-size (or --train-k, --iwae-k, --latent-dim, --hidden-dim), "
-                "or use --data-mode stream for a large dataset")
+        return (
+            "out of memory -- lower --batch-size (or --train-k, --iwae-k, --latent-dim, --hidden-dim), "
+            "or use --data-mode stream for a large dataset"
+        )
     return None

@@ -14,8 +14,20 @@ from vae_jax import losses
 from vae_jax.errors import ConfigError
 from vae_jax.models import model_inputs, one_hot
 
-def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_size=100, chunk=250,
-             binarize_key=None, progress=False):
+
+def iwae_nll(
+    model,
+    images,
+    labels,
+    *,
+    k=5000,
+    key,
+    recon="bce_logits",
+    batch_size=100,
+    chunk=250,
+    binarize_key=None,
+    progress=False,
+):
     """Mean over images of -log p(x), estimated with k importance samples from q(z|x):
 
         log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k
@@ -40,9 +52,13 @@ def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_si
         m = nnx.merge(graphdef, st)
         xin, cond = model_inputs(m, x, y)
         mu, logvar = m.encode(xin, *cond)
+
         # eps of image i, chunk ci comes from fold_in(fold_in(key, i), ci): batching does not change it
-        draw = lambda i: jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), ci),
-                                           (chunk, mu.shape[-1]), mu.dtype)
+        def draw(i):
+            return jax.random.normal(
+                jax.random.fold_in(jax.random.fold_in(key, i), ci), (chunk, mu.shape[-1]), mu.dtype
+            )
+
         eps = jnp.swapaxes(jax.vmap(draw)(index), 0, 1)
         logw, _ = losses.importance_log_weights(m.decode_logits, xin, cond, mu, logvar, eps)
         logw = jnp.where(jnp.arange(chunk)[:, None] < valid, logw, -jnp.inf)  # last chunk may be partial
@@ -56,7 +72,7 @@ def iwae_nll(model, images, labels, *, k=5000, key, recon="bce_logits", batch_si
 
         starts = tqdm(starts, desc=f"NLL (k={k})", unit="batch", leave=False, dynamic_ncols=True)
     for bi, a in enumerate(starts):
-        x, y = images[a:a + batch_size], labels[a:a + batch_size]
+        x, y = images[a : a + batch_size], labels[a : a + batch_size]
         if binarize_key is not None:
             x = jax.random.bernoulli(jax.random.fold_in(binarize_key, bi), x).astype(x.dtype)
         lse = jnp.full((x.shape[0],), -jnp.inf)
@@ -80,12 +96,11 @@ def make_figures(model, test_ds, history, outdir, *, key, n_scatter=5000, batch_
     image_shape = tuple(part.image_shape)
     imgs = jnp.asarray(part.images, jnp.float32)
     has_labels = test_ds.has_labels and part.labels is not None
-    labels = (jnp.asarray(part.labels, jnp.int32) if has_labels
-              else jnp.zeros((imgs.shape[0],), jnp.int32))
+    labels = jnp.asarray(part.labels, jnp.int32) if has_labels else jnp.zeros((imgs.shape[0],), jnp.int32)
     xin, cond = model_inputs(model, imgs, labels)
 
     def encode(a):
-        enc = model.encode(xin[a:a + batch_size], *(c[a:a + batch_size] for c in cond))
+        enc = model.encode(xin[a : a + batch_size], *(c[a : a + batch_size] for c in cond))
         return enc if isinstance(enc, tuple) else (enc, None)  # Autoencoder.encode returns z
 
     encoded = [encode(a) for a in range(0, imgs.shape[0], batch_size)]
@@ -102,20 +117,30 @@ def make_figures(model, test_ds, history, outdir, *, key, n_scatter=5000, batch_
     out = {}
     n = min(10, imgs.shape[0])
     recon = model.decode(mu[:n], *(c[:n] for c in cond))
-    out["reconstruction"] = figures.save_reconstructions(np.asarray(imgs[:n]), np.asarray(recon),
-                                                         outdir / "reconstruction.png", image_shape=image_shape)
+    out["reconstruction"] = figures.save_reconstructions(
+        np.asarray(imgs[:n]), np.asarray(recon), outdir / "reconstruction.png", image_shape=image_shape
+    )
     z = jax.random.normal(key, (16, mu.shape[-1]), mu.dtype)
-    out["samples"] = figures.save_sample_grid(decode_fn(z, jnp.arange(16) % 10), outdir / "samples.png",
-                                              image_shape=image_shape)
-    out["latent"] = figures.save_latent_scatter(np.asarray(mu), np.asarray(labels) if has_labels else None,
-                                                outdir / "latent.png")
-    out["manifold"] = figures.save_manifold(decode_fn, outdir / "manifold.png", n=20, image_shape=image_shape,
-                                            mu=np.asarray(mu), logvar=None if logvar is None else np.asarray(logvar))
+    out["samples"] = figures.save_sample_grid(
+        decode_fn(z, jnp.arange(16) % 10), outdir / "samples.png", image_shape=image_shape
+    )
+    out["latent"] = figures.save_latent_scatter(
+        np.asarray(mu), np.asarray(labels) if has_labels else None, outdir / "latent.png"
+    )
+    out["manifold"] = figures.save_manifold(
+        decode_fn,
+        outdir / "manifold.png",
+        n=20,
+        image_shape=image_shape,
+        mu=np.asarray(mu),
+        logvar=None if logvar is None else np.asarray(logvar),
+    )
     pairs = [(np.asarray(mu[2 * i]), np.asarray(mu[2 * i + 1])) for i in range(min(3, mu.shape[0] // 2))]
     if pairs:
         for mode in ("linear", "spherical"):
             out[f"interpolation_{mode}"] = figures.save_interpolation(
-                decode_fn, pairs, outdir / f"interpolation_{mode}.png", mode=mode, image_shape=image_shape)
+                decode_fn, pairs, outdir / f"interpolation_{mode}.png", mode=mode, image_shape=image_shape
+            )
     if history:
         out["loss_curves"] = figures.save_loss_curves(history, outdir / "loss_curves.png")
     return {k: str(v) for k, v in out.items()}

@@ -36,12 +36,38 @@ ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): unit d is active when Cov_x(E_q[
 
 SIZES = {
     # reduced: batches divide the limits exactly (one compiled shape per step function)
-    "reduced": dict(epochs=2, batch_size=100, lr=1e-3, train_limit=600, test_limit=200,
-                    iwae_k=20, iwae_n=100, classifier_epochs=2, figures=False,
-                    grid_samples=16, traversal_dims=4, traversal_steps=7, per_class=10, class_cols=5),
-    "full": dict(epochs=10, batch_size=128, lr=1e-3, train_limit=None, test_limit=None,
-                 iwae_k=1000, iwae_n=1000, classifier_epochs=5, figures=False,
-                 grid_samples=64, traversal_dims=8, traversal_steps=9, per_class=100, class_cols=10),
+    "reduced": dict(
+        epochs=2,
+        batch_size=100,
+        lr=1e-3,
+        train_limit=600,
+        test_limit=200,
+        iwae_k=20,
+        iwae_n=100,
+        classifier_epochs=2,
+        figures=False,
+        grid_samples=16,
+        traversal_dims=4,
+        traversal_steps=7,
+        per_class=10,
+        class_cols=5,
+    ),
+    "full": dict(
+        epochs=10,
+        batch_size=128,
+        lr=1e-3,
+        train_limit=None,
+        test_limit=None,
+        iwae_k=1000,
+        iwae_n=1000,
+        classifier_epochs=5,
+        figures=False,
+        grid_samples=64,
+        traversal_dims=8,
+        traversal_steps=9,
+        per_class=100,
+        class_cols=10,
+    ),
 }
 
 
@@ -60,9 +86,19 @@ class Context:
 
     def config(self, **overrides) -> train.Config:
         o = self.opts
-        kw = dict(dataset=self.dataset, data_dir=self.data_dir, seed=self.seed, epochs=o["epochs"],
-                  batch_size=o["batch_size"], lr=o["lr"], train_limit=o["train_limit"],
-                  test_limit=o["test_limit"], figures=o["figures"], progress=False, checkpoint=True)
+        kw = dict(
+            dataset=self.dataset,
+            data_dir=self.data_dir,
+            seed=self.seed,
+            epochs=o["epochs"],
+            batch_size=o["batch_size"],
+            lr=o["lr"],
+            train_limit=o["train_limit"],
+            test_limit=o["test_limit"],
+            figures=o["figures"],
+            progress=False,
+            checkpoint=True,
+        )
         kw.update(overrides)
         return train.Config(**kw)
 
@@ -92,7 +128,7 @@ def posterior(model, x, y, batch_size=1000):
     """(mu, logvar) of q(z|x) for every image, as numpy arrays."""
     mus, lvs = [], []
     for a in range(0, x.shape[0], batch_size):
-        xin, cond = train.model_inputs(model, x[a:a + batch_size], y[a:a + batch_size])
+        xin, cond = train.model_inputs(model, x[a : a + batch_size], y[a : a + batch_size])
         mu, lv = model.encode(xin, *cond)
         mus.append(np.asarray(mu))
         lvs.append(np.asarray(lv))
@@ -101,7 +137,7 @@ def posterior(model, x, y, batch_size=1000):
 
 def kl_per_dim(mu, logvar):
     """Mean over the test set of KL(q(z_d|x) || N(0, 1)) for each latent dimension d: (D,)."""
-    return np.mean(0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar), axis=0)
+    return np.mean(0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar), axis=0)
 
 
 def active_units(mu, threshold=ACTIVE_THRESHOLD):
@@ -114,7 +150,7 @@ def recon_scores(model, x, y, key, batch_size=1000):
     decode(z), z ~ q(z|x) drawn once from `key`, plus the KL: both models on one scale."""
     bce = sse = kl = 0.0
     for i, a in enumerate(range(0, x.shape[0], batch_size)):
-        xin, cond = train.model_inputs(model, x[a:a + batch_size], y[a:a + batch_size])
+        xin, cond = train.model_inputs(model, x[a : a + batch_size], y[a : a + batch_size])
         logits, mu, lv = model.forward_logits(xin, jax.random.fold_in(key, i), *cond)
         bce += float(jnp.sum(losses.reconstruction_per_sample(logits, xin, "bce_logits")))
         sse += float(jnp.sum(losses.reconstruction_per_sample(jax.nn.sigmoid(logits), xin, "gaussian")))
@@ -125,11 +161,13 @@ def recon_scores(model, x, y, key, batch_size=1000):
 
 def decoder_fn(model, y=None):
     """numpy (M, D) latents -> numpy images; a conditional model decodes with labels y (M,)."""
+
     def fn(z):
         z = jnp.asarray(z, jnp.float32)
         if not model.conditional:
             return np.asarray(model.decode(z))
         return np.asarray(model.decode(z, models.one_hot(model, jnp.asarray(y))))
+
     return fn
 
 
@@ -144,8 +182,14 @@ def true_elbo(m):
 
 def iwae(ctx, model, x, y, cfg):
     n = ctx.opts["iwae_n"] or x.shape[0]
-    return evaluate.iwae_nll(model, x[:n], y[:n], k=ctx.opts["iwae_k"],
-                             key=train.purpose_key(ctx.seed, train.KeyPurpose.IWAE), recon=cfg.recon)
+    return evaluate.iwae_nll(
+        model,
+        x[:n],
+        y[:n],
+        k=ctx.opts["iwae_k"],
+        key=train.purpose_key(ctx.seed, train.KeyPurpose.IWAE),
+        recon=cfg.recon,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,7 +231,7 @@ def traversal_latents(mu0, dims, values):
     """(len(dims) * len(values), D): row r sweeps dimension dims[r] over values, others at mu0."""
     z = np.tile(np.asarray(mu0, np.float32), (len(dims) * len(values), 1))
     for r, d in enumerate(dims):
-        z[r * len(values):(r + 1) * len(values), d] = values
+        z[r * len(values) : (r + 1) * len(values), d] = values
     return z
 
 
@@ -201,26 +245,46 @@ def beta_vae(ctx):
         kld = kl_per_dim(mu, lv)
         kls[f"β={beta:g}"] = kld
         f = hist[-1]
-        rows.append({"beta": beta, "test_recon": f["test_recon"], "test_kl": f["test_kl"],
-                     "neg_elbo": true_elbo(f), "active_units": active_units(mu),
-                     "latent_dim": int(mu.shape[1])})
-        top = np.argsort(kld)[::-1][:min(ctx.opts["traversal_dims"], len(kld))]
+        rows.append(
+            {
+                "beta": beta,
+                "test_recon": f["test_recon"],
+                "test_kl": f["test_kl"],
+                "neg_elbo": true_elbo(f),
+                "active_units": active_units(mu),
+                "latent_dim": int(mu.shape[1]),
+            }
+        )
+        top = np.argsort(kld)[::-1][: min(ctx.opts["traversal_dims"], len(kld))]
         z = traversal_latents(mu[0], top, values)
         out[f"traversal_beta{beta:g}"] = figures.save_sample_grid(
-            decoder_fn(model)(z), ctx.workdir / f"traversal_beta{beta:g}.png", image_shape=image_shape_of(test_ds),
+            decoder_fn(model)(z),
+            ctx.workdir / f"traversal_beta{beta:g}.png",
+            image_shape=image_shape_of(test_ds),
             ncols=len(values),
-            title=f"β={beta:g}: rows = dims {', '.join(map(str, top))} (largest KL), z_d from -3 to 3")
-    out["kl_per_dim"] = figures.save_bars(kls, ctx.workdir / "kl_per_dim.png", xlabel="latent dimension",
-                                  ylabel="mean KL per dimension (nats)", title="KL per latent dimension")
-    out["recon_vs_kl"] = figures.save_lines({"β-VAE": ([r["test_kl"] for r in rows], [[r["test_recon"] for r in rows]])},
-                                    ctx.workdir / "recon_vs_kl.png", xlabel="test KL (nats)",
-                                    ylabels=["test reconstruction (nats)"],
-                                    title="Reconstruction vs KL, β = " + ", ".join(f"{b:g}" for b in BETAS))
+            title=f"β={beta:g}: rows = dims {', '.join(map(str, top))} (largest KL), z_d from -3 to 3",
+        )
+    out["kl_per_dim"] = figures.save_bars(
+        kls,
+        ctx.workdir / "kl_per_dim.png",
+        xlabel="latent dimension",
+        ylabel="mean KL per dimension (nats)",
+        title="KL per latent dimension",
+    )
+    out["recon_vs_kl"] = figures.save_lines(
+        {"β-VAE": ([r["test_kl"] for r in rows], [[r["test_recon"] for r in rows]])},
+        ctx.workdir / "recon_vs_kl.png",
+        xlabel="test KL (nats)",
+        ylabels=["test reconstruction (nats)"],
+        title="Reconstruction vs KL, β = " + ", ".join(f"{b:g}" for b in BETAS),
+    )
     a, b = rows[0], rows[-1]
-    statement = (f"As β goes {a['beta']:g}→{b['beta']:g}, the test KL goes from {a['test_kl']:.2f} to "
-                 f"{b['test_kl']:.2f} nats and the active units from {a['active_units']} to "
-                 f"{b['active_units']} (of {a['latent_dim']}); the reconstruction term goes from "
-                 f"{a['test_recon']:.2f} to {b['test_recon']:.2f} nats.")
+    statement = (
+        f"As β goes {a['beta']:g}→{b['beta']:g}, the test KL goes from {a['test_kl']:.2f} to "
+        f"{b['test_kl']:.2f} nats and the active units from {a['active_units']} to "
+        f"{b['active_units']} (of {a['latent_dim']}); the reconstruction term goes from "
+        f"{a['test_recon']:.2f} to {b['test_recon']:.2f} nats."
+    )
     return rows, statement, out, {"kl_per_dim": {k: v.tolist() for k, v in kls.items()}}
 
 
@@ -247,6 +311,7 @@ def train_classifier(train_x, train_y, *, epochs, seed, batch_size=128, lr=1e-3)
     def step(model, opt, xb, yb):
         def loss_fn(m):
             return optax.softmax_cross_entropy_with_integer_labels(m(xb), yb).mean()
+
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         opt.update(model, grads)
         return loss
@@ -306,45 +371,88 @@ def cvae(ctx):
         by_class = ok.reshape(10, per_class).mean(axis=1)
         worst = int(np.argmin(by_class))
         f = finals[name] = hist[-1]
-        rows.append({"variant": name, "latent_dim": D, "beta": cfg.beta, "epochs": f["epoch"],
-                     "test_recon": f["test_recon"], "test_kl": f["test_kl"], "neg_elbo": true_elbo(f),
-                     "n": int(labels.shape[0]), "classified_as_requested": float(ok.mean()),
-                     "worst_class": worst, "worst_class_acc": float(by_class[worst])})
+        rows.append(
+            {
+                "variant": name,
+                "latent_dim": D,
+                "beta": cfg.beta,
+                "epochs": f["epoch"],
+                "test_recon": f["test_recon"],
+                "test_kl": f["test_kl"],
+                "neg_elbo": true_elbo(f),
+                "n": int(labels.shape[0]),
+                "classified_as_requested": float(ok.mean()),
+                "worst_class": worst,
+                "worst_class_acc": float(by_class[worst]),
+            }
+        )
         per_class_rows.append({"variant": name, **{str(c): float(by_class[c]) for c in range(10)}})
         # grid: row c = class c, the same z's in every row (same style, different class)
         zg = np.tile(np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (cols, D))), (10, 1))
         gpred, gimg = generated_predictions(model, clf, yy, zg)
         out[f"class_grid_{name}"] = figures.save_class_grid(
-            gimg, gpred, ctx.workdir / f"class_grid_{name}.png", image_shape=shape, ncols=cols,
+            gimg,
+            gpred,
+            ctx.workdir / f"class_grid_{name}.png",
+            image_shape=shape,
+            ncols=cols,
             row_accuracy=by_class,
-            title=(f"CVAE {label}: row = label y, column = one z ~ N(0, I) (the same z down a column)\n"
-                   f"{ok.mean():.1%} of {labels.shape[0]} samples classified as y; right: per label, over "
-                   f"{per_class} samples; red: the classifier's label where it is not y"))
+            title=(
+                f"CVAE {label}: row = label y, column = one z ~ N(0, I) (the same z down a column)\n"
+                f"{ok.mean():.1%} of {labels.shape[0]} samples classified as y; right: per label, over "
+                f"{per_class} samples; red: the classifier's label where it is not y"
+            ),
+        )
         # class interpolation at fixed z: interpolate [z, onehot(a)] -> [z, onehot(b)] (z part constant)
         zp = np.asarray(jax.random.normal(jax.random.fold_in(key, 2), (len(pairs_cls), D)))
-        pairs = np.stack([np.stack([np.concatenate([zp[i], eye[a]]), np.concatenate([zp[i], eye[b]])])
-                          for i, (a, b) in enumerate(pairs_cls)])
+        pairs = np.stack(
+            [
+                np.stack([np.concatenate([zp[i], eye[a]]), np.concatenate([zp[i], eye[b]])])
+                for i, (a, b) in enumerate(pairs_cls)
+            ]
+        )
 
         def decode_joint(v, model=model, D=D):
             v = jnp.asarray(v, jnp.float32)
             return np.asarray(model.decode(v[:, :D], v[:, D:]))
 
         out[f"class_interpolation_{name}"] = figures.save_interpolation(
-            decode_joint, pairs, ctx.workdir / f"class_interpolation_{name}.png", num_steps=10, mode="linear",
-            image_shape=shape)
-    write_table(per_class_rows, ctx.workdir, stem="per_class",
-                title="Share of generated digits classified as requested, per requested class")
+            decode_joint,
+            pairs,
+            ctx.workdir / f"class_interpolation_{name}.png",
+            num_steps=10,
+            mode="linear",
+            image_shape=shape,
+        )
+    write_table(
+        per_class_rows,
+        ctx.workdir,
+        stem="per_class",
+        title="Share of generated digits classified as requested, per requested class",
+    )
     passing = [r["variant"] for r in rows if r["classified_as_requested"] >= CVAE_TARGET]
-    statement = (f"The classifier (MLP 784-256-10, {ctx.opts['classifier_epochs']} epochs) scores "
-                 f"{clf_acc:.1%} on the real test images. Of {labels.shape[0]} CVAE samples "
-                 f"(z ~ N(0, I), {per_class} per class) it labels as the requested class: "
-                 + ", ".join(f"{r['classified_as_requested']:.1%} ({r['variant']}, test KL "
-                             f"{r['test_kl']:.1f} nats)" for r in rows)
-                 + f". At or above {CVAE_TARGET:.0%}: {', '.join(passing) if passing else 'none'}. "
-                 "Interpolation rows: " + ", ".join(f"{a}→{b}" for a, b in pairs_cls)
-                 + " (fixed z, one-hot interpolated).")
-    return rows, statement, out, {"classifier_test_accuracy": clf_acc, "target": CVAE_TARGET,
-                                  "meets_target": passing, "per_class": per_class_rows, "final": finals}
+    statement = (
+        f"The classifier (MLP 784-256-10, {ctx.opts['classifier_epochs']} epochs) scores "
+        f"{clf_acc:.1%} on the real test images. Of {labels.shape[0]} CVAE samples "
+        f"(z ~ N(0, I), {per_class} per class) it labels as the requested class: "
+        + ", ".join(
+            f"{r['classified_as_requested']:.1%} ({r['variant']}, test KL {r['test_kl']:.1f} nats)" for r in rows
+        )
+        + f". At or above {CVAE_TARGET:.0%}: {', '.join(passing) if passing else 'none'}. "
+        "Interpolation rows: " + ", ".join(f"{a}→{b}" for a, b in pairs_cls) + " (fixed z, one-hot interpolated)."
+    )
+    return (
+        rows,
+        statement,
+        out,
+        {
+            "classifier_test_accuracy": clf_acc,
+            "target": CVAE_TARGET,
+            "meets_target": passing,
+            "per_class": per_class_rows,
+            "final": finals,
+        },
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,21 +465,39 @@ def kl_annealing(ctx):
     rows, series = [], {}
     for name, (model, cfg, hist) in runs.items():
         x, y, _ = ctx.test_data(cfg)
-        mu, lv = posterior(model, x, y)
+        mu, _lv = posterior(model, x, y)
         f = hist[-1]
-        rows.append({"variant": name, "epoch1_neg_elbo": true_elbo(hist[0]), "final_test_recon": f["test_recon"],
-                     "final_test_kl": f["test_kl"], "final_neg_elbo": true_elbo(f),
-                     "final_logged_test_loss": f["test_loss"], "active_units": active_units(mu)})
-        series[name] = (_epochs(hist), [[true_elbo(m) for m in hist], [m["test_recon"] for m in hist],
-                                        [m["test_kl"] for m in hist]])
-    out = {"convergence": figures.save_lines(series, ctx.workdir / "convergence.png", xlabel="epoch",
-                                     ylabels=["test -ELBO = recon + KL (nats)", "test recon (nats)", "test KL (nats)"],
-                                     title="KL annealing vs none (true ELBO, KL weight 1)")}
+        rows.append(
+            {
+                "variant": name,
+                "epoch1_neg_elbo": true_elbo(hist[0]),
+                "final_test_recon": f["test_recon"],
+                "final_test_kl": f["test_kl"],
+                "final_neg_elbo": true_elbo(f),
+                "final_logged_test_loss": f["test_loss"],
+                "active_units": active_units(mu),
+            }
+        )
+        series[name] = (
+            _epochs(hist),
+            [[true_elbo(m) for m in hist], [m["test_recon"] for m in hist], [m["test_kl"] for m in hist]],
+        )
+    out = {
+        "convergence": figures.save_lines(
+            series,
+            ctx.workdir / "convergence.png",
+            xlabel="epoch",
+            ylabels=["test -ELBO = recon + KL (nats)", "test recon (nats)", "test KL (nats)"],
+            title="KL annealing vs none (true ELBO, KL weight 1)",
+        )
+    }
     a, b = rows
-    statement = (f"Final test -ELBO (recon + KL, unweighted): {a['final_neg_elbo']:.2f} without annealing, "
-                 f"{b['final_neg_elbo']:.2f} with weight min(1, epoch/{E}); active units {a['active_units']} vs "
-                 f"{b['active_units']}. The annealed run's logged test loss uses the annealed weight "
-                 f"(final {b['final_logged_test_loss']:.2f}); the table's ELBO columns do not.")
+    statement = (
+        f"Final test -ELBO (recon + KL, unweighted): {a['final_neg_elbo']:.2f} without annealing, "
+        f"{b['final_neg_elbo']:.2f} with weight min(1, epoch/{E}); active units {a['active_units']} vs "
+        f"{b['active_units']}. The annealed run's logged test loss uses the annealed weight "
+        f"(final {b['final_logged_test_loss']:.2f}); the table's ELBO columns do not."
+    )
     return rows, statement, out, {}
 
 
@@ -390,24 +516,46 @@ def mse_vs_bce(ctx):
         f = hist[-1]
         final = f["test_recon"]
         within = next(m["epoch"] for m in hist if abs(m["test_recon"] - final) <= 0.05 * abs(final))
-        rows.append({"loss": name, "trained_on": cfg.recon, "final_own_test_recon": final,
-                     "epochs_to_within_5pct": within, "test_bce_nats": s["bce"], "test_sse": s["sse"],
-                     "test_kl": s["kl"], "bernoulli_neg_elbo": s["bce"] + s["kl"]})
+        rows.append(
+            {
+                "loss": name,
+                "trained_on": cfg.recon,
+                "final_own_test_recon": final,
+                "epochs_to_within_5pct": within,
+                "test_bce_nats": s["bce"],
+                "test_sse": s["sse"],
+                "test_kl": s["kl"],
+                "bernoulli_neg_elbo": s["bce"] + s["kl"],
+            }
+        )
         series[name] = (_epochs(hist), [[m["test_recon"] for m in hist], [m["test_kl"] for m in hist]])
         xin, cond = train.model_inputs(model, x[:10], y[:10])
         recons[name] = np.asarray(model.decode(model.encode(xin, *cond)[0], *cond))
     shape = image_shape_of(test_ds)
     grid = np.concatenate([np.asarray(x[:10]).reshape(10, -1), recons["bce"], recons["mse"]])
-    out = {"reconstructions": figures.save_sample_grid(grid, ctx.workdir / "reconstructions.png", image_shape=shape,
-                                                       ncols=10, title="rows: original / BCE-trained / MSE-trained"),
-           "convergence": figures.save_lines(series, ctx.workdir / "convergence.png", xlabel="epoch",
-                                     ylabels=["test recon, own loss (BCE nats / SSE)", "test KL (nats)"],
-                                     title="MSE vs BCE: per-epoch test terms")}
+    out = {
+        "reconstructions": figures.save_sample_grid(
+            grid,
+            ctx.workdir / "reconstructions.png",
+            image_shape=shape,
+            ncols=10,
+            title="rows: original / BCE-trained / MSE-trained",
+        ),
+        "convergence": figures.save_lines(
+            series,
+            ctx.workdir / "convergence.png",
+            xlabel="epoch",
+            ylabels=["test recon, own loss (BCE nats / SSE)", "test KL (nats)"],
+            title="MSE vs BCE: per-epoch test terms",
+        ),
+    }
     a, b = rows
-    statement = (f"On one scale (Bernoulli NLL of the test images, z ~ q once): BCE-trained {a['test_bce_nats']:.2f} "
-                 f"nats, MSE-trained {b['test_bce_nats']:.2f} nats; squared error {a['test_sse']:.2f} vs "
-                 f"{b['test_sse']:.2f}; KL {a['test_kl']:.2f} vs {b['test_kl']:.2f}; each reached 5% of its final "
-                 f"reconstruction by epoch {a['epochs_to_within_5pct']} (BCE) / {b['epochs_to_within_5pct']} (MSE).")
+    statement = (
+        f"On one scale (Bernoulli NLL of the test images, z ~ q once): BCE-trained {a['test_bce_nats']:.2f} "
+        f"nats, MSE-trained {b['test_bce_nats']:.2f} nats; squared error {a['test_sse']:.2f} vs "
+        f"{b['test_sse']:.2f}; KL {a['test_kl']:.2f} vs {b['test_kl']:.2f}; each reached 5% of its final "
+        f"reconstruction by epoch {a['epochs_to_within_5pct']} (BCE) / {b['epochs_to_within_5pct']} (MSE)."
+    )
     return rows, statement, out, {}
 
 
@@ -421,28 +569,48 @@ def latent_sweep(ctx):
     for d in LATENT_DIMS:
         model, cfg, hist = ctx.train(f"latent{d}", latent_dim=d)
         x, y, test_ds = ctx.test_data(cfg)
-        mu, lv = posterior(model, x, y)
+        mu, _lv = posterior(model, x, y)
         f = hist[-1]
         nll = iwae(ctx, model, x, y, cfg)
-        rows.append({"latent_dim": d, "test_recon": f["test_recon"], "test_kl": f["test_kl"],
-                     "neg_elbo": true_elbo(f), "iwae_nll": nll, "active_units": active_units(mu)})
+        rows.append(
+            {
+                "latent_dim": d,
+                "test_recon": f["test_recon"],
+                "test_kl": f["test_kl"],
+                "neg_elbo": true_elbo(f),
+                "iwae_nll": nll,
+                "active_units": active_units(mu),
+            }
+        )
         out[f"samples_latent{d}"] = figures.save_sample_grid(
-            np.asarray(model.sample(ctx.opts["grid_samples"], key)), ctx.workdir / f"samples_latent{d}.png",
-            image_shape=image_shape_of(test_ds), title=f"latent_dim={d}: samples, z ~ N(0, I)")
+            np.asarray(model.sample(ctx.opts["grid_samples"], key)),
+            ctx.workdir / f"samples_latent{d}.png",
+            image_shape=image_shape_of(test_ds),
+            title=f"latent_dim={d}: samples, z ~ N(0, I)",
+        )
     n_iw = ctx.opts["iwae_n"] or "all"
     out["dims_vs_performance"] = figures.save_lines(
-        {"test": (list(LATENT_DIMS), [[r["test_recon"] for r in rows], [r["test_kl"] for r in rows],
-                                      [r["iwae_nll"] for r in rows]])},
-        ctx.workdir / "dims_vs_performance.png", xlabel="latent dimensions",
+        {
+            "test": (
+                list(LATENT_DIMS),
+                [[r["test_recon"] for r in rows], [r["test_kl"] for r in rows], [r["iwae_nll"] for r in rows]],
+            )
+        },
+        ctx.workdir / "dims_vs_performance.png",
+        xlabel="latent dimensions",
         ylabels=["reconstruction (nats)", "KL (nats)", f"NLL, IWAE k={ctx.opts['iwae_k']} (nats)"],
-        title="Latent dimensions vs performance", xlog=True)
+        title="Latent dimensions vs performance",
+        xlog=True,
+    )
     best = min(rows, key=lambda r: r["iwae_nll"])
     a, b = rows[0], rows[-1]
-    statement = (f"From {a['latent_dim']} to {b['latent_dim']} latent dimensions the reconstruction term goes "
-                 f"{a['test_recon']:.2f}→{b['test_recon']:.2f} nats and the KL {a['test_kl']:.2f}→{b['test_kl']:.2f}; "
-                 f"active units {', '.join(str(r['active_units']) for r in rows)}. Lowest importance-sampled "
-                 f"NLL (k={ctx.opts['iwae_k']}, test images: {n_iw}): {best['iwae_nll']:.2f} nats at "
-                 f"latent_dim={best['latent_dim']}.")
+    statement = (
+        f"From {a['latent_dim']} to {b['latent_dim']} latent dimensions the reconstruction term goes "
+        f"{a['test_recon']:.2f}→{b['test_recon']:.2f} nats and the KL {a['test_kl']:.2f}→{b['test_kl']:.2f}; "
+        f"active units {', '.join(str(r['active_units']) for r in rows)}. Lowest importance-sampled "
+        f"NLL (k={ctx.opts['iwae_k']}, test images: {n_iw}): {best['iwae_nll']:.2f} nats at "
+        f"latent_dim={best['latent_dim']}."
+    )
     return rows, statement, out, {"iwae_k": ctx.opts["iwae_k"], "iwae_n": n_iw}
 
 
@@ -467,9 +635,18 @@ def run_experiment(name, workdir, *, dataset="digits", data_dir=None, size="redu
     fn, title = EXPERIMENTS[name]
     rows, statement, figs, extra = fn(ctx)
     table = write_table(rows, workdir, statement, title)
-    summary = {"experiment": name, "title": title, "dataset": dataset, "size": size, "seed": seed,
-               "sizes": ctx.opts, "rows": rows, "statement": statement,
-               "figures": {k: str(v) for k, v in figs.items()}, **extra}
+    summary = {
+        "experiment": name,
+        "title": title,
+        "dataset": dataset,
+        "size": size,
+        "seed": seed,
+        "sizes": ctx.opts,
+        "rows": rows,
+        "statement": statement,
+        "figures": {k: str(v) for k, v in figs.items()},
+        **extra,
+    }
     atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     log(f"{title}\n{table}\n{statement}\nwrote {workdir}")
     return summary

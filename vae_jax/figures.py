@@ -16,12 +16,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy.stats import norm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+from scipy.stats import norm
 
-from vae_jax.errors import ConfigError, DataError  # noqa: E402
+from vae_jax.errors import ConfigError, DataError
 
 DEFAULT_IMAGE_SHAPE = (28, 28, 1)
 _RECON_KEYS = ("train_recon", "test_recon")
@@ -57,9 +57,7 @@ def to_images(x, image_shape=None):
     if a.ndim == 2:
         shape = tuple(DEFAULT_IMAGE_SHAPE if image_shape is None else image_shape)
         if len(shape) != 3 or math.prod(shape) != a.shape[1]:
-            raise DataError(
-                f"flat images of size {a.shape[1]} do not fit image_shape {shape} (need (H, W, C))"
-            )
+            raise DataError(f"flat images of size {a.shape[1]} do not fit image_shape {shape} (need (H, W, C))")
         a = a.reshape((a.shape[0],) + shape)
     if a.shape[-1] not in (1, 3):
         raise DataError(f"images must have 1 or 3 channels (NHWC), got shape {a.shape}")
@@ -95,9 +93,7 @@ def save_reconstructions(originals, recons, path, image_shape=None, n=10):
     """Two rows, 'Original' above 'Reconstructed', of the first ``n`` images."""
     originals, recons = to_images(originals, image_shape), to_images(recons, image_shape)
     if originals.shape != recons.shape:
-        raise DataError(
-            f"originals {originals.shape} and recons {recons.shape} must have the same shape"
-        )
+        raise DataError(f"originals {originals.shape} and recons {recons.shape} must have the same shape")
     n = min(_positive_int(n, "n"), len(originals))
     fig, axes = plt.subplots(2, n, figsize=(n, 2), squeeze=False)
     for i in range(n):
@@ -210,8 +206,10 @@ def _manifold_figure(decode_fn, n, image_shape, latent_dim, mu, logvar):
         # posterior matches the prior the two coincide.
         base = np.asarray(mu, dtype=np.float64).mean(axis=0)
         extra = "" if len(base) == 2 else f", 2 most active of {len(base)} dims, others at their mean"
-        labels = tuple(f"z[{d}] (KL {activity[d]:.2f} nats)" if logvar is not None
-                       else f"z[{d}] (var {activity[d]:.2f})" for d in dims)
+        labels = tuple(
+            f"z[{d}] (KL {activity[d]:.2f} nats)" if logvar is not None else f"z[{d}] (var {activity[d]:.2f})"
+            for d in dims
+        )
     grid = manifold_grid(n)
     z = np.tile(base, (len(grid), 1))
     z[:, dims] = grid
@@ -231,8 +229,7 @@ def _manifold_figure(decode_fn, n, image_shape, latent_dim, mu, logvar):
     return fig
 
 
-def save_manifold(decode_fn, path, n=20, image_shape=DEFAULT_IMAGE_SHAPE, latent_dim=None, *,
-                  mu=None, logvar=None):
+def save_manifold(decode_fn, path, n=20, image_shape=DEFAULT_IMAGE_SHAPE, latent_dim=None, *, mu=None, logvar=None):
     """Decode the ``manifold_grid(n)`` in two latent dims and tile it, z values on the axes.
 
     Without ``mu``: dims 0 and 1 of ``latent_dim`` (default 2), the others 0. With the encoded test
@@ -289,10 +286,8 @@ def save_interpolation(decode_fn, z_pairs, path, num_steps=10, mode="linear", im
         raise DataError(f"z_pairs must have shape (P, 2, D) or (2, D), got {np.shape(z_pairs)}")
     z = np.concatenate([interpolation_path(a, b, num_steps, mode) for a, b in pairs])
     images = _decode(decode_fn, z, image_shape)
-    fig, axes = plt.subplots(
-        len(pairs), num_steps, figsize=(num_steps, len(pairs)), squeeze=False
-    )
-    for ax, image in zip(axes.flat, images):
+    fig, axes = plt.subplots(len(pairs), num_steps, figsize=(num_steps, len(pairs)), squeeze=False)
+    for ax, image in zip(axes.flat, images, strict=False):
         _show(ax, image)
     fig.suptitle(f"Latent Space Interpolation ({mode})", fontsize=14)
     fig.tight_layout()
@@ -312,13 +307,20 @@ def _loss_curves_figure(metrics):
     kl = [k for k in _KL_KEYS if k in series and np.any(series[k])]  # an Autoencoder's KL is 0
     loss_keys = ["train_loss", "test_loss"] + [k for k in _RECON_KEYS if k in series]
     fig, axes = plt.subplots(1, 2 if kl else 1, figsize=(12 if kl else 6, 4), squeeze=False)
-    panels = [(loss_keys, "Loss (nats per sample)", "Loss and reconstruction"),
-              (kl, "KL (nats per sample)", "KL divergence")]
-    for ax, (keys, ylabel, title) in zip(axes.flat, panels):
+    panels = [
+        (loss_keys, "Loss (nats per sample)", "Loss and reconstruction"),
+        (kl, "KL (nats per sample)", "KL divergence"),
+    ]
+    for ax, (keys, ylabel, title) in zip(axes.flat, panels, strict=False):
         for key in keys:
-            ax.plot(epochs, series[key], marker="o", label=key,
-                    color="C0" if key.startswith("train") else "C1",
-                    linestyle="--" if key.endswith("recon") else "-")
+            ax.plot(
+                epochs,
+                series[key],
+                marker="o",
+                label=key,
+                color="C0" if key.startswith("train") else "C1",
+                linestyle="--" if key.endswith("recon") else "-",
+            )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("Epoch")
         ax.set_ylabel(ylabel)
@@ -342,14 +344,14 @@ def save_loss_curves(metrics, path):
 def save_lines(series, path, *, xlabel, ylabels, title, xlog=False):
     """One panel per entry of `ylabels`; series = {label: (x, [y_panel0, y_panel1, ...])}."""
     fig, axes = plt.subplots(1, len(ylabels), figsize=(5.5 * len(ylabels), 4), squeeze=False)
-    for j, (ax, ylabel) in enumerate(zip(axes.flat, ylabels)):
+    for j, (ax, ylabel) in enumerate(zip(axes.flat, ylabels, strict=False)):
         for label, (xs, ys) in series.items():
             ax.plot(xs, ys[j], marker="o", label=label)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if xlog:
             ax.set_xscale("log")
-            ax.set_xticks(list(series.values())[0][0])
+            ax.set_xticks(next(iter(series.values()))[0])
             ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
         ax.grid(True, alpha=0.3)
         if len(series) > 1:
@@ -390,15 +392,26 @@ def save_class_grid(images, preds, path, *, image_shape, ncols, title, row_accur
         r, c = divmod(i, ncols)
         _show(ax, imgs[i])
         if preds[i] != r:
-            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor="red",
-                                   linewidth=2.5, clip_on=False))
-            ax.text(0.95, 0.95, str(int(preds[i])), transform=ax.transAxes, ha="right", va="top",
-                    color="red", fontsize=11, fontweight="bold")
+            ax.add_patch(
+                Rectangle(
+                    (0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor="red", linewidth=2.5, clip_on=False
+                )
+            )
+            ax.text(
+                0.95,
+                0.95,
+                str(int(preds[i])),
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                color="red",
+                fontsize=11,
+                fontweight="bold",
+            )
         if c == 0:
             ax.text(-0.12, 0.5, f"y={r}", transform=ax.transAxes, ha="right", va="center", fontsize=13)
         if c == ncols - 1 and row_accuracy is not None:
-            ax.text(1.1, 0.5, f"{row_accuracy[r]:.0%}", transform=ax.transAxes, ha="left", va="center",
-                    fontsize=11)
+            ax.text(1.1, 0.5, f"{row_accuracy[r]:.0%}", transform=ax.transAxes, ha="left", va="center", fontsize=11)
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()
     return _save(fig, path)

@@ -70,9 +70,11 @@ def lock_run_dir(folder: Path) -> None:
     except BlockingIOError:
         os.close(fd)
         holder = _flock_holder(folder)
-        raise ConfigError(f"workdir {folder} is in use by another vae-jax process"
-                          f"{f' (pid {holder})' if holder else ''} -- wait for it to finish, stop it, or choose "
-                          "another --workdir") from None
+        raise ConfigError(
+            f"workdir {folder} is in use by another vae-jax process"
+            f"{f' (pid {holder})' if holder else ''} -- wait for it to finish, stop it, or choose "
+            "another --workdir"
+        ) from None
     _LOCKS[key] = fd
 
 

@@ -29,6 +29,7 @@ tfds stores its examples shuffled, so the tfds order differs from the original f
 order (from the run's seed) cut into batches, each batch read by a thread or worker process ahead
 of the step, each JAX process reading only its rows of every global batch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,21 +56,23 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "celeb_a", "i
 TFDS_DATASETS = tuple(d for d in DATASETS if d not in ("digits", "image_folder"))  # also read through tfds
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _IDX_MAGIC = {0x00000801: 1, 0x00000803: 3}  # magic -> number of dimensions (uint8 data)
-_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 _AMAT_SPLITS = {"train": "train", "valid": "valid", "validation": "valid", "test": "test"}
 _TFDS_SPLITS = {"valid": "validation"}
 _PREPARE_HINT = "or prepare tfds with `vae-jax prepare`"
 # Where the original files come from, for the message about a missing data directory (_find_file).
 _SOURCES = {
     "mnist": "the 4 MNIST files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-             "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (e.g. from "
-             "https://storage.googleapis.com/cvdf-datasets/mnist/)",
+    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (e.g. from "
+    "https://storage.googleapis.com/cvdf-datasets/mnist/)",
     "fashion_mnist": "the 4 Fashion-MNIST files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-                     "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (from "
-                     "https://github.com/zalandoresearch/fashion-mnist)",
+    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (from "
+    "https://github.com/zalandoresearch/fashion-mnist)",
     "binarized_mnist": "binarized_mnist_{train,valid,test}.amat (from "
-                       "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/)",
+    "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/)",
 }
 
 
@@ -89,7 +92,7 @@ class ArraySource:
     def __getitem__(self, i):
         return self.images[i], np.int32(0 if self.labels is None else self.labels[i])
 
-    def take(self, n: int) -> "ArraySource":
+    def take(self, n: int) -> ArraySource:
         return ArraySource(self.images[:n], None if self.labels is None else self.labels[:n])
 
     def read_all(self):
@@ -113,13 +116,15 @@ class ImageFileSource:
         try:
             with Image.open(path) as image:
                 if image.mode not in _8BIT_MODES:
-                    raise DataError(f"{path} is a {image.mode} image (not 8 bits per channel), which would be "
-                                    "clipped -- convert it to 8-bit RGB or grayscale")
+                    raise DataError(
+                        f"{path} is a {image.mode} image (not 8 bits per channel), which would be "
+                        "clipped -- convert it to 8-bit RGB or grayscale"
+                    )
                 return _square_resize(image, self.size), np.int32(0)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image {path}: {e} — remove or replace the file") from None
 
-    def take(self, n: int) -> "ImageFileSource":
+    def take(self, n: int) -> ImageFileSource:
         return ImageFileSource(self.files[:n], self.size)
 
     def read_all(self):
@@ -148,12 +153,14 @@ class TfdsSource:
             image = _square_resize(Image.fromarray(image), self.size)
         elif self.name == "binarized_mnist":  # stored as 0/1: the pixel scale of every other source
             if image.max(initial=0) > 1:
-                raise DataError(f"tfds binarized_mnist record {i} holds values up to {image.max()}, want 0/1 "
-                                "— prepare the dataset again with `vae-jax prepare`")
+                raise DataError(
+                    f"tfds binarized_mnist record {i} holds values up to {image.max()}, want 0/1 "
+                    "— prepare the dataset again with `vae-jax prepare`"
+                )
             image = image * np.uint8(255)
         return image, np.int32(ex.get("label", 0))
 
-    def take(self, n: int) -> "TfdsSource":
+    def take(self, n: int) -> TfdsSource:
         return TfdsSource(self.source, self.name, self.size, min(n, self.limit))
 
     def read_all(self):
@@ -181,7 +188,7 @@ class Dataset:
         itemsize = 4 if isinstance(self.source, ArraySource) and self.source.images.dtype != np.uint8 else 1
         return len(self) * math.prod(self.image_shape) * itemsize
 
-    def take(self, n: int | None) -> "Dataset":
+    def take(self, n: int | None) -> Dataset:
         """The first n records (all when n is None): selected before anything is decoded."""
         return self if n is None or n >= len(self) else dataclasses.replace(self, source=self.source.take(n))
 
@@ -245,8 +252,7 @@ def _read_bytes(path, fix: str) -> bytes:
         raw = path.read_bytes()
         return gzip.decompress(raw) if path.suffix == ".gz" else raw
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"cannot read {path}: {e} — replace it with an intact copy of the original "
-                        "file") from None
+        raise DataError(f"cannot read {path}: {e} — replace it with an intact copy of the original file") from None
 
 
 def read_idx(path) -> np.ndarray:
@@ -255,8 +261,10 @@ def read_idx(path) -> np.ndarray:
     fix = "replace it with the original IDX file"
     magic = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else None
     if magic not in _IDX_MAGIC:
-        raise DataError(f"not a uint8 IDX file (bad magic {raw[:4].hex() or 'none'}, want 00000803 "
-                        f"for images or 00000801 for labels): {path} — {fix}")
+        raise DataError(
+            f"not a uint8 IDX file (bad magic {raw[:4].hex() or 'none'}, want 00000803 "
+            f"for images or 00000801 for labels): {path} — {fix}"
+        )
     ndim = _IDX_MAGIC[magic]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -267,8 +275,7 @@ def read_idx(path) -> np.ndarray:
     size, got = math.prod(dims), len(raw) - header
     if got != size:
         what = "truncated" if got < size else "has trailing bytes"
-        raise DataError(f"IDX file {what}: {path} holds {got} data bytes, its header {dims} says "
-                        f"{size} — {fix}")
+        raise DataError(f"IDX file {what}: {path} holds {got} data bytes, its header {dims} says {size} — {fix}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -281,11 +288,10 @@ def read_amat(path) -> np.ndarray:
     at = bad.start() if bad else zeros.find(b"00")  # a character, or a multi-digit value like 10
     if at >= 0:
         lineno = data.count(b"\n", 0, at) + 1
-        raise DataError(f"bad value {data[at:at + 2]!r} on line {lineno} of {path} — {fix}")
+        raise DataError(f"bad value {data[at : at + 2]!r} on line {lineno} of {path} — {fix}")
     for number, line in enumerate(zeros.split(b"\n"), 1):
         if line.count(b"0") not in (0, 784):  # blank lines are skipped
-            raise DataError(f"line {number} of {path} has {line.count(b'0')} values, want 784 — "
-                            f"{fix}")
+            raise DataError(f"line {number} of {path} has {line.count(b'0')} values, want 784 — {fix}")
     digits = np.frombuffer(data.translate(None, b" \t\r\n"), np.uint8)
     if not len(digits):
         raise DataError(f"no images in {path} — {fix}")
@@ -295,8 +301,7 @@ def read_amat(path) -> np.ndarray:
 # ------------------------------------------------------------------------------------ load_dataset
 
 
-def load_dataset(name: str, split: str, data_dir=None, *, image_size: int = 64,
-                 source: str = "auto") -> Dataset:
+def load_dataset(name: str, split: str, data_dir=None, *, image_size: int = 64, source: str = "auto") -> Dataset:
     """One split of a dataset (see the module docstring for names and sources).
 
     Files are listed and checked here (missing files, partition, the first record); images are
@@ -307,11 +312,11 @@ def load_dataset(name: str, split: str, data_dir=None, *, image_size: int = 64,
     if source not in ("auto", "files", "tfds"):
         raise DataError(f"unknown source {source!r} — use 'auto', 'files' or 'tfds'")
     auto_tfds = data_dir is None or _is_tfds_dir(data_dir, name)
-    use_tfds = name in TFDS_DATASETS and (
-        source == "tfds" or (source == "auto" and auto_tfds))
+    use_tfds = name in TFDS_DATASETS and (source == "tfds" or (source == "auto" and auto_tfds))
     if data_dir is None and not use_tfds and name != "digits":
-        raise DataError(f"{name} needs a data_dir — pass --data-dir pointing at a folder with the "
-                        f"original files, {_PREPARE_HINT}")
+        raise DataError(
+            f"{name} needs a data_dir — pass --data-dir pointing at a folder with the original files, {_PREPARE_HINT}"
+        )
     if name == "digits":
         records = ArraySource(*_load_digits(split))
     elif use_tfds:
@@ -327,19 +332,20 @@ def load_dataset(name: str, split: str, data_dir=None, *, image_size: int = 64,
     if isinstance(records, ArraySource):
         _check(records.images, records.labels, f"{name} {split}")
     if not len(records):
-        raise DataError(f"{name} {split} is empty — replace the data with an intact copy of the "
-                        "original files")
+        raise DataError(f"{name} {split} is empty — replace the data with an intact copy of the original files")
     first = np.asarray(records[0][0])  # one record read now: a broken format fails before training
-    has_labels = records.labels is not None if isinstance(records, ArraySource) else \
-        getattr(records, "has_labels", False)
+    has_labels = (
+        records.labels is not None if isinstance(records, ArraySource) else getattr(records, "has_labels", False)
+    )
     return Dataset(source=records, name=name, image_shape=tuple(first.shape), has_labels=has_labels)
 
 
 def _check(images: np.ndarray, labels: np.ndarray | None, where: str) -> None:
     fix = "replace the data with an intact copy of the original files"
     if images.ndim != 4 or images.dtype not in (np.float32, np.uint8) or len(images) == 0:
-        raise DataError(f"{where}: images {images.dtype}{images.shape}, want float32 (N>0, H, W, C) in [0, 1] "
-                        f"or uint8 — {fix}")
+        raise DataError(
+            f"{where}: images {images.dtype}{images.shape}, want float32 (N>0, H, W, C) in [0, 1] or uint8 — {fix}"
+        )
     if images.dtype == np.float32:
         if not np.isfinite(images).all():
             raise DataError(f"{where}: images contain NaN or Inf — {fix}")
@@ -370,23 +376,35 @@ def _load_digits(split: str):
 def _find_file(data_dir, name: str, filename: str, what: str) -> Path:
     """data_dir[/name]/filename[.gz], the first that exists."""
     if not Path(data_dir).is_dir():
-        raise DataError(f"data directory {data_dir} does not exist — put {_SOURCES[name]} in a folder "
-                        f"and pass it as --data-dir, {_PREPARE_HINT}")
+        raise DataError(
+            f"data directory {data_dir} does not exist — put {_SOURCES[name]} in a folder "
+            f"and pass it as --data-dir, {_PREPARE_HINT}"
+        )
     for folder in (Path(data_dir) / name, Path(data_dir)):
         for candidate in (folder / f"{filename}.gz", folder / filename):
             if candidate.is_file():
                 return candidate
-    raise DataError(f"{what} file not found: {Path(data_dir) / filename}.gz (nor in {name}/, nor "
-                    f"uncompressed) — pass --data-dir pointing at a folder with the original "
-                    f"{what} files, {_PREPARE_HINT}")
+    raise DataError(
+        f"{what} file not found: {Path(data_dir) / filename}.gz (nor in {name}/, nor "
+        f"uncompressed) — pass --data-dir pointing at a folder with the original "
+        f"{what} files, {_PREPARE_HINT}"
+    )
 
 
 # md5 of the original .gz files: MNIST (LeCun et al.) and Fashion-MNIST (Zalando), which share file names.
 _ORIGINAL_MD5 = {
-    "mnist": {"f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-              "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"},
-    "fashion_mnist": {"8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-                      "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"},
+    "mnist": {
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "d53e105ee54ea40749a09fcbcd1e9432",
+        "9fb629c4189551a2d022fa330f9573f3",
+        "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "fashion_mnist": {
+        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "25c81989df183df01b3e8a0aad5dffbe",
+        "bef4ecab320f06d8554ea6380940ec79",
+        "bb300cfdad3c16e7a12a480ee83cd310",
+    },
 }
 
 
@@ -402,8 +420,10 @@ def _check_identity(name: str, path: Path) -> None:
     except OSError:
         return  # read_idx reports it
     if digest in _ORIGINAL_MD5[other]:
-        raise DataError(f"{path} is the original {other} file, not {name} (same file name, other content) -- "
-                        f"pass --dataset {other}, or a --data-dir with the {name} files")
+        raise DataError(
+            f"{path} is the original {other} file, not {name} (same file name, other content) -- "
+            f"pass --dataset {other}, or a --data-dir with the {name} files"
+        )
 
 
 def _load_idx(name: str, data_dir, split: str):
@@ -418,17 +438,18 @@ def _load_idx(name: str, data_dir, split: str):
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"{image_path} holds {images.shape}, want images (n, 28, 28) — {fix}")
     if labels.ndim != 1 or len(labels) != len(images) or (labels > 9).any():
-        raise DataError(f"{label_path} holds {labels.shape} labels (max {labels.max(initial=0)}) "
-                        f"for {len(images)} images in {image_path}, want one label 0..9 per image "
-                        f"— {fix}")
+        raise DataError(
+            f"{label_path} holds {labels.shape} labels (max {labels.max(initial=0)}) "
+            f"for {len(images)} images in {image_path}, want one label 0..9 per image "
+            f"— {fix}"
+        )
     return images[..., None], labels.astype(np.int32)
 
 
 def _load_amat(data_dir, split: str):
     if split not in _AMAT_SPLITS:
         raise _split_error("binarized_mnist", split, _AMAT_SPLITS)
-    path = _find_file(data_dir, "binarized_mnist", f"binarized_mnist_{_AMAT_SPLITS[split]}.amat",
-                      "binarized MNIST")
+    path = _find_file(data_dir, "binarized_mnist", f"binarized_mnist_{_AMAT_SPLITS[split]}.amat", "binarized MNIST")
     return read_amat(path)[..., None]
 
 
@@ -447,12 +468,17 @@ def _square_resize(image, size: int) -> np.ndarray:
 def _image_files(data_dir, split: str) -> list[Path]:
     root = Path(data_dir)
     folder = root / split if (root / split).is_dir() or split != "train" else root
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()) \
-        if folder.is_dir() else []  # regular files only: a FIFO named *.png would block the reader
+    files = (
+        sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if folder.is_dir()
+        else []
+    )  # regular files only: a FIFO named *.png would block the reader
     if not files:
-        raise DataError(f"no .png/.jpg images in {folder} — pass --data-dir pointing at a folder "
-                        f"of images (split {split!r} reads <data-dir>/{split}/"
-                        f"{' or <data-dir> itself' if split == 'train' else ''})")
+        raise DataError(
+            f"no .png/.jpg images in {folder} — pass --data-dir pointing at a folder "
+            f"of images (split {split!r} reads <data-dir>/{split}/"
+            f"{' or <data-dir> itself' if split == 'train' else ''})"
+        )
     return files
 
 
@@ -477,8 +503,10 @@ def celeba_files(data_dir, split: str) -> list[Path]:
     (not empty) and every listed file (present in img_align_celeba/, not empty).
     """
     root = Path(data_dir)
-    fix = ("put the original CelebA files there: img_align_celeba/ (202,599 .jpg) and "
-           "list_eval_partition.txt (from the CelebA download)")
+    fix = (
+        "put the original CelebA files there: img_align_celeba/ (202,599 .jpg) and "
+        "list_eval_partition.txt (from the CelebA download)"
+    )
     if split not in _CELEBA_SPLITS:
         raise _split_error("celeb_a", split, ("train", "valid", "test"))
     partition, folder = root / CELEBA_PARTITION, root / CELEBA_IMAGES
@@ -504,15 +532,19 @@ def celeba_files(data_dir, split: str) -> list[Path]:
     present = {e.name: e for e in os.scandir(folder)}
     missing = [n for n in names if n not in present]
     if missing:
-        raise DataError(f"{len(missing)} images of split {split!r} listed in {partition} are missing from "
-                        f"{folder}, e.g. {missing[0]} — {fix}")
+        raise DataError(
+            f"{len(missing)} images of split {split!r} listed in {partition} are missing from "
+            f"{folder}, e.g. {missing[0]} — {fix}"
+        )
     irregular = [n for n in names if not present[n].is_file()]
     if irregular:
         raise DataError(f"{folder / irregular[0]} is not a regular file -- replace it with the original image")
     empty = [n for n in names if present[n].stat().st_size == 0]
     if empty:
-        raise DataError(f"{len(empty)} images of split {split!r} are empty files, e.g. {folder / empty[0]} — "
-                        "replace them with the original files")
+        raise DataError(
+            f"{len(empty)} images of split {split!r} are empty files, e.g. {folder / empty[0]} — "
+            "replace them with the original files"
+        )
     return [folder / n for n in names]
 
 
@@ -545,17 +577,19 @@ def _load_tfds(name: str, split: str, data_dir, size: int) -> TfdsSource:
     if data_dir is None:  # no files given: tfds's own download, as its users expect
         download_and_prepare(name)
     try:
-        source = tfds.data_source(name, split=_TFDS_SPLITS.get(split, split), data_dir=data_dir,
-                                  download=False)
+        source = tfds.data_source(name, split=_TFDS_SPLITS.get(split, split), data_dir=data_dir, download=False)
         records = TfdsSource(source, name, size)
-    except Exception as e:  # tfds raises many kinds (AssertionError, FileNotFoundError, ...)
+    except Exception as e:  # noqa: BLE001 -- tfds raises many kinds (AssertionError, FileNotFoundError, ...)
         message = (str(e).strip().splitlines() or [""])[0]
-        raise DataError(f"cannot read tfds dataset {name!r} split {split!r} from {where}: "
-                        f"{type(e).__name__}: {message} — pass --data-dir pointing at the original "
-                        f"files, {_PREPARE_HINT} (array_record format)") from None
+        raise DataError(
+            f"cannot read tfds dataset {name!r} split {split!r} from {where}: "
+            f"{type(e).__name__}: {message} — pass --data-dir pointing at the original "
+            f"files, {_PREPARE_HINT} (array_record format)"
+        ) from None
     if not len(records):
-        raise DataError(f"tfds dataset {name!r} split {split!r} in {where} is empty — prepare it "
-                        "again with `vae-jax prepare`")
+        raise DataError(
+            f"tfds dataset {name!r} split {split!r} in {where} is empty — prepare it again with `vae-jax prepare`"
+        )
     return records
 
 
@@ -575,24 +609,30 @@ def download_and_prepare(name: str, data_dir=None) -> None:
             return
         urls = sorted(builder.url_infos or {})
     except Exception as e:  # noqa: BLE001 -- tfds raises many kinds for a bad name or folder
-        raise DataError(f"no tfds dataset {name!r} ({type(e).__name__}) — use one of "
-                        f"{', '.join(TFDS_DATASETS)}") from None
-    get = (f"get the original files ({', '.join(urls) or 'see the dataset page on tensorflow.org/datasets'}) and "
-           f"pass their folder as --data-dir, or prepare them with `vae-jax prepare --dataset {name} "
-           "--manual-dir <files> --data-dir <tfds dir>`")
+        raise DataError(
+            f"no tfds dataset {name!r} ({type(e).__name__}) — use one of {', '.join(TFDS_DATASETS)}"
+        ) from None
+    get = (
+        f"get the original files ({', '.join(urls) or 'see the dataset page on tensorflow.org/datasets'}) and "
+        f"pass their folder as --data-dir, or prepare them with `vae-jax prepare --dataset {name} "
+        "--manual-dir <files> --data-dir <tfds dir>`"
+    )
     for host in sorted({urlparse(u).hostname for u in urls if urlparse(u).hostname}):
         try:
             socket.create_connection((host, 443), timeout=5).close()
         except OSError as e:
-            raise DataError(f"{name} is not prepared in {builder.data_dir} and downloading it failed ({host}: "
-                            f"{e.strerror or e}) — {get}") from None
+            raise DataError(
+                f"{name} is not prepared in {builder.data_dir} and downloading it failed ({host}: "
+                f"{e.strerror or e}) — {get}"
+            ) from None
     try:
         import tensorflow  # noqa: F401 -- tfds writes prepared datasets with it
     except ImportError:
         raise DataError(f"preparing {name} needs TensorFlow — pip install 'vae-jax[tf]', or {get}") from None
     try:
-        builder.download_and_prepare(file_format="array_record",
-                                     download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        builder.download_and_prepare(
+            file_format="array_record", download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
     except Exception as e:  # noqa: BLE001 -- network and checksum errors of many kinds
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise DataError(f"downloading {name} failed ({detail}) — {get}") from None
@@ -611,23 +651,26 @@ def prepare_tfds(name: str, manual_dir, data_dir) -> Path:
 
     try:
         builder = tfds.builder(name, data_dir=os.fspath(data_dir))
-    except Exception as e:
-        raise DataError(f"no tfds dataset {name!r}: {type(e).__name__} — use one of "
-                        f"{', '.join(TFDS_DATASETS)}") from None
+    except Exception as e:  # noqa: BLE001 -- tfds raises many kinds for an unknown or damaged builder
+        raise DataError(
+            f"no tfds dataset {name!r}: {type(e).__name__} — use one of {', '.join(TFDS_DATASETS)}"
+        ) from None
     if builder.is_prepared():
         return Path(builder.data_dir)
     manual_dir = Path(manual_dir)
     if not manual_dir.is_dir():
-        raise DataError(f"folder not found: {manual_dir} — pass the folder holding the original "
-                        f"{name} files")
+        raise DataError(f"folder not found: {manual_dir} — pass the folder holding the original {name} files")
     wanted = sorted({info.filename for info in (builder.url_infos or {}).values() if info.filename})
     if not wanted:
-        raise DataError(f"tfds dataset {name!r} registers no file names, so it cannot be prepared "
-                        "offline — download it with tfds on a machine with network access")
+        raise DataError(
+            f"tfds dataset {name!r} registers no file names, so it cannot be prepared "
+            "offline — download it with tfds on a machine with network access"
+        )
 
     def no_network(dl_manager, resource):
-        raise DataError(f"preparing {name} needs {resource.url}, which is not in {manual_dir} — "
-                        "put the original file there")
+        raise DataError(
+            f"preparing {name} needs {resource.url}, which is not in {manual_dir} — put the original file there"
+        )
 
     with tempfile.TemporaryDirectory(prefix="vae_jax_prepare_") as tmp:
         staged = Path(tmp, "manual")
@@ -641,18 +684,23 @@ def prepare_tfds(name: str, manual_dir, data_dir) -> Path:
             else:
                 missing.append(filename)
         if missing:
-            raise DataError(f"cannot prepare {name} offline: {', '.join(missing)} not in "
-                            f"{manual_dir} — put the original {name} files there")
+            raise DataError(
+                f"cannot prepare {name} offline: {', '.join(missing)} not in "
+                f"{manual_dir} — put the original {name} files there"
+            )
         config = tfds.download.DownloadConfig(manual_dir=os.fspath(staged), try_download_gcs=False)
         try:
             with mock.patch.object(tfds.download.DownloadManager, "_download", no_network):
-                builder.download_and_prepare(download_dir=os.fspath(Path(tmp, "downloads")),
-                                             download_config=config, file_format="array_record")
+                builder.download_and_prepare(
+                    download_dir=os.fspath(Path(tmp, "downloads")), download_config=config, file_format="array_record"
+                )
         except NonMatchingChecksumError as e:
             bad = [info.filename for url, info in builder.url_infos.items() if f"{url}," in str(e)]
-            raise DataError(f"{manual_dir / bad[0] if bad else manual_dir} is not the original "
-                            f"{name} file (checksum mismatch) — replace it with the original "
-                            "download") from None
+            raise DataError(
+                f"{manual_dir / bad[0] if bad else manual_dir} is not the original "
+                f"{name} file (checksum mismatch) — replace it with the original "
+                "download"
+            ) from None
     return Path(builder.data_dir)
 
 
@@ -676,10 +724,8 @@ def epoch_permutation(key: jax.Array, num_examples: int, shuffle: bool = True) -
 def batch_slices(num_examples: int, batch_size: int) -> list[tuple[int, int]]:
     """(start, stop) of each batch; the last, partial batch is kept (drop_last=False)."""
     if num_examples < 1 or batch_size < 1:
-        raise DataError(f"cannot batch {num_examples} examples by {batch_size} — both must be "
-                        "positive")
-    return [(start, min(start + batch_size, num_examples))
-            for start in range(0, num_examples, batch_size)]
+        raise DataError(f"cannot batch {num_examples} examples by {batch_size} — both must be positive")
+    return [(start, min(start + batch_size, num_examples)) for start in range(0, num_examples, batch_size)]
 
 
 # ------------------------------------------------------------------------------------------ streaming
@@ -712,8 +758,18 @@ def process_rows(batch_rows: int, process_index: int, process_count: int) -> sli
     return slice(process_index * share, (process_index + 1) * share)
 
 
-def stream_batches(ds: Dataset, order, batch_size: int, *, start: int = 0, stop: int | None = None,
-                   rows=lambda n: slice(None), threads: int = 2, prefetch: int = 4, workers: int = 0):
+def stream_batches(
+    ds: Dataset,
+    order,
+    batch_size: int,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    rows=lambda n: slice(None),
+    threads: int = 2,
+    prefetch: int = 4,
+    workers: int = 0,
+):
     """Iterate the batches [start, stop) of one epoch of `ds` in `order`, as numpy (images, labels).
 
     A Grain pipeline over the random-access source: the batches' record indices are the elements,

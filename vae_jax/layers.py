@@ -35,10 +35,13 @@ the layer's constructor and kept on the layer as a static attribute, says which:
                    matmul with the (kh*kw*cin, cout) kernel; the backward pass is a matmul and pads
          "lax":    lax.conv_general_dilated (XLA's convolution)
 
-The default, ConvForm() = ("auto", "auto", "matmul"), is the per-layer choice measured faster for a
-whole training step (batch 128, XLA:CPU, profiled with jax.profiler; scripts/bench.py). XLA:CPU's
-own transposed conv (and a strided conv's input gradient, which is one) is the slow part: a
-ConvVAE28 step takes 349 ms in the lax forms and 153 ms in the default ones.
+  "onednn" (tconv and conv): oneDNN's convolution primitives called through the XLA FFI
+         (vae_jax.onednn_conv; OnednnConv, OnednnConvTranspose), float32 on the CPU only.
+
+ConvForm() = ("auto", "auto", "matmul") is the fastest of the XLA forms for a whole training step
+(XLA:CPU's own transposed conv, and a strided conv's input gradient, which is one, are its slow
+part); `default_conv_form()`, what a model gets when none is passed, is "onednn" on the CPU when the
+library is built and ConvForm() otherwise. The measurements: docs/speed.md, scripts/bench.py.
 """
 
 from __future__ import annotations
@@ -130,14 +133,22 @@ def conv_s1(x, kernel, padding, *, precision=None, preferred_element_type=None, 
     if impl not in S1_FORMS:
         raise ValueError(f"conv_s1 impl={impl!r}: use one of {', '.join(S1_FORMS)}")
     if impl == "lax":
-        return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                            precision=precision, preferred_element_type=preferred_element_type)
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (1, 1),
+            padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
     kh, kw, cin, cout = kernel.shape
     xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
     ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-    cols = jnp.concatenate([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
-    return jnp.dot(cols, kernel.reshape(kh * kw * cin, cout), precision=precision,
-                   preferred_element_type=preferred_element_type)
+    cols = jnp.concatenate([xp[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+    return jnp.dot(
+        cols, kernel.reshape(kh * kw * cin, cout), precision=precision, preferred_element_type=preferred_element_type
+    )
 
 
 def subpixel_kernel(kernel):
@@ -154,14 +165,25 @@ def subpixel_kernel(kernel):
     phases = []
     for r in (0, 1):
         for c in (0, 1):
-            phases.append(jnp.stack([jnp.stack([z if (taps[r][a] is None or taps[c][b] is None)
-                                                else kernel[taps[r][a], taps[c][b]] for b in range(3)])
-                                     for a in range(3)]))  # (3, 3, cin, cout)
+            phases.append(
+                jnp.stack(
+                    [
+                        jnp.stack(
+                            [
+                                z if (taps[r][a] is None or taps[c][b] is None) else kernel[taps[r][a], taps[c][b]]
+                                for b in range(3)
+                            ]
+                        )
+                        for a in range(3)
+                    ]
+                )
+            )  # (3, 3, cin, cout)
     return jnp.stack(phases, axis=-2).reshape(3, 3, cin, 4 * cout)
 
 
-def subpixel_conv_transpose(x, kernel, bias=None, *, output_padding=0, precision=None,
-                            preferred_element_type=None, s1="matmul"):
+def subpixel_conv_transpose(
+    x, kernel, bias=None, *, output_padding=0, precision=None, preferred_element_type=None, s1="matmul"
+):
     """torch ConvTranspose2d(k=4, s=2, p=1, output_padding) on NHWC `x` with a Flax (flipped)
     kernel, as a stride-1 3x3 convolution producing 4*cout channels followed by depth-to-space.
     output_padding=1: one more zero row/column of input at the high end, output cropped to 2H+1.
@@ -169,12 +191,18 @@ def subpixel_conv_transpose(x, kernel, bias=None, *, output_padding=0, precision
     b, h, w, _ = x.shape
     cout = kernel.shape[-1]
     e = 1 if output_padding else 0
-    y = conv_s1(x, subpixel_kernel(kernel), ((1, 1 + e), (1, 1 + e)), precision=precision,
-                preferred_element_type=preferred_element_type, impl=s1)
+    y = conv_s1(
+        x,
+        subpixel_kernel(kernel),
+        ((1, 1 + e), (1, 1 + e)),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        impl=s1,
+    )
     ho, wo = y.shape[1], y.shape[2]
     y = y.reshape(b, ho, wo, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * ho, 2 * wo, cout)
     if e:
-        y = y[:, :2 * h + 1, :2 * w + 1]
+        y = y[:, : 2 * h + 1, : 2 * w + 1]
     return y if bias is None else y + bias
 
 
@@ -192,8 +220,7 @@ def space_to_depth_conv(x, kernel, bias=None, *, precision=None, preferred_eleme
     xp = jnp.pad(x, ((0, 0), (1, 2 * oh + 1 - h), (1, 2 * ow + 1 - w), (0, 0)))
     s = xp.reshape(b, oh + 1, 2, ow + 1, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(b, oh + 1, ow + 1, 4 * cin)
     k = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * cin, cout)
-    y = conv_s1(s, k, ((0, 0), (0, 0)), precision=precision, preferred_element_type=preferred_element_type,
-                impl=s1)
+    y = conv_s1(s, k, ((0, 0), (0, 0)), precision=precision, preferred_element_type=preferred_element_type, impl=s1)
     return y if bias is None else y + bias
 
 
@@ -216,9 +243,15 @@ class SubPixelConvTranspose(nnx.ConvTranspose):
         kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-        return subpixel_conv_transpose(inputs, kernel, bias, output_padding=int(pad == _TCONV_PAD_OUT1),
-                                       precision=self.precision,
-                                       preferred_element_type=self.preferred_element_type, s1=self.conv_form.s1)
+        return subpixel_conv_transpose(
+            inputs,
+            kernel,
+            bias,
+            output_padding=int(pad == _TCONV_PAD_OUT1),
+            precision=self.precision,
+            preferred_element_type=self.preferred_element_type,
+            s1=self.conv_form.s1,
+        )
 
 
 class SpaceToDepthConv(nnx.Conv):
@@ -238,8 +271,14 @@ class SpaceToDepthConv(nnx.Conv):
         kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-        return space_to_depth_conv(inputs, kernel, bias, precision=self.precision,
-                                   preferred_element_type=self.preferred_element_type, s1=self.conv_form.s1)
+        return space_to_depth_conv(
+            inputs,
+            kernel,
+            bias,
+            precision=self.precision,
+            preferred_element_type=self.preferred_element_type,
+            s1=self.conv_form.s1,
+        )
 
 
 class OnednnConv(nnx.Conv):
@@ -286,8 +325,9 @@ def Conv2d(cin, cout, *, rngs, param_dtype=jnp.float32, conv_form: ConvForm = DE
     return SpaceToDepthConv(cin, cout, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), conv_form=conv_form, **kw)
 
 
-def ConvTranspose2d(cin, cout, *, output_padding=0, rngs, param_dtype=jnp.float32,
-                    conv_form: ConvForm = DEFAULT_CONV_FORM):
+def ConvTranspose2d(
+    cin, cout, *, output_padding=0, rngs, param_dtype=jnp.float32, conv_form: ConvForm = DEFAULT_CONV_FORM
+):
     """torch ConvTranspose2d(cin, cout, kernel_size=4, stride=2, padding=1) in NHWC.
 
     Kernel layout (kh, kw, cin, cout), spatially flipped relative to torch's (cin, cout, kh, kw).
@@ -315,8 +355,9 @@ class BatchNorm2d(nnx.Module):
     `use_running_average` as for nnx.BatchNorm.
     """
 
-    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, use_running_average=False,
-                 param_dtype=jnp.float32, rngs=None):
+    def __init__(
+        self, num_features, *, eps=1e-5, momentum=0.1, use_running_average=False, param_dtype=jnp.float32, rngs=None
+    ):
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum

@@ -28,12 +28,12 @@ import numpy as np
 from flax import nnx
 
 from vae_jax.layers import (
-    default_conv_form,
     BatchNorm2d,
     Conv2d,
     ConvForm,
     ConvTranspose2d,
     Linear,
+    default_conv_form,
     nchw_flatten,
     nchw_unflatten,
 )
@@ -85,8 +85,7 @@ class Autoencoder(nnx.Module):
     conditional = False
     flat_input = True
 
-    def __init__(self, input_dim=784, hidden_dim=400, latent_dim=20, *, rngs: nnx.Rngs,
-                 param_dtype=jnp.float32):
+    def __init__(self, input_dim=784, hidden_dim=400, latent_dim=20, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.input_dim, self.latent_dim = input_dim, latent_dim
         kw = dict(rngs=rngs, param_dtype=param_dtype)
         self.fc1 = Linear(input_dim, hidden_dim, **kw)
@@ -117,8 +116,7 @@ class VAE(_Gaussian):
 
     flat_input = True
 
-    def __init__(self, input_dim=784, hidden_dim=400, latent_dim=20, *, rngs: nnx.Rngs,
-                 param_dtype=jnp.float32):
+    def __init__(self, input_dim=784, hidden_dim=400, latent_dim=20, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.input_dim, self.latent_dim, self._param_dtype = input_dim, latent_dim, param_dtype
         kw = dict(rngs=rngs, param_dtype=param_dtype)
         self.encoder_fc1 = Linear(input_dim, hidden_dim, **kw)
@@ -141,8 +139,9 @@ class CVAE(_Gaussian):
     conditional = True
     flat_input = True
 
-    def __init__(self, input_dim=784, hidden_dim=400, latent_dim=20, num_classes=10, *,
-                 rngs: nnx.Rngs, param_dtype=jnp.float32):
+    def __init__(
+        self, input_dim=784, hidden_dim=400, latent_dim=20, num_classes=10, *, rngs: nnx.Rngs, param_dtype=jnp.float32
+    ):
         self.input_dim, self.latent_dim, self.num_classes = input_dim, latent_dim, num_classes
         self._param_dtype = param_dtype
         kw = dict(rngs=rngs, param_dtype=param_dtype)
@@ -171,23 +170,37 @@ class ConvVAE(_Gaussian):
 
     output_padding = 0
 
-    def __init__(self, input_channels=1, latent_dim=128, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-                 conv_form: ConvForm | None = None):
+    def __init__(
+        self,
+        input_channels=1,
+        latent_dim=128,
+        *,
+        rngs: nnx.Rngs,
+        param_dtype=jnp.float32,
+        conv_form: ConvForm | None = None,
+    ):
         self.input_channels, self.latent_dim, self._param_dtype = input_channels, latent_dim, param_dtype
         kw = dict(rngs=rngs, param_dtype=param_dtype)
-        ckw = dict(kw, conv_form=conv_form or default_conv_form(param_dtype))  # the conv layers: which form they compute in (vae_jax.layers)
+        ckw = dict(
+            kw, conv_form=conv_form or default_conv_form(param_dtype)
+        )  # the conv layers: which form they compute in (vae_jax.layers)
         self.encoder_conv = nnx.Sequential(
-            Conv2d(input_channels, 32, **ckw), jax.nn.relu,
-            Conv2d(32, 64, **ckw), jax.nn.relu,
-            Conv2d(64, 128, **ckw), jax.nn.relu,
+            Conv2d(input_channels, 32, **ckw),
+            jax.nn.relu,
+            Conv2d(32, 64, **ckw),
+            jax.nn.relu,
+            Conv2d(64, 128, **ckw),
+            jax.nn.relu,
         )
         self.fc_mu = Linear(128 * 3 * 3, latent_dim, **kw)
         self.fc_logvar = Linear(128 * 3 * 3, latent_dim, **kw)
         self.decoder_fc = Linear(latent_dim, 128 * 3 * 3, **kw)
         # torch's nn.Sigmoid at index 5 is applied by `decode`; indices match torch's keys.
         self.decoder_conv = nnx.Sequential(
-            ConvTranspose2d(128, 64, output_padding=self.output_padding, **ckw), jax.nn.relu,
-            ConvTranspose2d(64, 32, **ckw), jax.nn.relu,
+            ConvTranspose2d(128, 64, output_padding=self.output_padding, **ckw),
+            jax.nn.relu,
+            ConvTranspose2d(64, 32, **ckw),
+            jax.nn.relu,
             ConvTranspose2d(32, input_channels, **ckw),
         )
 
@@ -211,8 +224,15 @@ class ConvVAE28(ConvVAE):
 class CelebAVAE(_Gaussian):
     """The chapter's 64x64 RGB VAE with BatchNorm (torch BatchNorm2d semantics)."""
 
-    def __init__(self, input_channels=3, latent_dim=256, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-                 conv_form: ConvForm | None = None):
+    def __init__(
+        self,
+        input_channels=3,
+        latent_dim=256,
+        *,
+        rngs: nnx.Rngs,
+        param_dtype=jnp.float32,
+        conv_form: ConvForm | None = None,
+    ):
         self.input_channels, self.latent_dim, self._param_dtype = input_channels, latent_dim, param_dtype
         kw = dict(rngs=rngs, param_dtype=param_dtype)
         ckw = dict(kw, conv_form=conv_form or default_conv_form(param_dtype))
@@ -252,6 +272,7 @@ def model_inputs(model, x, y):
 
 # ----------------------------------------------------------------------------------- registry
 
+
 def _sizes(config, *names):
     """The sizes `config` sets among `names` (None there: the constructor's default)."""
     return {n: int(getattr(config, n)) for n in names if getattr(config, n) is not None}
@@ -264,8 +285,13 @@ def _mlp(cls, config, image_shape, num_classes, *, rngs, **kwargs):
 
 def _conditional_mlp(cls, config, image_shape, num_classes, *, rngs, **kwargs):
     """An MLP model conditioned on one of `num_classes` labels."""
-    return cls(input_dim=int(np.prod(image_shape)), num_classes=num_classes,
-               **_sizes(config, "hidden_dim", "latent_dim"), rngs=rngs, **kwargs)
+    return cls(
+        input_dim=int(np.prod(image_shape)),
+        num_classes=num_classes,
+        **_sizes(config, "hidden_dim", "latent_dim"),
+        rngs=rngs,
+        **kwargs,
+    )
 
 
 def _conv(cls, config, image_shape, num_classes, *, rngs, **kwargs):

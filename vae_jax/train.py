@@ -10,12 +10,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
-import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ from flax import nnx
 
 from vae_jax import input_pipeline, losses, models
 from vae_jax.errors import ConfigError
+
 
 class KeyPurpose(enum.IntEnum):
     """What a random stream is for: folded into the run's root key `jax.random.key(seed)`. Stable
@@ -85,49 +85,81 @@ def option_name(field: dataclasses.Field) -> str:
 @dataclasses.dataclass
 class Config:
     model: str = option("vae", "model", choices=models.MODELS, what="model")
-    dataset: str = option("digits", "dataset (digits is embedded: no download)", names=input_pipeline.DATASETS,
-                          what="dataset")
-    test_dataset: Optional[str] = option(
-        None, "evaluate on this dataset's test split instead (same image shape), e.g. train on mnist with "
-              "--binarize dynamic and test on binarized_mnist", names=input_pipeline.DATASETS, what="test dataset")
-    data_dir: Optional[str] = option(None, "folder with the original files or a prepared tfds data_dir")
-    latent_dim: Optional[int] = option(None, "latent dimensions (default: the chapter's for the model)",
-                                       kind="positive_int")
-    hidden_dim: Optional[int] = option(None, "hidden units of the MLP models (default: the chapter's 400)",
-                                       kind="positive_int")
-    recon: str = option("bce_logits", "reconstruction loss: bce_logits trains, bce is the chapter's clamped BCE",
-                        choices=losses.RECON_KINDS, what="reconstruction loss")
+    dataset: str = option(
+        "digits", "dataset (digits is embedded: no download)", names=input_pipeline.DATASETS, what="dataset"
+    )
+    test_dataset: str | None = option(
+        None,
+        "evaluate on this dataset's test split instead (same image shape), e.g. train on mnist with "
+        "--binarize dynamic and test on binarized_mnist",
+        names=input_pipeline.DATASETS,
+        what="test dataset",
+    )
+    data_dir: str | None = option(None, "folder with the original files or a prepared tfds data_dir")
+    latent_dim: int | None = option(
+        None, "latent dimensions (default: the chapter's for the model)", kind="positive_int"
+    )
+    hidden_dim: int | None = option(
+        None, "hidden units of the MLP models (default: the chapter's 400)", kind="positive_int"
+    )
+    recon: str = option(
+        "bce_logits",
+        "reconstruction loss: bce_logits trains, bce is the chapter's clamped BCE",
+        choices=losses.RECON_KINDS,
+        what="reconstruction loss",
+    )
     beta: float = option(1.0, "weight of the KL term (beta-VAE)", kind="nonneg_float")
     # KL weight = min(1, epoch / E) (epochs counted from 1)
     kl_anneal_epochs: int = option(0, "KL weight min(1, epoch/E); 0: off", kind="nonneg_int")
-    binarize: str = option("none", "dynamic: Bernoulli draws of the pixels at each step", choices=BINARIZE_KINDS,
-                           what="binarization")
+    binarize: str = option(
+        "none", "dynamic: Bernoulli draws of the pixels at each step", choices=BINARIZE_KINDS, what="binarization"
+    )
     epochs: int = option(10, "epochs in all", kind="positive_int")
     batch_size: int = option(128, "the global batch", kind="positive_int")  # split over --devices
     lr: float = option(1e-3, "Adam's learning rate", kind="positive_float")
-    lr_schedule: str = option("constant", "cosine: decay --lr to 0 over --epochs (a resume must keep --epochs)",
-                              choices=LR_SCHEDULES, what="learning-rate schedule")
+    lr_schedule: str = option(
+        "constant",
+        "cosine: decay --lr to 0 over --epochs (a resume must keep --epochs)",
+        choices=LR_SCHEDULES,
+        what="learning-rate schedule",
+    )
     seed: int = option(0, "the run's seed", kind="nonneg_int")
-    train_limit: Optional[int] = option(None, "use the first N training images", kind="positive_int")
-    test_limit: Optional[int] = option(None, "use the first N test images", kind="positive_int")
+    train_limit: int | None = option(None, "use the first N training images", kind="positive_int")
+    test_limit: int | None = option(None, "use the first N test images", kind="positive_int")
     iwae_k: int = option(0, "importance-sampled NLL with k samples at the end", kind="nonneg_int")
-    train_k: int = option(1, "samples per image in the training objective: 1 = the ELBO (the chapter), k > 1 = "
-                             "the IWAE bound (Bernoulli VAEs); test losses stay the ELBO", kind="positive_int")
-    init_from: Optional[str] = option(None, "start from the weights of this run directory's latest checkpoint "
-                                            "(fine-tuning; fresh Adam state); same model and image shape")
-    devices: int = option(1, "data-parallel over N devices (global batch = --batch-size); see README",
-                          kind="positive_int")
-    max_steps: Optional[int] = option(None, "stop after N optimizer steps in all (checkpointed, resumable), then "
-                                            "test and plot", kind="positive_int")
-    checkpoint_every: int = option(0, "also checkpoint every N optimizer steps inside an epoch (0: at each "
-                                      "epoch's end only)", kind="nonneg_int")
-    data_mode: str = option("auto", "memory: each split whole on the device; stream: Grain decodes batches ahead "
-                                    "of the step; auto: stream splits over 64 MiB (uint8)",
-                            choices=DATA_MODES, what="data mode")
-    data_workers: int = option(0, "stream: Grain worker processes that decode batches (0: threads in this "
-                                  "process)", kind="nonneg_int")
-    log_every: int = option(100, "TensorBoard: the training loss every N optimizer steps (0: per epoch only)",
-                            kind="nonneg_int")
+    train_k: int = option(
+        1,
+        "samples per image in the training objective: 1 = the ELBO (the chapter), k > 1 = "
+        "the IWAE bound (Bernoulli VAEs); test losses stay the ELBO",
+        kind="positive_int",
+    )
+    init_from: str | None = option(
+        None,
+        "start from the weights of this run directory's latest checkpoint "
+        "(fine-tuning; fresh Adam state); same model and image shape",
+    )
+    devices: int = option(
+        1, "data-parallel over N devices (global batch = --batch-size); see README", kind="positive_int"
+    )
+    max_steps: int | None = option(
+        None, "stop after N optimizer steps in all (checkpointed, resumable), then test and plot", kind="positive_int"
+    )
+    checkpoint_every: int = option(
+        0, "also checkpoint every N optimizer steps inside an epoch (0: at each epoch's end only)", kind="nonneg_int"
+    )
+    data_mode: str = option(
+        "auto",
+        "memory: each split whole on the device; stream: Grain decodes batches ahead "
+        "of the step; auto: stream splits over 64 MiB (uint8)",
+        choices=DATA_MODES,
+        what="data mode",
+    )
+    data_workers: int = option(
+        0, "stream: Grain worker processes that decode batches (0: threads in this process)", kind="nonneg_int"
+    )
+    log_every: int = option(
+        100, "TensorBoard: the training loss every N optimizer steps (0: per epoch only)", kind="nonneg_int"
+    )
     tensorboard: bool = option(True, "no event files in <workdir>/tensorboard", flag="--no-tensorboard")
     checkpoint: bool = True  # not an option: tests and experiments turn checkpoints off
     figures: bool = option(True, "skip the figures at the end", flag="--no-figures")
@@ -152,19 +184,26 @@ class Config:
         if not 0 <= int(self.seed) < 2**63:
             raise ConfigError(f"--seed must be an integer in 0 .. 2**63-1 (JAX's 64-bit seeds), got {self.seed}")
         if int(self.devices) > jax.device_count():
-            raise ConfigError(f"--devices {self.devices} asks for more devices than JAX sees ({jax.device_count()}): "
-                              f"on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={self.devices}, "
-                              "or lower --devices")
+            raise ConfigError(
+                f"--devices {self.devices} asks for more devices than JAX sees ({jax.device_count()}): "
+                f"on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={self.devices}, "
+                "or lower --devices"
+            )
         for name, on in (("iwae-k", self.iwae_k), ("train-k", self.train_k > 1)):
             if on and (self.model == "ae" or self.recon not in ("bce", "bce_logits")):
-                raise ConfigError(f"--{name} needs a VAE with a Bernoulli decoder, not --model {self.model} "
-                                  f"--recon {self.recon}: drop --{name} or use another model/--recon")
+                raise ConfigError(
+                    f"--{name} needs a VAE with a Bernoulli decoder, not --model {self.model} "
+                    f"--recon {self.recon}: drop --{name} or use another model/--recon"
+                )
         if self.train_k > 1 and (self.beta != 1 or self.kl_anneal_epochs):
-            raise ConfigError("--train-k > 1 trains the IWAE bound, which has no KL term to weigh: "
-                              "drop --beta/--kl-anneal-epochs or use --train-k 1")
+            raise ConfigError(
+                "--train-k > 1 trains the IWAE bound, which has no KL term to weigh: "
+                "drop --beta/--kl-anneal-epochs or use --train-k 1"
+            )
         return self
 
-def learning_rate(config: Config, steps_per_epoch: Optional[int]):
+
+def learning_rate(config: Config, steps_per_epoch: int | None):
     """Adam's learning rate: the constant --lr, or a cosine decay from --lr to 0 over the run's steps."""
     if config.lr_schedule == "constant":
         return config.lr
@@ -214,7 +253,7 @@ class Trainer:
     state = {"params", "batch_stats", "opt_state", "step"}
     """
 
-    def __init__(self, model, config: Config, steps_per_epoch: Optional[int] = None):
+    def __init__(self, model, config: Config, steps_per_epoch: int | None = None):
         self.config = config
         model.train()
         self.graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
@@ -222,11 +261,15 @@ class Trainer:
         self.eval_graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
         model.train()
         self.tx = optax.adam(learning_rate(config, steps_per_epoch))
-        self._init_state = {"params": params, "batch_stats": batch_stats,
-                            "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32),
-                            "sums": zero_sums()}
-        # The state is donated: XLA updates parameters and Adam moments in place (~10% per step on
-        # the MLP VAE, measured); a state passed in is consumed -- use the one returned.
+        self._init_state = {
+            "params": params,
+            "batch_stats": batch_stats,
+            "opt_state": self.tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "sums": zero_sums(),
+        }
+        # The state is donated: XLA updates parameters and Adam moments in place; a state passed in
+        # is consumed -- use the one returned.
         # Two entry points to the one step: data on the device (batch gathered by index inside the
         # step), or a batch streamed from the host.
         self.train_step = jax.jit(self._train_step, donate_argnums=(0,))
@@ -245,12 +288,15 @@ class Trainer:
         jax.distributed.initialize()): state and data replicated, each batch's indices split along
         the mesh's 'data' axis, so XLA partitions the step and all-reduces the gradients. The batch
         is the GLOBAL batch: results equal a single-device run up to float summation order."""
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from jax.sharding import Mesh, NamedSharding
+        from jax.sharding import PartitionSpec as P
 
         have = jax.device_count()
         if devices > have:
-            raise ConfigError(f"--devices {devices} asks for more devices than JAX sees ({have}): on CPU set "
-                              f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}, or lower --devices")
+            raise ConfigError(
+                f"--devices {devices} asks for more devices than JAX sees ({have}): on CPU set "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}, or lower --devices"
+            )
         self.mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
         self._replicated = NamedSharding(self.mesh, P())
         self._split = NamedSharding(self.mesh, P("data"))
@@ -290,9 +336,6 @@ class Trainer:
         sharding = self._split if rows % self.mesh.devices.size == 0 else self._replicated
         return tuple(jax.make_array_from_process_local_data(sharding, a, (rows, *a.shape[1:])) for a in arrays)
 
-    def merge(self, state, train=False):
-        return nnx.merge(self.graphdef if train else self.eval_graphdef, state["params"], state["batch_stats"])
-
     def _prepare(self, x, key):
         """(x as float32, eps_key): uint8 pixels -> [0, 1]; dynamic binarization draws from the step's key."""
         x = input_pipeline.to_float(x)
@@ -311,16 +354,22 @@ class Trainer:
 
         def loss_fn(params):
             model = nnx.merge(self.graphdef, params, state["batch_stats"], copy=True)
-            total, aux = loss_terms(model, x, y, eps_key, recon=cfg.recon, beta=cfg.beta, kl_weight=kl_weight,
-                                    eps=eps, k=int(cfg.train_k))
+            total, aux = loss_terms(
+                model, x, y, eps_key, recon=cfg.recon, beta=cfg.beta, kl_weight=kl_weight, eps=eps, k=int(cfg.train_k)
+            )
             return total, (aux, nnx.state(model, nnx.BatchStat))
 
         (total, ((rec, kl), batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": total, "recon": rec, "kl": kl}
-        new = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "step": state["step"] + 1,
-               "sums": jax.tree.map(jnp.add, state["sums"], metrics)}
+        new = {
+            "params": params,
+            "batch_stats": batch_stats,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+            "sums": jax.tree.map(jnp.add, state["sums"], metrics),
+        }
         return new, metrics
 
     def _train_step(self, state, images, labels, idx, key, kl_weight, eps=None):
@@ -374,10 +423,13 @@ class Feed:
         """(images, labels) numpy batches [start, stop) of `order`, this process's rows, as the step sees them."""
         rows = self.trainer.batch_rows
         if self.streamed:
-            return input_pipeline.stream_batches(self.ds, order, batch_size, start=start, stop=stop, rows=rows,
-                                                 workers=self.config.data_workers)
-        return (input_pipeline.read_batch(self.ds.source, order[a:b][rows(b - a)])
-                for a, b in input_pipeline.batch_slices(len(order), batch_size)[start:stop])
+            return input_pipeline.stream_batches(
+                self.ds, order, batch_size, start=start, stop=stop, rows=rows, workers=self.config.data_workers
+            )
+        return (
+            input_pipeline.read_batch(self.ds.source, order[a:b][rows(b - a)])
+            for a, b in input_pipeline.batch_slices(len(order), batch_size)[start:stop]
+        )
 
     def batches(self, order, batch_size, start=0, stop=None):
         """The step's data arguments for batches [start, stop) of `order` (a host int array)."""
@@ -388,7 +440,7 @@ class Feed:
                 yield (*self.arrays, *tr.put_batch((order[a:b][tr.batch_rows(b - a)],), b - a))
             return
         ahead = collections.deque()  # device_put is asynchronous: the next batch moves while a step runs
-        for (a, b), batch in zip(slices, self.host_batches(order, batch_size, start, stop)):
+        for (a, b), batch in zip(slices, self.host_batches(order, batch_size, start, stop), strict=False):
             ahead.append(tr.put_batch(batch, b - a))
             if len(ahead) > 1:
                 yield ahead.popleft()
@@ -407,14 +459,15 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     return np.asarray(input_pipeline.epoch_permutation(epoch_keys(seed, epoch)[KeyPurpose.SHUFFLE], num_examples))
 
 
-def first_nonfinite(losses) -> Optional[int]:
+def first_nonfinite(losses) -> int | None:
     """Index of the first non-finite value in a list of scalars, or None."""
     bad = np.flatnonzero(~np.isfinite(np.stack([to_host(v) for v in losses]))) if losses else []
     return int(bad[0]) if len(bad) else None
 
 
-def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: int, stop: int, first_step=None,
-               summaries=None):
+def train_part(
+    trainer, state, feed: Feed, config: Config, epoch: int, start: int, stop: int, first_step=None, summaries=None
+):
     """Optimizer steps on batches [start, stop) of a 1-based epoch; returns the state.
 
     Step i of the epoch draws from fold_in(the epoch's train key, i): where the epoch is cut
@@ -428,6 +481,7 @@ def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: in
     bar = None
     if config.progress and jax.process_index() == 0:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=stop - start, initial=0, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
     order = epoch_order(config.seed, epoch, len(feed.ds))
     for i, args in enumerate(feed.batches(order, config.batch_size, start, stop), start):
@@ -439,8 +493,11 @@ def train_part(trainer, state, feed: Feed, config: Config, epoch: int, start: in
         if summaries is not None and config.log_every and step % config.log_every == 0:
             n = min(config.batch_size, len(feed.ds) - i * config.batch_size)
             now = time.perf_counter()
-            rate = {} if not hasattr(summaries, "last") else {
-                "train/steps_per_sec": (step - summaries.last[0]) / (now - summaries.last[1])}
+            rate = (
+                {}
+                if not hasattr(summaries, "last")
+                else {"train/steps_per_sec": (step - summaries.last[0]) / (now - summaries.last[1])}
+            )
             summaries.scalars(step, {"train/step_loss": float(to_host(m["loss"])) / n, **rate})
             summaries.last = (step, now)
         if bar is not None:
@@ -482,12 +539,21 @@ def epoch_metrics(trainer, state, feeds, config: Config, epoch: int, train_time:
     te = evaluate_split(trainer, state, test_feed, config, epoch)
     test_time = time.perf_counter() - t0
     if not math.isfinite(te["loss"]):
-        raise FloatingPointError(f"non-finite test loss at epoch {epoch} (train loss {tr['loss']}): "
-                                 "lower --lr or check the data")
-    return {"epoch": epoch, "kl_weight": kl_weight_for(config, epoch),
-            "train_loss": tr["loss"], "train_recon": tr["recon"], "train_kl": tr["kl"],
-            "test_loss": te["loss"], "test_recon": te["recon"], "test_kl": te["kl"],
-            "train_time_s": train_time, "test_time_s": test_time}
+        raise FloatingPointError(
+            f"non-finite test loss at epoch {epoch} (train loss {tr['loss']}): lower --lr or check the data"
+        )
+    return {
+        "epoch": epoch,
+        "kl_weight": kl_weight_for(config, epoch),
+        "train_loss": tr["loss"],
+        "train_recon": tr["recon"],
+        "train_kl": tr["kl"],
+        "test_loss": te["loss"],
+        "test_recon": te["recon"],
+        "test_kl": te["kl"],
+        "train_time_s": train_time,
+        "test_time_s": test_time,
+    }
 
 
 def train_epoch(trainer, state, feeds, config, epoch):
@@ -503,6 +569,7 @@ def _fit_error(config: Config, image_shape):
 
     Traced with abstract values only (jax.eval_shape): nothing is initialized or computed.
     """
+
     def loss():
         model = build_model(config, image_shape, rngs=nnx.Rngs(0))
         model.eval()
@@ -523,11 +590,15 @@ def check_model_fits(config: Config, image_shape):
     if e is None:
         return
     detail = (str(e).strip().splitlines() or [""])[0][:160]
-    fitting = [name for name in models.REGISTRY
-               if _fit_error(dataclasses.replace(config, model=name, latent_dim=None, hidden_dim=None), image_shape) is None]
+    fitting = [
+        name
+        for name in models.REGISTRY
+        if _fit_error(dataclasses.replace(config, model=name, latent_dim=None, hidden_dim=None), image_shape) is None
+    ]
     raise ConfigError(
         f"--model {config.model} does not fit the {config.dataset} images of shape {tuple(image_shape)} "
-        f"({type(e).__name__}: {detail}) -- use a model that does: {', '.join(fitting) or 'none is registered'}")
+        f"({type(e).__name__}: {detail}) -- use a model that does: {', '.join(fitting) or 'none is registered'}"
+    )
 
 
 def device_memory_bytes() -> int:
@@ -552,10 +623,12 @@ def check_memory(config: Config, image_shape) -> None:
     activations = 8 * 4 * int(config.batch_size) * int(config.train_k) * width
     have = device_memory_bytes()
     if weights + activations > 0.8 * have:
-        lower = ("--latent-dim or --hidden-dim" if weights > activations else "--batch-size or --train-k")
-        raise ConfigError(f"out of memory: this run needs about {(weights + activations) / 2**30:.1f} GiB "
-                          f"({params:,} parameters with Adam's state, and a batch's activations), the device has "
-                          f"{have / 2**30:.1f} GiB -- lower {lower}")
+        lower = "--latent-dim or --hidden-dim" if weights > activations else "--batch-size or --train-k"
+        raise ConfigError(
+            f"out of memory: this run needs about {(weights + activations) / 2**30:.1f} GiB "
+            f"({params:,} parameters with Adam's state, and a batch's activations), the device has "
+            f"{have / 2**30:.1f} GiB -- lower {lower}"
+        )
 
 
 def check_figures_fit(config: Config, model, test_ds) -> None:
@@ -563,22 +636,29 @@ def check_figures_fit(config: Config, model, test_ds) -> None:
     if not config.figures:
         return
     if getattr(model, "latent_dim", 2) < 2:
-        raise ConfigError(f"--latent-dim {model.latent_dim}: the latent figures (scatter, manifold) need 2 or more "
-                          "dimensions -- pass --latent-dim 2 or more, or --no-figures")
+        raise ConfigError(
+            f"--latent-dim {model.latent_dim}: the latent figures (scatter, manifold) need 2 or more "
+            "dimensions -- pass --latent-dim 2 or more, or --no-figures"
+        )
     if len(test_ds) < 2:
-        raise ConfigError(f"the figures need at least 2 test images, the test set has {len(test_ds)} -- raise "
-                          "--test-limit or pass --no-figures")
+        raise ConfigError(
+            f"the figures need at least 2 test images, the test set has {len(test_ds)} -- raise "
+            "--test-limit or pass --no-figures"
+        )
 
 
 def load_data(config: Config):
     """(train, test) Datasets for the config; --train-limit/--test-limit select before decoding."""
     train = input_pipeline.load_dataset(config.dataset, "train", config.data_dir).take(config.train_limit)
-    test = input_pipeline.load_dataset(config.test_dataset or config.dataset, "test",
-                                       config.data_dir).take(config.test_limit)
+    test = input_pipeline.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir).take(
+        config.test_limit
+    )
     if train.image_shape != test.image_shape:
-        raise ConfigError(f"--test-dataset {config.test_dataset} has images of shape {test.image_shape}, "
-                          f"the training data {config.dataset} {train.image_shape} -- use a test dataset "
-                          "with the same image shape")
+        raise ConfigError(
+            f"--test-dataset {config.test_dataset} has images of shape {test.image_shape}, "
+            f"the training data {config.dataset} {train.image_shape} -- use a test dataset "
+            "with the same image shape"
+        )
     return train, test
 
 
@@ -588,8 +668,9 @@ def device_arrays(ds):
     return jnp.asarray(input_pipeline.to_float(images), jnp.float32), jnp.asarray(labels, jnp.int32)
 
 
-def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart: bool = False,
-                       log=print) -> dict[str, Any]:
+def train_and_evaluate(
+    config: Config, workdir, *, resume: bool = False, restart: bool = False, log=print
+) -> dict[str, Any]:
     """Train `config.model` on `config.dataset`, writing into `workdir`:
 
     metrics.jsonl (one JSON object per epoch), config.json, checkpoints/ (orbax, at each epoch's end,
@@ -603,8 +684,10 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart
     config.validate()
     if jax.process_count() > 1:
         if config.devices != jax.device_count():
-            raise ConfigError(f"a multi-process run trains on every device: pass --devices {jax.device_count()} "
-                              f"(the global device count over {jax.process_count()} processes), not {config.devices}")
+            raise ConfigError(
+                f"a multi-process run trains on every device: pass --devices {jax.device_count()} "
+                f"(the global device count over {jax.process_count()} processes), not {config.devices}"
+            )
         if jax.process_index():
             log = lambda s: None  # noqa: E731 -- process 0 speaks for the run
     workdir = Path(workdir)
@@ -658,40 +741,70 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart
         except FloatingPointError as e:
             kept = run.latest_step() if config.checkpoint else 0
             raise FloatingPointError(
-                f"{e}; " + (f"the last good checkpoint (step {kept}) in {workdir} is kept: continue from it with "
-                            "--resume and a lower --lr" if kept
-                            else "no checkpoint was written: start again here with --restart")) from None
+                f"{e}; "
+                + (
+                    f"the last good checkpoint (step {kept}) in {workdir} is kept: continue from it with "
+                    "--resume and a lower --lr"
+                    if kept
+                    else "no checkpoint was written: start again here with --restart"
+                )
+            ) from None
         if stop == spe:
             epoch_time = 0.0
             history.append(final)
             run.append_metrics(final)
-            summaries.scalars(step, {**{f"{k.split('_')[0]}/{k.split('_')[1]}": final[k] for k in
-                                        ("train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl")},
-                                     "train/kl_weight": final["kl_weight"],
-                                     "train/epoch_steps_per_sec": spe / max(final["train_time_s"], 1e-9)})
+            summaries.scalars(
+                step,
+                {
+                    **{
+                        f"{k.split('_')[0]}/{k.split('_')[1]}": final[k]
+                        for k in ("train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl")
+                    },
+                    "train/kl_weight": final["kl_weight"],
+                    "train/epoch_steps_per_sec": spe / max(final["train_time_s"], 1e-9),
+                },
+            )
         if config.checkpoint:
             run.save(step, state)
         if stop == spe:
             m = final
-            log(f"Epoch {epoch}/{config.epochs}  Train - Loss: {m['train_loss']:.4f}, Recon: {m['train_recon']:.4f}, "
+            log(
+                f"Epoch {epoch}/{config.epochs}  Train - Loss: {m['train_loss']:.4f}, Recon: {m['train_recon']:.4f}, "
                 f"KL: {m['train_kl']:.4f}  Test - Loss: {m['test_loss']:.4f}, Recon: {m['test_recon']:.4f}, "
-                f"KL: {m['test_kl']:.4f}  (train {m['train_time_s']:.1f}s, test {m['test_time_s']:.1f}s)")
+                f"KL: {m['test_kl']:.4f}  (train {m['train_time_s']:.1f}s, test {m['test_time_s']:.1f}s)"
+            )
     if step % spe:  # stopped inside an epoch (--max-steps): test the model as it is
         epoch = step // spe + 1
-        final = dict(epoch_metrics(trainer, state, feeds, config, epoch, epoch_time, step % spe),
-                     step=step, partial_epoch=True)
-        log(f"stopped at step {step} (--max-steps {config.max_steps}), inside epoch {epoch}: test loss "
-            f"{final['test_loss']:.4f} per sample; resume with --resume and a larger --max-steps")
+        final = dict(
+            epoch_metrics(trainer, state, feeds, config, epoch, epoch_time, step % spe), step=step, partial_epoch=True
+        )
+        log(
+            f"stopped at step {step} (--max-steps {config.max_steps}), inside epoch {epoch}: test loss "
+            f"{final['test_loss']:.4f} per sample; resume with --resume and a larger --max-steps"
+        )
     wall = time.perf_counter() - t_run
-    summary = {"workdir": str(workdir), "config": dataclasses.asdict(config), "epochs": len(history),
-               "steps": step, "wall_time_s": wall, "final": final or (history[-1] if history else None)}
+    summary = {
+        "workdir": str(workdir),
+        "config": dataclasses.asdict(config),
+        "epochs": len(history),
+        "steps": step,
+        "wall_time_s": wall,
+        "final": final or (history[-1] if history else None),
+    }
     model = trainer.merge(jax.tree.map(to_host, state))
     if config.iwae_k:
         from vae_jax import evaluate
+
         test_x, test_y = device_arrays(test_ds)
-        summary["iwae_nll"] = evaluate.iwae_nll(model, test_x, test_y, k=config.iwae_k,
-                                                key=jax.random.fold_in(root, KeyPurpose.IWAE), recon=config.recon,
-                                                binarize_key=None)
+        summary["iwae_nll"] = evaluate.iwae_nll(
+            model,
+            test_x,
+            test_y,
+            k=config.iwae_k,
+            key=jax.random.fold_in(root, KeyPurpose.IWAE),
+            recon=config.recon,
+            binarize_key=None,
+        )
         log(f"importance-sampled NLL (k={config.iwae_k}): {summary['iwae_nll']:.3f} nats")
     summaries.close()
     if config.figures and run.primary:
@@ -707,8 +820,10 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, restart
     run.write_summary(summary)
     f = summary["final"]
     if f:
-        log(f"done: {step} steps ({len(history)} epochs), test loss {f['test_loss']:.4f} per sample "
-            f"(recon {f['test_recon']:.4f}, KL {f['test_kl']:.4f}); wrote {workdir}")
+        log(
+            f"done: {step} steps ({len(history)} epochs), test loss {f['test_loss']:.4f} per sample "
+            f"(recon {f['test_recon']:.4f}, KL {f['test_kl']:.4f}); wrote {workdir}"
+        )
     return summary
 
 
@@ -720,20 +835,29 @@ def initial_weights_from(path, trainer, state, config: Config, image_shape):
     from vae_jax.errors import CheckpointError
 
     if not (Path(path) / "config.json").exists():
-        raise ConfigError(f"--init-from {path}: no run there (config.json is missing) -- pass the --workdir "
-                          "of a trained `vae-jax train` run")
+        raise ConfigError(
+            f"--init-from {path}: no run there (config.json is missing) -- pass the --workdir "
+            "of a trained `vae-jax train` run"
+        )
     try:
         src, src_config, src_shape = restore_run(path)
     except CheckpointError as e:
         raise ConfigError(f"--init-from {path}: {e}") from None
     _, params, batch_stats = nnx.split(src, nnx.Param, nnx.BatchStat)
-    mismatch = checkpoints.tree_mismatch(checkpoints.flat_tree({"params": params, "batch_stats": batch_stats}),
-                                         checkpoints.flat_tree({k: state[k] for k in ("params", "batch_stats")}))
+    mismatch = checkpoints.tree_mismatch(
+        checkpoints.flat_tree({"params": params, "batch_stats": batch_stats}),
+        checkpoints.flat_tree({k: state[k] for k in ("params", "batch_stats")}),
+    )
     if tuple(src_shape) != tuple(image_shape) or mismatch:
-        size = lambda c: f"{c.model} (--latent-dim {c.latent_dim or 'default'}, --hidden-dim {c.hidden_dim or 'default'})"
-        raise ConfigError(f"--init-from {path}: it holds a {size(src_config)} for images {tuple(src_shape)}, this run "
-                          f"builds a {size(config)} for images {tuple(image_shape)} ({mismatch or 'other images'}) "
-                          "-- use the same --model, --latent-dim, --hidden-dim and image shape")
+
+        def size(c):
+            return f"{c.model} (--latent-dim {c.latent_dim or 'default'}, --hidden-dim {c.hidden_dim or 'default'})"
+
+        raise ConfigError(
+            f"--init-from {path}: it holds a {size(src_config)} for images {tuple(src_shape)}, this run "
+            f"builds a {size(config)} for images {tuple(image_shape)} ({mismatch or 'other images'}) "
+            "-- use the same --model, --latent-dim, --hidden-dim and image shape"
+        )
     params, batch_stats = jax.tree.map(jnp.asarray, (params, batch_stats))
     return {**state, "params": params, "batch_stats": batch_stats, "opt_state": trainer.tx.init(params)}
 
@@ -750,7 +874,9 @@ def restore_run(workdir):
     workdir = Path(workdir)
     path = workdir / "config.json"
     if not path.exists():
-        raise CheckpointError(f"no run in {workdir}: config.json is missing -- pass the --workdir of a `vae-jax train` run")
+        raise CheckpointError(
+            f"no run in {workdir}: config.json is missing -- pass the --workdir of a `vae-jax train` run"
+        )
     saved = checkpoints.read_config(path)
     fields = {f.name for f in dataclasses.fields(Config)}
     try:
@@ -758,12 +884,16 @@ def restore_run(workdir):
         saved["devices"] = 1  # how many devices trained it does not matter to read it (eval, plot, export)
         config = Config(**{k: v for k, v in saved.items() if k in fields}).validate()
     except (KeyError, TypeError, ValueError, OverflowError) as e:
-        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e}) -- restore it from the run's "
-                              "original config.json or train again") from None
+        raise CheckpointError(
+            f"{path} is damaged ({type(e).__name__}: {e}) -- restore it from the run's "
+            "original config.json or train again"
+        ) from None
     run = checkpoints.RunDir(workdir, config, resume=True, read_only=True)
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=purpose_key(config.seed, KeyPurpose.INIT)))
     trainer = Trainer(model, config, steps_per_epoch=1)  # the schedule only shapes opt_state
     state, epoch = run.restore(trainer.init_state)
     if not epoch:
-        raise CheckpointError(f"no checkpoint in {workdir}/checkpoints -- train first (vae-jax train --workdir {workdir})")
+        raise CheckpointError(
+            f"no checkpoint in {workdir}/checkpoints -- train first (vae-jax train --workdir {workdir})"
+        )
     return trainer.merge(state), config, image_shape
