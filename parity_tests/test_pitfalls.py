@@ -189,7 +189,8 @@ def test_convvae_fc_layers_see_the_nchw_flatten_order():
 # ------------------------------------------------------------------------------------ BatchNorm
 
 
-def test_batchnorm_momentum_unbiased_var_eps_count():
+@pytest.mark.parametrize("impl", ["xla", pytest.param("onednn", marks=_NEEDS_ONEDNN)])
+def test_batchnorm_momentum_unbiased_var_eps_count(impl):
     """torch: running = 0.9 running + 0.1 batch (Flax's momentum would be 0.9), running_var from the
     UNBIASED batch variance (n / (n - 1)), normalisation with the biased one, eps 1e-5 inside the
     sqrt, num_batches_tracked += 1 per train-mode call."""
@@ -198,7 +199,7 @@ def test_batchnorm_momentum_unbiased_var_eps_count():
     with torch.no_grad():
         bn_t.weight.copy_(torch.tensor([0.5, 1.5, -1.0]))
         bn_t.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
-    bn_j = _One(layers.BatchNorm2d(3))
+    bn_j = _One(layers.BatchNorm2d(3, impl=impl))
     convert.load_torch_state_dict(bn_j, {f"layer.{k}": v for k, v in bn_t.state_dict().items()})
     bn_j.train(), bn_t.train()
     naive_biased, naive_flax_momentum = np.zeros(3), np.zeros(3)

@@ -170,3 +170,14 @@ def test_two_conv_forms_in_one_process_agree():
     for name, y in out.items():
         assert y.shape == (2, 28, 28, 1)
         np.testing.assert_allclose(y, out["lax"], atol=1e-5, rtol=1e-5, err_msg=name)
+
+
+def test_batchnorm_impl_is_validated_and_follows_the_model_form():
+    with pytest.raises(ValueError, match="use one of xla, onednn"):
+        L.BatchNorm2d(3, impl="cudnn")
+    with pytest.raises(ValueError, match="norm='fast'"):
+        L.ConvForm(norm="fast")
+    from vae_jax import models
+
+    m = models.CelebAVAE(rngs=nnx.Rngs(0), conv_form=L.ConvForm())
+    assert {layer.impl for layer in m.encoder.layers if isinstance(layer, L.BatchNorm2d)} == {"xla"}

@@ -141,3 +141,88 @@ def test_rejects_bad_input():
         oc.conv2d(x.astype(jnp.float16), w, 2, 1)
     with pytest.raises(ValueError, match="channels"):
         oc.conv2d(x, w[:, :, :3], 2, 1)
+
+
+# Batch normalization (training mode): the CelebAVAE's BatchNorm2d inputs (batch 128), and a small
+# odd shape (C not a multiple of the SIMD width).
+BN_SHAPES = [(B, 32, 32, 32), (B, 16, 16, 64), (B, 8, 8, 128), (B, 4, 4, 256), (3, 5, 7, 6)]
+BN_EPS = 1e-5
+
+
+def bn_ref(x, scale, shift, eps=BN_EPS):
+    m = jnp.mean(x, (0, 1, 2))
+    v = jnp.mean(jnp.square(x - m), (0, 1, 2))  # biased
+    return (x - m) * jax.lax.rsqrt(v + eps) * scale + shift, m, v
+
+
+def bn_data(shape, seed=0):
+    c = shape[3]
+    k = jax.random.split(jax.random.key(seed), 5)
+    # per-channel offsets and scales, so that the statistics matter
+    x = jax.random.normal(k[0], shape) * jax.random.uniform(k[1], (c,), minval=0.5, maxval=3.0)
+    x = x + jax.random.normal(k[2], (c,))
+    return x, 1.0 + 0.5 * jax.random.normal(k[3], (c,)), 0.5 * jax.random.normal(k[4], (c,))
+
+
+def bn_close(got, want, what):
+    # rtol 1e-4, atol 1e-5 relative to the array's scale: dscale/dshift are sums over N*H*W (up to
+    # 131072) terms of magnitude ~1 (values in the hundreds), and oneDNN sums them sequentially per
+    # thread, not pairwise as XLA: ~1e-5 of the largest value off, so an entry near 0 fails a bare
+    # atol of 1e-5 (measured against a float64 reference: oneDNN's error ~7e-6 of max|dscale|, XLA's ~2e-7).
+    got, want = np.asarray(got), np.asarray(want)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())), err_msg=what)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_batch_norm_train_matches_reference(shape, jit):
+    x, scale, shift = bn_data(shape)
+    g = jnp.asarray(np.random.default_rng(1).standard_normal(shape, np.float32))
+
+    def mine(x, scale, shift):
+        return oc.batch_norm_train(x, scale, shift, BN_EPS)
+
+    def grads(f):  # as a BatchNorm layer uses it: the statistics only under stop_gradient
+        def loss(x, scale, shift):
+            y, m, v = f(x, scale, shift)
+            return jnp.vdot(y, g) + jnp.sum(jax.lax.stop_gradient(m) + jax.lax.stop_gradient(v))
+
+        return jax.grad(loss, argnums=(0, 1, 2))
+
+    fwd, grd = (jax.jit(mine), jax.jit(grads(mine))) if jit else (mine, grads(mine))
+    for got, want, what in zip(fwd(x, scale, shift), bn_ref(x, scale, shift), ("y", "mean", "var"), strict=True):
+        assert got.shape == want.shape and got.dtype == jnp.float32, what
+        bn_close(got, want, what)
+    for got, want, what in zip(
+        grd(x, scale, shift), grads(bn_ref)(x, scale, shift), ("d/dx", "d/dscale", "d/dshift"), strict=True
+    ):
+        bn_close(got, want, what)
+
+
+def test_batch_norm_train_statistics_gradients():
+    """Differentiated through mean and var too (not how a layer uses them), the gradients still match."""
+    x, scale, shift = bn_data((4, 6, 5, 24))
+
+    def grads(f):
+        def loss(x, scale, shift):
+            y, m, v = f(x, scale, shift)
+            return jnp.sum(jnp.sin(y)) + jnp.sum(jnp.cos(m)) + jnp.sum(v * v)
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+    mine = grads(lambda x, s, b: oc.batch_norm_train(x, s, b, BN_EPS))
+    for got, want, what in zip(
+        mine(x, scale, shift), grads(bn_ref)(x, scale, shift), ("d/dx", "d/dscale", "d/dshift"), strict=True
+    ):
+        bn_close(got, want, what)
+
+
+def test_batch_norm_train_eps_and_bad_input():
+    x, scale, shift = bn_data((2, 3, 3, 8))
+    for eps in (1e-3, 0.1):  # eps is part of the primitive cache's key
+        for got, want in zip(oc.batch_norm_train(x, scale, shift, eps), bn_ref(x, scale, shift, eps), strict=True):
+            bn_close(got, want, f"eps={eps}")
+    with pytest.raises(TypeError):
+        oc.batch_norm_train(x.astype(jnp.float16), scale, shift)
+    with pytest.raises(ValueError, match="must be"):
+        oc.batch_norm_train(x, scale[:4], shift)

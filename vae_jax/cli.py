@@ -373,7 +373,8 @@ def main(argv=None, *, console=False):
             sys.stdout.flush()
             sys.stderr.flush()
             err = ConsoleStderr.silence()
-            sys.stderr = sys.__stderr__ = open(os.devnull, "w")  # noqa: SIM115 -- open until the process exits
+            # sys.__stderr__ too (typeshed marks it Final): late writers that fall back to it stay silent
+            sys.stderr = sys.__stderr__ = open(os.devnull, "w")  # type: ignore[misc]  # noqa: SIM115 -- open until the process exits
             os.write(err, (line + "\n").encode())
         else:
             print(line, file=sys.stderr)
@@ -391,7 +392,8 @@ def main(argv=None, *, console=False):
         line = machine_failure(e)
         if line:
             return fail(f"vae-jax: error: {line}", 2)
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        filename = getattr(e, "filename", None)  # OSError's; MemoryError has none
+        where = f" {filename}" if filename else ""
         return fail(
             f"vae-jax: error: cannot access{where}: {getattr(e, 'strerror', None) or _one_line(e)} -- "
             "check the path, its permissions and the free space",

@@ -17,6 +17,8 @@ order (see vae_jax.layers).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +29,8 @@ from vae_jax.layers import BatchNorm2d
 
 # (flax attribute, torch name, flax->torch, torch->flax)
 _T = lambda a: a.T  # noqa: E731
-_RULES = {
+_Rule = tuple[str, str, Callable[[Any], Any] | None, Callable[[Any], Any] | None]
+_RULES: dict[type, list[_Rule]] = {
     nnx.Linear: [("kernel", "weight", _T, _T), ("bias", "bias", None, None)],
     nnx.Conv: [
         ("kernel", "weight", lambda k: k.transpose(3, 2, 0, 1), lambda w: w.transpose(2, 3, 1, 0)),

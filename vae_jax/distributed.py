@@ -51,6 +51,7 @@ def initialize(
     if not any(given) and not cluster_detected():
         return False
     if all(given):
+        assert coordinator_address is not None and num_processes is not None and process_id is not None
         host, _, port = coordinator_address.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(

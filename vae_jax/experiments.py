@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -78,7 +79,7 @@ class Context:
     data_dir: str | None = None
     size: str = "reduced"
     seed: int = 0
-    log: object = print
+    log: Callable[[str], object] = print
 
     @property
     def opts(self):
@@ -531,6 +532,7 @@ def mse_vs_bce(ctx):
         series[name] = (_epochs(hist), [[m["test_recon"] for m in hist], [m["test_kl"] for m in hist]])
         xin, cond = train.model_inputs(model, x[:10], y[:10])
         recons[name] = np.asarray(model.decode(model.encode(xin, *cond)[0], *cond))
+    assert x is not None  # set by the loop over the two runs
     shape = image_shape_of(test_ds)
     grid = np.concatenate([np.asarray(x[:10]).reshape(10, -1), recons["bce"], recons["mse"]])
     out = {

@@ -189,6 +189,8 @@ def latent_activity(mu, logvar=None):
 
 
 def _manifold_figure(decode_fn, n, image_shape, latent_dim, mu, logvar):
+    dims: tuple[int, ...]
+    labels: tuple[str, ...]
     if mu is None:
         latent_dim = _positive_int(2 if latent_dim is None else latent_dim, "latent_dim", minimum=2)
         dims, base, labels = (0, 1), np.zeros(latent_dim), ("z[0]", "z[1]")

@@ -317,6 +317,7 @@ def load_dataset(name: str, split: str, data_dir=None, *, image_size: int = 64, 
         raise DataError(
             f"{name} needs a data_dir — pass --data-dir pointing at a folder with the original files, {_PREPARE_HINT}"
         )
+    records: ArraySource | ImageFileSource | TfdsSource
     if name == "digits":
         records = ArraySource(*_load_digits(split))
     elif use_tfds:
@@ -557,10 +558,23 @@ def _tfds():
         import importlib_resources  # noqa: F401
     except ImportError:
         # tfds 4.9.10 imports importlib_resources but declares it only for Python < 3.9
-        # (tensorflow/datasets#11212); the standard library module has the same API.
-        import importlib.resources.abc
+        # (tensorflow/datasets#11212); the standard library module has the same API. tfds also
+        # reads `importlib_resources.abc.Traversable`: in importlib.resources.abc from Python 3.11,
+        # in importlib.abc before (3.10's importlib.resources is a module, with no .abc).
+        import importlib.resources
 
-        sys.modules["importlib_resources"] = importlib.resources
+        if sys.version_info >= (3, 11):
+            import importlib.resources.abc  # makes importlib.resources.abc an attribute
+
+            sys.modules["importlib_resources"] = importlib.resources
+        else:
+            import importlib.abc
+            import types
+
+            shim = types.ModuleType("importlib_resources")
+            vars(shim).update({k: v for k, v in vars(importlib.resources).items() if not k.startswith("__")})
+            vars(shim)["abc"] = importlib.abc
+            sys.modules["importlib_resources"] = shim
     import tensorflow_datasets as tfds
 
     return tfds

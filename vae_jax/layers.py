@@ -64,6 +64,7 @@ _TCONV_PAD_OUT1 = ((2, 3), (2, 3))
 TCONV_FORMS = ("auto", "lax", "subpixel", "onednn")
 CONV_FORMS = ("auto", "lax", "s2d", "onednn")
 S1_FORMS = ("matmul", "lax")
+NORM_FORMS = ("xla", "onednn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +76,11 @@ class ConvForm:
     tconv: str = "auto"
     conv: str = "auto"
     s1: str = "matmul"
+    norm: str = "xla"  # BatchNorm2d in train mode: "xla" (jnp) or "onednn" (vae_jax.onednn_conv)
     s2d_min_size: int = 32  # conv "auto": space-to-depth also for even inputs this large (CelebA's 64, 32)
 
     def __post_init__(self):
-        for name, allowed in (("tconv", TCONV_FORMS), ("conv", CONV_FORMS), ("s1", S1_FORMS)):
+        for name, allowed in (("tconv", TCONV_FORMS), ("conv", CONV_FORMS), ("s1", S1_FORMS), ("norm", NORM_FORMS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ConvForm {name}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
         if not isinstance(self.s2d_min_size, int) or self.s2d_min_size < 1:
@@ -98,7 +100,7 @@ class ConvForm:
 
 
 DEFAULT_CONV_FORM = ConvForm()  # the XLA forms: every backend
-ONEDNN_CONV_FORM = ConvForm(tconv="onednn", conv="onednn")
+ONEDNN_CONV_FORM = ConvForm(tconv="onednn", conv="onednn", norm="onednn")
 
 
 def default_conv_form(dtype=jnp.float32) -> ConvForm:
@@ -356,8 +358,19 @@ class BatchNorm2d(nnx.Module):
     """
 
     def __init__(
-        self, num_features, *, eps=1e-5, momentum=0.1, use_running_average=False, param_dtype=jnp.float32, rngs=None
+        self,
+        num_features,
+        *,
+        eps=1e-5,
+        momentum=0.1,
+        use_running_average=False,
+        param_dtype=jnp.float32,
+        rngs=None,
+        impl="xla",
     ):
+        if impl not in NORM_FORMS:
+            raise ValueError(f"BatchNorm2d impl={impl!r}: use one of {', '.join(NORM_FORMS)}")
+        self.impl = impl  # static: "onednn" computes train mode with oneDNN's batch norm
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
@@ -372,14 +385,22 @@ class BatchNorm2d(nnx.Module):
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
-            axes = tuple(range(x.ndim - 1))
             n = x.size // x.shape[-1]
-            mean = jnp.mean(x, axes)
-            var = jnp.mean(jnp.square(x - mean), axes)
+            if self.impl == "onednn":
+                from vae_jax import onednn_conv
+
+                y, mean, var = onednn_conv.batch_norm_train(x, self.scale[...], self.bias[...], self.eps)
+            else:
+                axes = tuple(range(x.ndim - 1))
+                mean = jnp.mean(x, axes)
+                var = jnp.mean(jnp.square(x - mean), axes)
+                y = None
             m = self.momentum
             self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
             self.var[...] = (1 - m) * self.var[...] + m * jax.lax.stop_gradient(var) * (n / max(n - 1, 1))
             self.count[...] = self.count[...] + 1
+            if y is not None:
+                return y
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
 
 

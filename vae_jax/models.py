@@ -235,8 +235,9 @@ class CelebAVAE(_Gaussian):
     ):
         self.input_channels, self.latent_dim, self._param_dtype = input_channels, latent_dim, param_dtype
         kw = dict(rngs=rngs, param_dtype=param_dtype)
-        ckw = dict(kw, conv_form=conv_form or default_conv_form(param_dtype))
-        bn = dict(param_dtype=param_dtype)
+        form = conv_form or default_conv_form(param_dtype)
+        ckw = dict(kw, conv_form=form)
+        bn = dict(param_dtype=param_dtype, impl=form.norm)
         enc = []
         for cin, cout in [(input_channels, 32), (32, 64), (64, 128), (128, 256)]:
             enc += [Conv2d(cin, cout, **ckw), BatchNorm2d(cout, **bn), jax.nn.relu]

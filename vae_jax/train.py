@@ -14,7 +14,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -256,7 +256,10 @@ class Trainer:
     def __init__(self, model, config: Config, steps_per_epoch: int | None = None):
         self.config = config
         model.train()
-        self.graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        # nnx.split's return type leaves the number of states open; two filters give two
+        self.graphdef, params, batch_stats = cast(
+            tuple[nnx.GraphDef, nnx.State, nnx.State], nnx.split(model, nnx.Param, nnx.BatchStat)
+        )
         model.eval()
         self.eval_graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
         model.train()
@@ -276,7 +279,7 @@ class Trainer:
         self.batch_train_step = jax.jit(self._step, donate_argnums=(0,))
         self.eval_step = jax.jit(self._eval_step)
         self.batch_eval_step = jax.jit(self._eval)
-        self.mesh = None
+        self.mesh: jax.sharding.Mesh | None = None
 
     @property
     def init_state(self):
@@ -436,10 +439,12 @@ class Feed:
         tr = self.trainer
         slices = input_pipeline.batch_slices(len(order), batch_size)[start:stop]
         if not self.streamed:
+            assert self.arrays is not None  # put on the device when not streamed
             for a, b in slices:
                 yield (*self.arrays, *tr.put_batch((order[a:b][tr.batch_rows(b - a)],), b - a))
             return
-        ahead = collections.deque()  # device_put is asynchronous: the next batch moves while a step runs
+        # device_put is asynchronous: the next batch moves while a step runs
+        ahead: collections.deque[Any] = collections.deque()
         for (a, b), batch in zip(slices, self.host_batches(order, batch_size, start, stop), strict=False):
             ahead.append(tr.put_batch(batch, b - a))
             if len(ahead) > 1:
@@ -461,7 +466,7 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 
 def first_nonfinite(losses) -> int | None:
     """Index of the first non-finite value in a list of scalars, or None."""
-    bad = np.flatnonzero(~np.isfinite(np.stack([to_host(v) for v in losses]))) if losses else []
+    bad: np.ndarray | list[int] = np.flatnonzero(~np.isfinite(np.stack([to_host(v) for v in losses]))) if losses else []
     return int(bad[0]) if len(bad) else None
 
 
@@ -519,6 +524,7 @@ def evaluate_split(trainer, state, feed: Feed, config: Config, epoch: int) -> di
     for i, args in enumerate(feed.batches(order, config.batch_size)):
         m = step_fn(state, *args, jax.random.fold_in(key, i), kw)
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+    assert sums is not None  # batch_slices gives at least one batch (or raises)
     return {k: float(to_host(v)) / len(order) for k, v in sums.items()}
 
 
@@ -719,7 +725,9 @@ def train_and_evaluate(
         log(f"resumed from step {step} (epoch {step // spe + 1}, batch {step % spe} of {spe}) in {workdir}")
     history = run.read_metrics(upto_epoch=step // spe)
     last = config.epochs * spe if not config.max_steps else min(config.epochs * spe, config.max_steps)
-    final, epoch_time, t_run, first_step, first_logged = None, 0.0, time.perf_counter(), [], False
+    final: dict[str, Any] | None = None
+    first_step: list[float] = []
+    epoch_time, t_run, first_logged = 0.0, time.perf_counter(), False
     from vae_jax.summaries import Summaries
 
     summaries = Summaries(workdir, enabled=config.tensorboard and run.primary)
@@ -750,6 +758,7 @@ def train_and_evaluate(
                 )
             ) from None
         if stop == spe:
+            assert final is not None  # set by epoch_metrics above when the epoch ends
             epoch_time = 0.0
             history.append(final)
             run.append_metrics(final)
@@ -768,6 +777,7 @@ def train_and_evaluate(
             run.save(step, state)
         if stop == spe:
             m = final
+            assert m is not None  # as above: the epoch ended
             log(
                 f"Epoch {epoch}/{config.epochs}  Train - Loss: {m['train_loss']:.4f}, Recon: {m['train_recon']:.4f}, "
                 f"KL: {m['train_kl']:.4f}  Test - Loss: {m['test_loss']:.4f}, Recon: {m['test_recon']:.4f}, "
@@ -783,7 +793,7 @@ def train_and_evaluate(
             f"{final['test_loss']:.4f} per sample; resume with --resume and a larger --max-steps"
         )
     wall = time.perf_counter() - t_run
-    summary = {
+    summary: dict[str, Any] = {
         "workdir": str(workdir),
         "config": dataclasses.asdict(config),
         "epochs": len(history),
@@ -843,7 +853,7 @@ def initial_weights_from(path, trainer, state, config: Config, image_shape):
         src, src_config, src_shape = restore_run(path)
     except CheckpointError as e:
         raise ConfigError(f"--init-from {path}: {e}") from None
-    _, params, batch_stats = nnx.split(src, nnx.Param, nnx.BatchStat)
+    _, params, batch_stats = cast(tuple[nnx.GraphDef, nnx.State, nnx.State], nnx.split(src, nnx.Param, nnx.BatchStat))
     mismatch = checkpoints.tree_mismatch(
         checkpoints.flat_tree({"params": params, "batch_stats": batch_stats}),
         checkpoints.flat_tree({k: state[k] for k in ("params", "batch_stats")}),

@@ -1,0 +1,68 @@
+"""Time `vae-jax train`'s step of one model in this process (for comparing XLA_FLAGS, which XLA reads
+at start-up, so each setting is its own process; `scripts/bench.py` is the side-by-side benchmark).
+
+    python scripts/step_time.py celeba_vae
+    XLA_FLAGS=--xla_cpu_experimental_xnn_fusion_type=eltwise,reduce python scripts/step_time.py celeba_vae
+    python scripts/step_time.py conv_vae28 --form xla        # the XLA forms instead of the default
+
+Prints one line: the model, the conv form, XLA_FLAGS, min and median ms per step over --epochs
+epochs of --steps steps (batch 128, random data on the device), after one warm-up epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--form", choices=["default", "xla", "lax"], default="default")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=128)
+    a = ap.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from vae_jax import layers, models
+    from vae_jax import train as T
+
+    shape = (64, 64, 3) if a.model == "celeba_vae" else (28, 28, 1)
+    x = np.random.default_rng(0).random((a.steps * a.batch, *shape), dtype=np.float32)
+    cfg = T.Config(model=a.model, batch_size=a.batch, progress=False, checkpoint=False, figures=False)
+    forms = {"xla": layers.DEFAULT_CONV_FORM, "lax": layers.ConvForm(tconv="lax", conv="lax")}
+    kw = {"conv_form": forms[a.form]} if a.form != "default" and a.model.startswith(("conv", "celeba")) else {}
+    trainer = T.Trainer(models.REGISTRY[a.model].build(cfg, shape, rngs=nnx.Rngs(0), **kw), cfg)
+    state, images, labels = trainer.init_state, jnp.asarray(x), jnp.zeros((x.shape[0],), jnp.int32)
+
+    def epoch():
+        nonlocal state
+        t0, losses = time.perf_counter(), []
+        for i in range(a.steps):
+            idx = jnp.arange(i * a.batch, (i + 1) * a.batch, dtype=jnp.int32)
+            state, m = trainer.train_step(state, images, labels, idx, jax.random.key(i), 1.0)
+            losses.append(m["loss"])
+        jax.block_until_ready(losses)
+        return (time.perf_counter() - t0) / a.steps * 1e3
+
+    epoch()
+    times = [epoch() for _ in range(a.epochs)]
+    print(
+        f"{a.model} form={a.form} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}: "
+        f"ms/step min {min(times):.1f} median {statistics.median(times):.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
