@@ -618,15 +618,16 @@ def device_memory_bytes() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_memory(config: Config, image_shape) -> None:
+def check_memory(config: Config, image_shape, *, training: bool = True) -> None:
     """ConfigError, before anything is allocated, for a run that cannot fit in memory: the weights
     with their gradients and Adam's two moments (4 copies), and a batch's activations (estimated as
-    8 float32 copies of input, hidden and latent sizes per sample and importance sample)."""
+    8 float32 copies of input, hidden and latent sizes per sample and importance sample).
+    training=False: only the weights and Adam's state (reading a trained run)."""
     abstract = nnx.eval_shape(lambda: build_model(config, image_shape, rngs=nnx.Rngs(0)))
     params = sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     width = math.prod(image_shape) + int(config.hidden_dim or 400) + int(getattr(abstract, "latent_dim", 0))
     weights = 4 * 4 * params
-    activations = 8 * 4 * int(config.batch_size) * int(config.train_k) * width
+    activations = 8 * 4 * int(config.batch_size) * int(config.train_k) * width if training else 0
     have = device_memory_bytes()
     if weights + activations > 0.8 * have:
         lower = "--latent-dim or --hidden-dim" if weights > activations else "--batch-size or --train-k"
@@ -897,6 +898,13 @@ def restore_run(workdir):
         raise CheckpointError(
             f"{path} is damaged ({type(e).__name__}: {e}) -- restore it from the run's "
             "original config.json or train again"
+        ) from None
+    try:  # a damaged size in config.json must not reach XLA (which aborts on arrays beyond memory)
+        check_memory(config, image_shape, training=False)
+    except (OverflowError, ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"{path} is damaged ({type(e).__name__}: {e}) -- restore it from the run's original config.json "
+            "or train again"
         ) from None
     run = checkpoints.RunDir(workdir, config, resume=True, read_only=True)
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=purpose_key(config.seed, KeyPurpose.INIT)))
