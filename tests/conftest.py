@@ -52,6 +52,8 @@ SLOW = (
     "tests/test_conv_forms.py::test_subpixel_equals_conv_transpose[matmul",
     "tests/test_conv_forms.py::test_space_to_depth_equals_conv[matmul",
     "tests/test_conv_forms.py::test_two_conv_forms_in_one_process_agree",
+    "tests/test_conv_forms.py::test_batchnorm_impl_is_validated_and_follows_the_model_form",
+    "tests/test_device_check.py",  # a bash script that starts JAX twice
     # parity of the conv models and CelebAVAE (the MLP models stay in test-fast)
     *_PARITY_MODELS,
     "parity_tests/test_conversion.py::test_flax_torch_flax_is_identity[ConvVAE]",
