@@ -355,7 +355,7 @@ def test_mnist_files_given_as_fashion_mnist_are_refused(tmp_path, capsys):
 )
 def test_figures_that_would_fail_are_refused_before_training(tmp_path, capsys, args, words):
     one_line(*run(["train", "--workdir", tmp_path / "run", *TINY, *args], capsys)[:2], words, "--no-figures")
-    assert not any((tmp_path / "run").iterdir())
+    assert not (tmp_path / "run").exists()  # the folder the run made is removed again
 
 
 def test_a_diverged_run_restarts_or_resumes_with_a_lower_lr(tmp_path, capsys):
@@ -377,7 +377,8 @@ def test_a_diverged_run_restarts_or_resumes_with_a_lower_lr(tmp_path, capsys):
         run(["train", "--workdir", work, *TINY, "--epochs", "2", "--lr", "5e-4", "--no-figures", "--resume"], capsys)[0]
         == 0
     )
-    assert json.loads((work / "config.json").read_text())["lr"] == 1e-3  # the run's own record stays
+    saved = json.loads((work / "config.json").read_text())  # the record says what ran, part by part
+    assert saved["lr"] == 5e-4 and [p["options"]["lr"] for p in saved["parts"]] == [1e-3, 5e-4]
 
 
 def test_restart_never_deletes_what_vae_jax_did_not_write(trained, tmp_path, capsys):
@@ -530,3 +531,111 @@ def test_any_damaged_config_field_is_one_line_or_works(trained, tmp_path_factory
         )
 
     check()
+
+
+# ------------------------------------------------------------- round three: only what vae-jax wrote goes
+
+
+@pytest.fixture
+def plotted(trained, tmp_path, capsys):
+    work = copy_run(trained, tmp_path)
+    assert run(["plot", "--workdir", work], capsys)[0] == 0
+    return work
+
+
+def test_plot_force_onto_a_run_directory_is_one_line_and_deletes_nothing(plotted, tmp_path, capsys):
+    before = snapshot(tmp_path)
+    for out in (plotted, tmp_path):  # the run itself, and a folder above it
+        one_line(*run(["plot", "--workdir", plotted, "--out", out, "--force"], capsys)[:2], "run directory")
+    assert snapshot(tmp_path) == before
+
+
+def test_plot_force_keeps_a_folder_with_the_users_files(plotted, tmp_path, capsys):
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    one_line(*run(["plot", "--workdir", plotted, "--out", figs, "--force"], capsys)[:2], "notes.txt", "nothing was")
+    (plotted / "plots" / "notes.txt").write_text("mine too")  # beside vae-jax's own figures
+    one_line(*run(["plot", "--workdir", plotted, "--force"], capsys)[:2], "notes.txt", "move it away")
+    assert (plotted / "plots" / "notes.txt").read_text() == "mine too"
+    assert {k: v for k, v in snapshot(tmp_path).items() if k != "run/plots/notes.txt"} == before
+
+
+def test_plot_force_replaces_its_own_figures_with_the_folders_mode(plotted, capsys):
+    out = plotted / "plots"
+    mode = os.stat(plotted / "checkpoints").st_mode & 0o777  # as mkdir makes a folder here
+    assert run(["plot", "--workdir", plotted, "--force"], capsys)[0] == 0
+    assert os.stat(out).st_mode & 0o777 == mode
+    assert (out / files.MANIFEST).is_file() and "samples.png" in (out / files.MANIFEST).read_text()
+
+
+def test_plot_into_a_run_being_trained_waits_for_nothing_and_deletes_nothing(plotted, tmp_path, capsys):
+    fd = os.open(plotted, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a `vae-jax train` of this run holds its writer lock
+    try:
+        before = snapshot(tmp_path)
+        one_line(*run(["plot", "--workdir", plotted, "--force"], capsys)[:2], "in use by another vae-jax process")
+        assert snapshot(tmp_path) == before
+        assert run(["plot", "--workdir", plotted, "--out", tmp_path / "elsewhere"], capsys)[0] == 0  # a reader
+    finally:
+        os.close(fd)
+
+
+def test_restart_keeps_the_users_file_inside_a_folder_vae_jax_writes(plotted, tmp_path, capsys):
+    (plotted / "figures").mkdir(exist_ok=True)
+    (plotted / "figures" / "notes.txt").write_text("mine")
+    saved = json.loads((plotted / "config.json").read_text())
+    (plotted / "config.json").write_text(json.dumps(dict(saved, figures=True)))  # a run that draws its figures
+    before = snapshot(tmp_path)
+    one_line(*run(["train", "--workdir", plotted, *TINY, "--restart"], capsys)[:2], "figures/notes.txt")
+    one_line(*run(["train", "--workdir", plotted, *TINY, "--epochs", "2", "--resume"], capsys)[:2], "notes.txt")
+    assert snapshot(tmp_path) == before  # refused before training: nothing trained, nothing replaced
+
+
+def test_restart_removes_exactly_what_the_run_wrote(plotted, capsys):
+    (plotted / "eval_k5_seed0.json").write_text("{}")
+    assert run(["train", "--workdir", plotted, *TINY, "--no-figures", "--restart"], capsys)[0] == 0
+    assert sorted(p.name for p in plotted.iterdir() if not p.name.startswith(".")) == [
+        "checkpoints",
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "tensorboard",
+    ]
+
+
+# --------------------------------------------------------------------------- the record says what ran
+
+
+def test_options_of_a_resume_are_the_runs_from_then_on(tmp_path, capsys):
+    work = tmp_path / "run"
+    assert run(["train", "--workdir", work, *TINY, "--no-figures"], capsys)[0] == 0
+    args = ["train", "--workdir", work, "--no-progress", "--no-figures", "--resume"]
+    assert run([*args, "--epochs", "2", "--lr", "1e-5"], capsys)[0] == 0
+    assert run([*args, "--epochs", "3"], capsys)[0] == 0  # a plain resume keeps the lower --lr
+    saved = json.loads((work / "config.json").read_text())
+    summary = json.loads((work / "summary.json").read_text())
+    assert saved["lr"] == summary["config"]["lr"] == 1e-5 and saved["epochs"] == summary["config"]["epochs"] == 3
+    parts = [(p["from_step"], p["resumed"], p["options"]["lr"], p["options"]["epochs"]) for p in saved["parts"]]
+    assert parts == [(0, False, 1e-3, 1), (2, True, 1e-5, 2), (4, True, 1e-5, 3)]
+    assert summary["parts"] == saved["parts"]
+
+
+# ----------------------------------------------------------------------------------------- quiet logs
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    args = [a for a in TINY if a != "--no-progress"]
+    code, err, out = run(["train", "--workdir", tmp_path / "run", *args, "--no-figures", "--iwae-k", "2"], capsys)
+    assert code == 0 and err == [], err  # captured stderr is no terminal: the epoch line only, on stdout
+    assert "Epoch 1/1" in out and "\r" not in out
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path, capsys):
+    one_line(*run(["train", "--workdir", tmp_path / "a" / "run", *TINY, "--dataset", "mnist"], capsys)[:2])
+    assert not (tmp_path / "a" / "run").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()  # a folder the user made stays
+    one_line(*run(["train", "--workdir", mine, *TINY, "--dataset", "mnist"], capsys)[:2])
+    assert mine.is_dir()

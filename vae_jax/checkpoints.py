@@ -13,13 +13,14 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from vae_jax.errors import CheckpointError, ConfigError, ConsoleStderr, machine_failure
-from vae_jax.files import atomic_write, lock_run_dir
+from vae_jax.files import atomic_write, foreign_entries, lock_run_dir, unlock_run_dir
 
 # Options that may change when a run is resumed (all others are the run's, from its config.json).
 RESUMABLE = {
@@ -95,6 +96,7 @@ class RunDir:
         # In a multi-process run (jax.distributed) only process 0 writes config, metrics and summary;
         # every process takes part in orbax's checkpoint writes.
         self.primary = jax.process_index() == 0
+        created = not read_only and self.primary and not os.path.lexists(self.dir)
         if not read_only and self.primary:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +111,7 @@ class RunDir:
             if restart:
                 self._clear_run(dry_run=True)  # deleted only once the new run's options and data work
         self.restart = restart
+        self.created = created
         # only process 0 looks: the others would see its files appear
         has_run = self.primary and self.dir.is_dir() and any(self.dir.iterdir())
         if resume or read_only:
@@ -131,42 +134,56 @@ class RunDir:
 
             multihost_utils.sync_global_devices(f"vae_jax rundir {self.dir}")
 
+    @contextlib.contextmanager
+    def removed_if_unused(self):
+        """A run that fails inside the block before writing anything leaves no folder: the workdir is
+        removed again when this run created it and it is still empty."""
+        try:
+            yield
+        except BaseException:
+            if self.created and self.dir.is_dir() and not any(self.dir.iterdir()):
+                unlock_run_dir(self.dir)
+                with contextlib.suppress(OSError):
+                    self.dir.rmdir()
+            raise
+
     def _clear_run(self, dry_run=False):
-        """--restart: delete what a run wrote here (only that: any other entry refuses the restart)."""
+        """--restart: delete what a run wrote here (only that: anything else refuses the restart)."""
         import shutil
 
         if not self.config_path.exists():
             raise ConfigError(f"--restart: {self.dir} holds no run (no config.json) -- drop --restart")
-        ours = {"config.json", "metrics.jsonl", "summary.json", "checkpoints", "figures", "plots", "tensorboard"}
-        other = sorted(
-            p.name
-            for p in self.dir.iterdir()
-            if p.name not in ours and not p.name.startswith(".") and not p.name.startswith("eval_k")
-        )
+        other = foreign_run_entries(self.dir)
         if other:
             raise ConfigError(
                 f"--restart: {self.dir} also holds {other[0]!r}, which vae-jax did not write -- move it "
                 "away or choose another --workdir; nothing was deleted"
             )
         for p in [] if dry_run else self.dir.iterdir():
-            if p.name in ours or p.name.startswith("eval_k"):
+            if not p.name.startswith("."):
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
-    def write_config(self, image_shape):
-        """config.json: the run's options plus the data's image shape (to rebuild the model)."""
+    def write_config(self, image_shape, step: int = 0):
+        """config.json: the run's options as this part of it runs them (a resume's --lr, --epochs, ...
+        replace the old values), the data's image shape (to rebuild the model), and `parts`: each
+        start and resume, from which step, with the options a resume may change."""
         if not self.primary:
             return
         if self.restart:
             self._clear_run()
-        if not self.resume:
-            cfg = dict(dataclasses.asdict(self.config), image_shape=list(image_shape))
-            atomic_write(self.config_path, json.dumps(cfg, indent=2) + "\n")
-        elif list(self._saved.get("image_shape", [])) != list(image_shape):
+        saved = self._saved if self.resume else {}
+        if self.resume and list(saved.get("image_shape", [])) != list(image_shape):
             raise CheckpointError(
                 f"cannot resume {self.dir}: it was trained on images of shape "
-                f"{tuple(self._saved.get('image_shape', ()))}, this data has {tuple(image_shape)} "
+                f"{tuple(saved.get('image_shape', ()))}, this data has {tuple(image_shape)} "
                 "-- use the same data or another --workdir"
             )
+        cfg = dict(dataclasses.asdict(self.config), image_shape=list(image_shape))
+        parts = list(saved.get("parts") or ([_part(saved, 0, resumed=False)] if self.resume else []))
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        cfg["parts"] = [*parts, _part(cfg, step, resumed=self.resume, started=now)]
+        atomic_write(self.config_path, json.dumps(cfg, indent=2) + "\n")
+        self.parts = cfg["parts"]
 
     def _check_same_config(self, saved):
         differ = config_differences(saved, self.config)
@@ -232,7 +249,7 @@ class RunDir:
         The run's position is state["step"] (optimizer steps)."""
         import orbax.checkpoint as ocp
 
-        epoch = self.latest_step()
+        epoch = 0 if self.restart else self.latest_step()  # --restart: its old checkpoints are deleted
         if not epoch:
             return init_state, 0
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, init_state)
@@ -274,6 +291,9 @@ class RunDir:
     def read_metrics(self, upto_epoch: int):
         """Metrics of the epochs up to the restored checkpoint's last whole epoch; later lines (a crash)
         are dropped, and the file is rewritten without them."""
+        if self.restart:  # its old metrics are deleted with the rest of the run
+            self._rows = []
+            return []
         rows = [r for r in read_metrics(self.metrics_path) if int(r["epoch"]) <= upto_epoch]
         if self.primary and self.metrics_path.exists():
             atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
@@ -291,6 +311,46 @@ class RunDir:
         if not self.primary:
             return
         atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+
+
+def _part(options: dict, step: int, *, resumed: bool, started: str | None = None) -> dict:
+    """One entry of config.json's `parts`: where a start or resume began and the changeable options it ran."""
+    return {
+        "from_step": int(step),
+        "resumed": resumed,
+        "started": started,
+        "options": {k: options.get(k) for k in sorted(RESUMABLE)},
+    }
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "import.json")  # and eval_k*.json
+
+
+def foreign_run_entries(workdir) -> list[str]:
+    """What in a run directory vae-jax did not write (relative names): a run's own files, orbax's step
+    folders in checkpoints/, event files in tensorboard/, the manifest-listed figures in figures/ and
+    plots/. Hidden names (temporary files) are skipped."""
+    other = []
+    for p in sorted(Path(workdir).iterdir()):
+        name, is_dir = p.name, p.is_dir() and not p.is_symlink()
+        if name.startswith("."):
+            continue
+        if not is_dir and (name in RUN_FILES or (name.startswith("eval_k") and name.endswith(".json"))):
+            continue
+        if is_dir and name in ("figures", "plots"):
+            other += [f"{name}/{n}" for n in foreign_entries(p)]
+        elif is_dir and name == "tensorboard":
+            other += [f"{name}/{q.name}" for q in p.iterdir() if not q.name.startswith("events.out.tfevents.")]
+        elif is_dir and name == "checkpoints":
+            other += [f"{name}/{q.name}" for q in p.iterdir() if not _orbax_entry(q.name)]
+        else:
+            other.append(name)
+    return other
+
+
+def _orbax_entry(name: str) -> bool:
+    """A step folder orbax writes in checkpoints/ (complete, or its temporary while being written)."""
+    return name.isdigit() or "orbax-checkpoint-tmp" in name
 
 
 def read_metrics(path) -> list[dict]:

@@ -9,6 +9,7 @@ for the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_failure
-from vae_jax.files import atomic_dir, atomic_write
+from vae_jax.files import atomic_dir, atomic_write, lock_run_dir, unlock_run_dir
 
 
 def _number(kind):
@@ -213,6 +214,35 @@ def _fresh_path(path, what, *, parent_must_exist=False):
     return path
 
 
+def _check_plot_out(out: Path, workdir: Path, *, force: bool) -> None:
+    """plot --out: a new path, or with --force a folder of figures vae-jax wrote -- never a run directory
+    or a folder above one, nor anything holding the user's files (files.check_replaceable)."""
+    if not force:
+        _fresh_path(out, "plot folder")
+        return
+    real, run = os.path.realpath(out), os.path.realpath(workdir)
+    if (out / "config.json").exists() or real == run or run.startswith(real.rstrip(os.sep) + os.sep):
+        raise ConfigError(
+            f"plot --out {out} is a run directory (or holds one) -- choose another --out, e.g. "
+            f"{workdir / 'plots'}; nothing was deleted"
+        )
+
+
+@contextlib.contextmanager
+def _writer_lock_if_inside(out: Path, workdir: Path):
+    """Writing inside a run directory (plot's default <workdir>/plots) takes the run's writer lock for
+    the time of the write: never beside a live `train` of that run, which owns the folder."""
+    real, run = os.path.realpath(out), os.path.realpath(workdir)
+    if not real.startswith(run.rstrip(os.sep) + os.sep):
+        yield
+        return
+    lock_run_dir(workdir)
+    try:
+        yield
+    finally:
+        unlock_run_dir(workdir)
+
+
 def _run(args):
     from vae_jax import train
 
@@ -308,13 +338,12 @@ def _run(args):
         from vae_jax import evaluate
 
         out = Path(args.out or Path(args.workdir) / "plots")
-        if not args.force:
-            _fresh_path(out, "plot folder")
+        _check_plot_out(out, Path(args.workdir), force=args.force)
         _, test_ds = train.load_data(config)
         from vae_jax.checkpoints import read_metrics
 
         history = read_metrics(Path(args.workdir))
-        with atomic_dir(out, replace=args.force) as tmp:  # all figures or none
+        with _writer_lock_if_inside(out, Path(args.workdir)), atomic_dir(out, replace=args.force, what="--out") as tmp:
             paths = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.key(args.seed))
         print("\n".join(str(out / Path(p).name) for p in paths.values()))
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import jax
@@ -67,7 +68,7 @@ def iwae_nll(
     total = 0.0
     n = images.shape[0]
     starts = range(0, n, batch_size)
-    if progress:
+    if progress and sys.stderr.isatty():  # no bar in a log
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=f"NLL (k={k})", unit="batch", leave=False, dynamic_ncols=True)

@@ -98,21 +98,64 @@ def _flock_holder(folder: Path):
     return None
 
 
+MANIFEST = ".vae-jax-files"  # in a folder vae-jax writes whole (figures, plots): the names it wrote
+# The chapter's figures (vae_jax.evaluate.make_figures): owned by name in folders written before manifests.
+FIGURE_FILES = frozenset(
+    ("reconstruction.png", "samples.png", "latent.png", "manifold.png", "loss_curves.png")
+    + ("interpolation_linear.png", "interpolation_spherical.png")
+)
+
+
+def foreign_entries(folder) -> list[str]:
+    """The names in `folder` that vae-jax did not write there: every entry but those its manifest lists
+    (without a manifest, as folders of figures written before it: the chapter's figure names).
+    [] for a folder that is vae-jax's to replace."""
+    folder = Path(folder)
+    try:
+        ours = set((folder / MANIFEST).read_text().split("\n")) if (folder / MANIFEST).exists() else FIGURE_FILES
+    except (OSError, UnicodeDecodeError):
+        ours = set()
+    return sorted(p.name for p in folder.iterdir() if p.name != MANIFEST and p.name not in ours)
+
+
+def check_replaceable(folder, what: str) -> None:
+    """ConfigError unless `folder` holds only what vae-jax wrote there (its manifest says so)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        raise ConfigError(f"{what} {folder} exists and is not a folder -- remove it or choose another path")
+    other = foreign_entries(folder)
+    if other:
+        raise ConfigError(
+            f"{what} {folder} holds {other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''}, "
+            "which vae-jax did not write -- move it away or choose another path; nothing was deleted"
+        )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_dir(path, *, replace: bool = False):
-    """Yield a new temporary folder beside `path`; when the block completes it becomes `path` (with
-    replace=True an existing folder at `path` is swapped out and removed after the swap). An
-    interrupted block leaves no trace and `path` as it was."""
+def atomic_dir(path, *, replace: bool = False, what: str = "folder"):
+    """Yield a new temporary folder beside `path`; when the block completes it becomes `path`, with a
+    manifest of what it holds. replace=True: an existing folder at `path` is swapped out and removed
+    after the swap -- only one that holds nothing but what vae-jax wrote (check_replaceable, before
+    the block and again before the swap). An interrupted block leaves no trace and `path` as it was."""
     path = Path(path)
-    if not replace and os.path.lexists(path):
-        raise ConfigError(f"{path} already exists -- choose another path (or --force); nothing was overwritten")
+    if os.path.lexists(path):
+        if not replace:
+            raise ConfigError(f"{path} already exists -- choose another path (or --force); nothing was overwritten")
+        check_replaceable(path, what)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    os.chmod(tmp, 0o777 & ~_umask())  # a folder as mkdir makes it (mkdtemp's are private)
     try:
         yield tmp
+        atomic_write(tmp / MANIFEST, "".join(f"{p.name}\n" for p in sorted(tmp.iterdir())))
         old = None
         if os.path.lexists(path):
-            if path.is_symlink() or not path.is_dir():
-                raise ConfigError(f"{path} exists and is not a folder -- remove it or choose another path")
+            check_replaceable(path, what)
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
             os.replace(path, old / path.name)
         os.rename(tmp, path)

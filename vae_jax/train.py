@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -24,6 +25,7 @@ from flax import nnx
 
 from vae_jax import input_pipeline, losses, models
 from vae_jax.errors import ConfigError
+from vae_jax.files import atomic_dir, check_replaceable
 
 
 class KeyPurpose(enum.IntEnum):
@@ -484,7 +486,7 @@ def train_part(
     step_fn, losses = feed.step(train=True), []
     spe = steps_per_epoch(config, feed.ds)
     bar = None
-    if config.progress and jax.process_index() == 0:
+    if config.progress and jax.process_index() == 0 and sys.stderr.isatty():  # a line per epoch in a log
         from tqdm.auto import tqdm
 
         bar = tqdm(total=stop - start, initial=0, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
@@ -701,30 +703,35 @@ def train_and_evaluate(
     if resume and restart:
         raise ConfigError("--resume continues a run, --restart starts it again: pass one of them")
     run = checkpoints.RunDir(workdir, config, resume=resume, restart=restart)
-    train_ds, test_ds = load_data(config)
-    if config.model == "cvae" and not train_ds.has_labels:
-        raise ConfigError(f"--model cvae needs labels, and dataset {config.dataset!r} has none: use mnist or digits")
-    image_shape = train_ds.image_shape
+    with run.removed_if_unused():  # a run that fails before its first file leaves no folder
+        if config.figures and (workdir / "figures").exists():  # replaced at the end: refused now, not then
+            check_replaceable(workdir / "figures", "the figures folder")
+        train_ds, test_ds = load_data(config)
+        if config.model == "cvae" and not train_ds.has_labels:
+            raise ConfigError(
+                f"--model cvae needs labels, and dataset {config.dataset!r} has none: use mnist or digits"
+            )
+        image_shape = train_ds.image_shape
 
-    check_model_fits(config, image_shape)
-    check_memory(config, image_shape)
-    root = jax.random.key(config.seed)
-    model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, KeyPurpose.INIT)))
-    check_figures_fit(config, model, test_ds)
-    spe = steps_per_epoch(config, train_ds)
-    trainer = Trainer(model, config, steps_per_epoch=spe)
-    if config.devices > 1:
-        trainer.shard(config.devices)
-    state, _ = run.restore(trainer.put(trainer.init_state))  # restored with the state's sharding
-    step = int(to_host(state["step"]))
-    if config.init_from and not step:
-        state = initial_weights_from(config.init_from, trainer, state, config, image_shape)
-    feeds = (Feed(train_ds, trainer, config), Feed(test_ds, trainer, config))  # 'memory' decodes all now
-    run.write_config(image_shape)  # only once the options, the data and --init-from are known to work
+        check_model_fits(config, image_shape)
+        check_memory(config, image_shape)
+        root = jax.random.key(config.seed)
+        model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, KeyPurpose.INIT)))
+        check_figures_fit(config, model, test_ds)
+        spe = steps_per_epoch(config, train_ds)
+        trainer = Trainer(model, config, steps_per_epoch=spe)
+        if config.devices > 1:
+            trainer.shard(config.devices)
+        state, _ = run.restore(trainer.put(trainer.init_state))  # restored with the state's sharding
+        step = int(to_host(state["step"]))
+        if config.init_from and not step:
+            state = initial_weights_from(config.init_from, trainer, state, config, image_shape)
+        feeds = (Feed(train_ds, trainer, config), Feed(test_ds, trainer, config))  # 'memory' decodes all now
+        history = run.read_metrics(upto_epoch=step // spe)
+        run.write_config(image_shape, step)  # only once the options, the data and --init-from are known to work
     state = trainer.put(jax.tree.map(to_host, state))
     if step:
         log(f"resumed from step {step} (epoch {step // spe + 1}, batch {step % spe} of {spe}) in {workdir}")
-    history = run.read_metrics(upto_epoch=step // spe)
     last = config.epochs * spe if not config.max_steps else min(config.epochs * spe, config.max_steps)
     final: dict[str, Any] | None = None
     first_step: list[float] = []
@@ -801,6 +808,7 @@ def train_and_evaluate(
         "steps": step,
         "wall_time_s": wall,
         "final": final or (history[-1] if history else None),
+        "parts": getattr(run, "parts", None),
     }
     model = trainer.merge(jax.tree.map(to_host, state))
     if config.iwae_k:
@@ -820,10 +828,9 @@ def train_and_evaluate(
     summaries.close()
     if config.figures and run.primary:
         from vae_jax import evaluate
-        from vae_jax.files import atomic_dir
 
         t0 = time.perf_counter()
-        with atomic_dir(workdir / "figures", replace=True) as tmp:  # all figures or none
+        with atomic_dir(workdir / "figures", replace=True, what="the figures folder") as tmp:  # all figures or none
             made = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.fold_in(root, KeyPurpose.FIGURES))
         summary["figures"] = {k: str(workdir / "figures" / Path(v).name) for k, v in made.items()}
         summary["figures_time_s"] = time.perf_counter() - t0
