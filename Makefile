@@ -1,6 +1,6 @@
 # make test:      creates .venv when missing, installs the pinned versions, runs `make lint`, then every
 #                 test (tests/ + parity_tests/).
-# make test-fast: the same minus the tests marked `slow` (tests/conftest.py lists them).
+# make test-fast: the same minus the tests marked `slow` (marked in each test file).
 # make lint:      ruff (lint and format check) on the whole tree and mypy on vae_jax/, configured in
 #                 pyproject.toml; ruff and mypy come with the `test` extra (versions in constraints.txt).
 # make parity:    the JAX/PyTorch parity suite alone.

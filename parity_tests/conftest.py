@@ -23,8 +23,7 @@ def _needs_data(item) -> bool:
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
     # Markers (registered in pyproject.toml): every parity_tests item is `parity`; `needs_data` as in
-    # tests/conftest.py. `slow` is tests/conftest.py's list (it sees these items too when both
-    # folders are collected, as `make test-fast` does).
+    # tests/conftest.py. `slow` is marked in the test files.
     for item in items:
         if not item.path.resolve().is_relative_to(_HERE):
             continue

@@ -34,7 +34,9 @@ def _assert_same_sd(a: dict, b: dict, what):
         assert np.array_equal(x, y), f"{what}: {k} differs, max |diff| {np.max(np.abs(x - y))}"
 
 
-@pytest.mark.parametrize("name", H.MODEL_NAMES)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.slow] if n in ("ConvVAE", "CelebAVAE") else []) for n in H.MODEL_NAMES]
+)
 def test_flax_torch_flax_is_identity(name):
     jm = _jax_source(name)
     jm2 = H.jax_model(name, "float32", 1)  # another initialisation, overwritten entirely

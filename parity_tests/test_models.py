@@ -7,9 +7,12 @@ import pytest
 
 from parity_tests import harness as H
 
+SLOW_MODELS = ("ConvVAE", "ConvVAE28", "CelebAVAE")  # the MLP models stay in `make test-fast`
+
 
 def _case(m, d, s, dt):
-    return pytest.param(m, d, s, dt, id=f"{m}-{d.replace('->', '2')}-s{s}-{dt[5:]}")
+    marks = [pytest.mark.slow] if m in SLOW_MODELS else []
+    return pytest.param(m, d, s, dt, id=f"{m}-{d.replace('->', '2')}-s{s}-{dt[5:]}", marks=marks)
 
 
 CASES = [_case(m, d, s, dt) for dt in H.DTYPES for m in H.MODEL_NAMES for d in H.DIRECTIONS for s in H.SEEDS]

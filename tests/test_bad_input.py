@@ -239,6 +239,7 @@ def test_damaged_amat_file(tmp_path, capsys, name, damage, problem, fix):
     assert "binarized_mnist_train.amat.gz" in line
 
 
+@pytest.mark.slow
 def test_image_folder_with_a_corrupt_image(tmp_path, capsys):
     data = write_images(tmp_path / "data" / "train")
     write_images(tmp_path / "data" / "test")
@@ -352,6 +353,7 @@ def run_copy(trained_run, tmp_path):
     return tmp_path / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra, problem",
     [
@@ -366,6 +368,7 @@ def test_resume_with_other_options(run_copy, tmp_path, capsys, extra, problem):
     check_case(tmp_path, capsys, args, ["cannot resume", problem], "drop those options")
 
 
+@pytest.mark.slow
 def test_resume_names_every_differing_option_at_once(run_copy, tmp_path, capsys):
     args = [
         "train",
@@ -384,6 +387,7 @@ def test_resume_names_every_differing_option_at_once(run_copy, tmp_path, capsys)
     check_case(tmp_path, capsys, args, ["--model 'ae'", "--seed 7", "--train-limit 100"], "drop those options")
 
 
+@pytest.mark.slow
 def test_resume_needs_only_the_workdir(run_copy, capsys):
     """The run directory is the source of truth: options it was trained with need not be repeated."""
     code, err = run_cli(["train", "--workdir", run_copy, "--epochs", "2", "--resume"], capsys)
@@ -417,6 +421,7 @@ def test_export_of_a_run_whose_config_was_tampered_with(run_copy, tmp_path, caps
     assert not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.slow
 def test_export_of_a_run_whose_checkpoint_data_is_damaged(run_copy, tmp_path):
     blobs = sorted((run_copy / "checkpoints").rglob("ocdbt.process_0/d/*"), key=lambda p: p.stat().st_size)
     data = blobs[-1].read_bytes()  # the largest blob holds the weights

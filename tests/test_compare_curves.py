@@ -9,6 +9,8 @@ import torch
 
 from vae_torch_ref import inject_eps
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("compare_curves", ROOT / "scripts" / "compare_curves.py")
 cc = importlib.util.module_from_spec(spec)

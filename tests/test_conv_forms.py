@@ -14,12 +14,13 @@ from vae_jax import convert, models
 from vae_jax import layers as L
 
 
-@pytest.fixture(params=["matmul", "lax"])
+@pytest.fixture(params=[pytest.param("matmul", marks=pytest.mark.slow), "lax"])  # matmul: an XLA compile each
 def s1_impl(request):
     """Both ways the sub-pixel / space-to-depth forms compute their stride-1 convolution (ConvForm.s1)."""
     return request.param
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kh,kw,pad",
     [(3, 3, ((1, 1), (1, 1))), (3, 3, ((1, 2), (1, 2))), (2, 2, ((0, 0), (0, 0))), (2, 3, ((0, 1), (2, 0)))],
@@ -146,6 +147,7 @@ def test_conv_vae28_computes_in_its_form(name):
     assert text.count("conv_general_dilated[") == n_lax, name
 
 
+@pytest.mark.slow
 def test_two_conv_forms_in_one_process_agree():
     """ConvVAE28s of different forms, the same parameters, side by side: the same output within
     float tolerance, one jit trace per form (the form is static), and no retrace on reuse."""
@@ -172,6 +174,7 @@ def test_two_conv_forms_in_one_process_agree():
         np.testing.assert_allclose(y, out["lax"], atol=1e-5, rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_batchnorm_impl_is_validated_and_follows_the_model_form():
     with pytest.raises(ValueError, match="use one of xla, onednn"):
         L.BatchNorm2d(3, impl="cudnn")

@@ -22,6 +22,8 @@ import pytest
 
 from vae_jax import cli, convert, train
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
+
 ARGS = [
     "--train-limit",
     "200",

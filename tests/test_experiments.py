@@ -12,6 +12,8 @@ import pytest
 
 from vae_jax import checkpoints, cli, experiments
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
+
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):

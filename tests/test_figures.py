@@ -256,6 +256,7 @@ def test_loss_curves_integer_epochs_nats_and_separate_kl_axis():
         plt.close(fig)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name, has_labels", [("vae", False), ("ae", True)])
 def test_make_figures_passes_labels_mu_and_logvar(tmp_path, monkeypatch, model_name, has_labels):
     import jax

@@ -382,6 +382,7 @@ def test_real_binarized_mnist():
     assert sizes == {"train": 50000, "valid": 10000, "test": 10000}
 
 
+@pytest.mark.slow
 @needs_tf
 def test_real_prepare_tfds_mnist_matches_idx(tmp_path, mnist_files):
     """Prepare tfds 'mnist' offline from the original files (~40 s), read it back via data_source.

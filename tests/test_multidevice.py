@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
+
 SCRIPT = r"""
 import json, sys
 from vae_jax import train

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
+
 DATA = os.environ.get("VAE_DATA_DIR")
 needs_data = pytest.mark.skipif(
     not DATA or not (Path(DATA) / "mnist").is_dir(), reason="VAE_DATA_DIR not set: real MNIST files absent"

@@ -12,7 +12,10 @@ import pytest
 
 from vae_jax import onednn_conv as oc
 
-pytestmark = pytest.mark.skipif(not oc.available(), reason=f"oneDNN conv library not built: {oc.BUILD_HINT}")
+pytestmark = [
+    pytest.mark.skipif(not oc.available(), reason=f"oneDNN conv library not built: {oc.BUILD_HINT}"),
+    pytest.mark.slow,  # the kernels at the chapter's layer shapes, batch 128, eager and jit
+]
 
 DN = ("NHWC", "HWIO", "NHWC")
 B = 128

@@ -17,6 +17,8 @@ from PIL import Image
 
 from vae_jax import checkpoints, cli, evaluate, files
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
+
 TINY = ["--train-limit", "100", "--test-limit", "20", "--epochs", "1", "--batch-size", "50", "--no-progress"]
 DATA = os.environ.get("VAE_DATA_DIR")
 

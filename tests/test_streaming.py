@@ -15,6 +15,8 @@ import pytest
 from vae_jax import cli, train
 from vae_jax import input_pipeline as ip
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -13,6 +13,8 @@ import torch
 from vae_jax import cli, train
 from vae_jax.errors import CheckpointError, ConfigError
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
+
 DATA = os.environ.get("VAE_DATA_DIR")
 needs_data = pytest.mark.skipif(not DATA, reason="VAE_DATA_DIR not set: real MNIST files absent")
 
