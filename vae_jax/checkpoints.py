@@ -50,6 +50,15 @@ def latest_step_on_disk(workdir) -> int:
         return 0
 
 
+def resumed_options(saved: dict, current: dict, given: dict) -> dict:
+    """The options of a resume: the run's config.json, then the options given now (config_differences
+    then refuses those a resume may not change). --max-steps (where this invocation stops) and
+    --devices (this machine's) are never inherited: they take their values from `current`."""
+    names = current.keys()
+    own = {k: v for k, v in saved.items() if k in names and k not in ("max_steps", "devices")}
+    return {**current, **own, **{k: current[k] for k in ("max_steps", "devices")}, **given}
+
+
 def config_differences(saved: dict, config) -> list[str]:
     """'--option X (the run: Y)' for each option of `config` that differs from the run's config.json
     and may not change on a resume."""

@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from vae_jax import configs
 from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_failure
 from vae_jax.files import atomic_dir, atomic_write, lock_run_dir, unlock_run_dir
 
@@ -133,6 +134,14 @@ def _parser():
         help="train the run in --workdir again from scratch, deleting what it wrote (e.g. after a "
         "non-finite loss in its first epoch)",
     )
+    t.add_argument(
+        "--config",
+        default=None,
+        choices=configs.NAMES,
+        help="a preset (vae_jax/configs/NAME.py) whose options replace the defaults below; default: the "
+        "preset named after --dataset if there is one (so `vae-jax train` alone is `digits`, the main job: "
+        "150 epochs of batch 32), else none. Options given here win",
+    )
     _add_config_options(t)  # the run's options: one per field of train.Config
     t.add_argument(
         "--coordinator-address",
@@ -243,6 +252,31 @@ def _writer_lock_if_inside(out: Path, workdir: Path):
         unlock_run_dir(workdir)
 
 
+def _train_config(args):
+    """(Config, workdir) of `vae-jax train`: the defaults, then the preset (--config, or the one named
+    after --dataset), then the options given; a resume starts from its config.json instead
+    (checkpoints.resumed_options)."""
+    from vae_jax import checkpoints, train
+
+    kw = _config_options(args)
+    given = {k: kw[k] for k in _given_options(args.argv, "train") if k in kw}
+    if args.config and args.resume:
+        raise ConfigError("--config starts a new run; a resumed run keeps its own options -- drop --config")
+    preset = args.config or configs.for_dataset(given.get("dataset", kw["dataset"]))
+    if preset and not args.resume:
+        kw = {**kw, **configs.get_config(preset), **given}
+    workdir = args.workdir or f"runs/{kw['model']}_{kw['dataset']}_seed{kw['seed']}"
+    if args.resume and (Path(workdir) / "config.json").is_file():
+        kw = checkpoints.resumed_options(checkpoints.read_config(Path(workdir) / "config.json"), kw, given)
+    for k in ("data_dir", "init_from"):  # stored absolute: eval/plot/resume work from any folder
+        if kw.get(k) and k in given:
+            kw[k] = os.path.abspath(kw[k])
+    try:
+        return train.Config(**kw), workdir
+    except TypeError as e:
+        raise ConfigError(f"{Path(workdir) / 'config.json'} is damaged ({e}) -- restore it") from None
+
+
 def _run(args):
     from vae_jax import train
 
@@ -251,27 +285,7 @@ def _run(args):
 
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
         _check_platform()
-        fields = {f.name for f in dataclasses.fields(train.Config)}
-        kw = _config_options(args)
-        given = {k: kw[k] for k in _given_options(args.argv, "train") if k in kw}
-        workdir = args.workdir or f"runs/{kw['model']}_{kw['dataset']}_seed{kw['seed']}"
-        if args.resume and (Path(workdir) / "config.json").is_file():  # the run's own options, then the given
-            from vae_jax.checkpoints import read_config
-
-            saved = read_config(Path(workdir) / "config.json")
-            # --max-steps (where this invocation stops) and --devices (this machine's) are not the run's
-            kw = {
-                **{k: v for k, v in saved.items() if k in fields and k not in ("max_steps", "devices")},
-                **{k: kw[k] for k in ("max_steps", "devices")},
-                **given,
-            }
-        for k in ("data_dir", "init_from"):  # stored absolute: eval/plot/resume work from any folder
-            if kw.get(k) and k in given:
-                kw[k] = os.path.abspath(kw[k])
-        try:
-            config = train.Config(**kw)
-        except TypeError as e:
-            raise ConfigError(f"{Path(workdir) / 'config.json'} is damaged ({e}) -- restore it") from None
+        config, workdir = _train_config(args)
         train.train_and_evaluate(config, workdir, resume=args.resume, restart=args.restart)
         return 0
 

@@ -28,48 +28,13 @@ import optax
 from flax import nnx
 
 from vae_jax import checkpoints, evaluate, figures, input_pipeline, losses, models, train
+from vae_jax.configs.exercises import SIZES
 from vae_jax.errors import ConfigError
 from vae_jax.files import atomic_write
 
 BETAS = (0.5, 1.0, 2.0, 4.0)
 LATENT_DIMS = (2, 10, 20, 50, 100)
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): unit d is active when Cov_x(E_q[z_d]) > 0.01
-
-SIZES = {
-    # reduced: batches divide the limits exactly (one compiled shape per step function)
-    "reduced": dict(
-        epochs=2,
-        batch_size=100,
-        lr=1e-3,
-        train_limit=600,
-        test_limit=200,
-        iwae_k=20,
-        iwae_n=100,
-        classifier_epochs=2,
-        figures=False,
-        grid_samples=16,
-        traversal_dims=4,
-        traversal_steps=7,
-        per_class=10,
-        class_cols=5,
-    ),
-    "full": dict(
-        epochs=10,
-        batch_size=128,
-        lr=1e-3,
-        train_limit=None,
-        test_limit=None,
-        iwae_k=1000,
-        iwae_n=1000,
-        classifier_epochs=5,
-        figures=False,
-        grid_samples=64,
-        traversal_dims=8,
-        traversal_steps=9,
-        per_class=100,
-        class_cols=10,
-    ),
-}
 
 
 @dataclasses.dataclass
