@@ -3,7 +3,7 @@
 # make test-fast: the same minus the tests marked `slow` (tests/conftest.py lists them).
 # make lint:      ruff (lint and format check) on the whole tree and mypy on vae_jax/, configured in
 #                 pyproject.toml; ruff and mypy come with the `test` extra (versions in constraints.txt).
-# make parity:    the JAX/PyTorch parity suite alone.
+# make parity:    the JAX/PyTorch parity suite alone; writes parity-report/parity.md and junit.xml.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -63,8 +63,11 @@ onednn: $(VENV)/.installed
 	$(BIN)/pip install -q -c constraints.txt -e ".[onednn]"
 	$(BIN)/python -m vae_jax.onednn_build
 
+# The parity suite alone, in one run that also writes its artifact: parity-report/parity.md (the largest
+# JAX-vs-torch error per model, direction, dtype and quantity, with its bound) and parity-report/junit.xml.
+PARITY_REPORT_DIR ?= parity-report
 parity: install
-	$(PYTEST) -q parity_tests
+	$(PYTEST) -q parity_tests --parity-report $(PARITY_REPORT_DIR) --junitxml=$(PARITY_REPORT_DIR)/junit.xml
 
 # The main job: the chapter's VAE on the embedded digits, long enough (150 epochs of 47 steps, about a
 # minute here) for its samples to look like digits. ARGS come last and win, e.g. ARGS="--epochs 10".
@@ -72,4 +75,4 @@ train: install
 	$(BIN)/vae-jax train --epochs 150 --batch-size 32 --workdir runs/train-$$(date +%Y%m%d-%H%M%S) $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs csrc/build
+	rm -rf $(VENV) runs csrc/build parity-report

@@ -132,6 +132,7 @@ def train_torch(
     train_limit=None,
     test_limit=None,
     num_workers=2,
+    threads=None,
     workdir=None,
     log=print,
 ):
@@ -141,6 +142,8 @@ def train_torch(
     dataset = dataset or ("mnist" if data_dir else "digits")
     if workdir is not None:
         _fresh(workdir)  # before the data is read; created once the data and the model are known to work
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     train_ds, test_ds = load_splits(dataset, data_dir, train_limit, test_limit)
     image_shape = [*train_ds.tensors[0].shape[2:], train_ds.tensors[0].shape[1]]  # HWC, as vae-jax
@@ -241,6 +244,7 @@ def parser():
     p.add_argument("--train-limit", type=pos, default=None, help="use the first N training images")
     p.add_argument("--test-limit", type=pos, default=None, help="use the first N test images")
     p.add_argument("--num-workers", type=nonneg, default=2, help="DataLoader worker processes (the chapter's 2)")
+    p.add_argument("--threads", type=pos, default=None, help="torch's CPU threads (default: torch's choice)")
     p.add_argument("--workdir", required=True, help="the run directory to write (new or empty)")
     return p
 
