@@ -3,7 +3,7 @@
 # make test-fast: the same minus the tests marked `slow` (marked in each test file).
 # make lint:      ruff (lint and format check) on the whole tree and mypy on vae_jax/, configured in
 #                 pyproject.toml; ruff and mypy come with the `test` extra (versions in constraints.txt).
-# make parity:    the JAX/PyTorch parity suite alone.
+# make parity:    the JAX/PyTorch parity suite alone; writes parity-report/parity.md and junit.xml.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -63,8 +63,11 @@ onednn: $(VENV)/.installed
 	$(BIN)/pip install -q -c constraints.txt -e ".[onednn]"
 	$(BIN)/python -m vae_jax.onednn_build
 
+# The parity suite alone, in one run that also writes its artifact: parity-report/parity.md (the largest
+# JAX-vs-torch error per model, direction, dtype and quantity, with its bound) and parity-report/junit.xml.
+PARITY_REPORT_DIR ?= parity-report
 parity: install
-	$(PYTEST) -q parity_tests
+	$(PYTEST) -q parity_tests --parity-report $(PARITY_REPORT_DIR) --junitxml=$(PARITY_REPORT_DIR)/junit.xml
 
 # The main job: `vae-jax train` with no options (vae_jax/configs/digits.py: the chapter's VAE on the
 # embedded digits, 150 epochs of batch 32). ARGS are passed on, e.g. ARGS="--dataset mnist --data-dir DIR"
@@ -73,4 +76,4 @@ train: install
 	$(BIN)/vae-jax train --workdir runs/train-$$(date +%Y%m%d-%H%M%S) $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs csrc/build
+	rm -rf $(VENV) runs csrc/build parity-report

@@ -1,13 +1,18 @@
 """Parity suite set-up. The tolerance table is parity_tests/tolerances.py (one place); the shared
-machinery is parity_tests/harness.py (importing it sets jax_default_matmul_precision='highest')."""
+machinery is parity_tests/harness.py (importing it sets jax_default_matmul_precision='highest').
 
+`--parity-report DIR` (or PARITY_REPORT=DIR): at the end of the run, DIR/parity.md holds the largest
+error of each (model, direction, dtype, quantity) the tests compared, with its bound (report.py);
+`make parity` passes it with `--junitxml=DIR/junit.xml`, one run for both."""
+
+import os
 from pathlib import Path
 
 import jax
 import pytest
 import torch
 
-from parity_tests import harness  # noqa: F401  (sets the matmul precision on import)
+from parity_tests import harness  # sets the matmul precision on import
 
 assert jax.config.jax_default_matmul_precision == "highest"
 
@@ -49,3 +54,53 @@ def _no_x64_leak():
     assert not jax.config.jax_enable_x64, "jax_enable_x64 leaked into this test"
     yield
     assert not jax.config.jax_enable_x64, "this test leaked jax_enable_x64"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--parity-report",
+        metavar="DIR",
+        default=os.environ.get("PARITY_REPORT") or None,
+        help="write DIR/parity.md: the largest JAX-vs-torch error per model, direction, dtype and quantity, "
+        "with its bound (default: $PARITY_REPORT)",
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Name the test, and its model and direction (a model case's parameters), in the records its
+    comparisons add. harness.run_case/run_adam are cached per (model, direction, seed, dtype), so a
+    case's records are made in the first test with those parameters."""
+    start = len(harness.RECORDS)
+    try:
+        return (yield)
+    finally:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        for r in harness.RECORDS[start:]:
+            r.test = item.nodeid
+            r.model = r.model or params.get("name")
+            r.direction = r.direction or params.get("direction")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    folder = session.config.getoption("--parity-report")
+    if not folder or hasattr(session.config, "workerinput"):  # (an xdist worker: its controller writes)
+        return
+    from parity_tests import report
+
+    summary = (
+        f"{session.testscollected} tests collected, {session.testsfailed} failed (pytest exit status "
+        f"{int(exitstatus)}); {len(harness.RECORDS)} comparisons."
+    )
+    path = report.write(
+        folder, harness.RECORDS, model_order=harness.MODEL_NAMES, redraws=harness.REDRAWS, summary=summary
+    )
+    session.config.stash[_REPORT] = path
+
+
+_REPORT = pytest.StashKey[Path]()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if _REPORT in config.stash:
+        terminalreporter.write_line(f"parity report: {config.stash[_REPORT]}")

@@ -1,4 +1,4 @@
-"""Shared machinery of the parity suite and of report.py: model pairs, inputs, both frameworks'
+"""Shared machinery of the parity suite: model pairs, inputs, both frameworks'
 computations, and one comparison helper in Hugging Face's equivalence-test style.
 
 Noise (eps): JAX models take `eps=`; the torch reference draws eps with torch.randn_like inside
@@ -33,7 +33,7 @@ for jax.nn.relu itself during the pass; torch.nn.functional.relu, which nn.ReLU 
 likewise). Every branch disagreement must lie within the forward tolerance of 0 (else the case
 fails as a forward mismatch); a batch with any is redrawn (a new salt), so that gradients are
 compared only where the loss is differentiable at float32 resolution. Redraws are counted and
-shown by report.py. (Adam runs are not redrawn: see tolerances.py, "adam".)
+shown in the parity report. (Adam runs are not redrawn: see tolerances.py, "adam".)
 """
 
 from __future__ import annotations
@@ -62,9 +62,11 @@ import vae_torch_ref.train as RT  # noqa: E402
 from vae_jax import convert, layers, models  # noqa: E402
 from vae_jax import train as T  # noqa: E402
 
-try:  # as a package (pytest, report.py)
+try:  # as a package (pytest)
+    from parity_tests.report import Record
     from parity_tests.tolerances import TINY, tol
 except ImportError:  # pragma: no cover
+    from report import Record
     from tolerances import TINY, tol
 
 SEEDS = (0, 1, 2)
@@ -456,7 +458,8 @@ def _torch_case(spec, tm, fb: Batch, lb: Batch, tdt, beta, kl_weight, recons=REC
 
 # ---------------------------------------------------------------------- comparison (HF style)
 
-MEASURED: dict = defaultdict(float)  # (model, dtype, quantity) -> largest error seen (report.py)
+
+RECORDS: list[Record] = []  # every comparison made in this process, in order (the parity report)
 REDRAWS: dict = defaultdict(int)  # (model, dtype) -> batches redrawn for a ReLU kink
 
 
@@ -514,7 +517,7 @@ def compare(
 ) -> Check:
     """Compare every output of `actual` (JAX) with `expected` (torch) under TOLERANCES[(dtype,
     quantity)]; the Check names each failing output with its error and the bound, and the
-    largest error of all. Records the largest error for report.py under `report_as`."""
+    largest error of all. Records the largest error in RECORDS (under `report_as` when given)."""
     t = tol(dtype, quantity)
     bad, errs = [], {}
     if set(actual) != set(expected):
@@ -536,9 +539,7 @@ def compare(
         if errs[k] > t.bound:
             bad.append(f"  {k}: {t.metric} error {errs[k]:.3e} > {t.bound:.1e}")
     check = Check(context, dtype, quantity, errs, bad)
-    if model is not None:
-        key = (model, dtype, report_as or quantity)
-        MEASURED[key] = max(MEASURED[key], check.worst[1])
+    RECORDS.append(Record(dtype, report_as or quantity, check.worst[1], t.bound, not bad, model))
     return check
 
 
@@ -823,8 +824,8 @@ def run_adam(name: str, direction: str, seed: int, dtype: str) -> list:
         )
     )
     diffs = np.concatenate([np.abs(jsd[k].astype(np.float64) - tsd[k]).ravel() for k in regular])
-    key = (name, dtype, "adam_q999")  # the bulk of the elements, for report.py (not asserted)
-    MEASURED[key] = max(MEASURED[key], float(np.quantile(diffs, 0.999)))
+    # the bulk of the elements, for the parity report (not asserted)
+    RECORDS.append(Record(dtype, "adam_q999", float(np.quantile(diffs, 0.999)), None, True, name, direction))
     if fed:
         checks.append(
             compare(

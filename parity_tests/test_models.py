@@ -18,7 +18,7 @@ def _case(m, d, s, dt):
 CASES = [_case(m, d, s, dt) for dt in H.DTYPES for m in H.MODEL_NAMES for d in H.DIRECTIONS for s in H.SEEDS]
 # Adam: every model and seed in float32; in float64 (where elementwise trajectory parity holds, see
 # tolerances.py) seed 0 of an MLP and of the BatchNorm model, both directions, to keep the suite
-# within its time budget (each float64 model costs an XLA compile) -- report.py runs them all.
+# within its time budget (each float64 model costs an XLA compile).
 ADAM_CASES = [
     c for c in CASES if c.values[3] == "float32" or (c.values[2] == 0 and c.values[0] in ("VAE", "CelebAVAE"))
 ]

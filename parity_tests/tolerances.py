@@ -11,7 +11,7 @@ Error metrics (computed by `harness.error`; b is the torch reference):
 Headline bounds: float32 forward abs 1e-5, loss rel 1e-6, gradients rel 1e-5; float64 forward
 and loss 1e-12. Every case that does not meet a headline bound has its own named entry below
 with the bound it meets, what was measured, and why. Tests only ever pass a key of this table;
-report.py prints the largest error measured for each.
+the parity report (`make parity`: parity-report/parity.md) shows the largest error measured for each.
 """
 
 from __future__ import annotations

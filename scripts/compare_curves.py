@@ -21,6 +21,8 @@ Two modes, both run by default:
     python scripts/compare_curves.py --epochs 2          # the embedded digits, no data needed
 
 Writes <out>/curves.json and <out>/curves.png (overlaid curves, and |JAX - PyTorch| per step).
+Runs trained separately, each from its own seed (`vae-jax train`, scripts/train_torch.py), are
+compared per epoch by `vae-jax compare`.
 """
 
 from __future__ import annotations
@@ -28,14 +30,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 MLP = {"ae", "vae", "cvae"}
 

@@ -1,91 +1,268 @@
-"""Train the PyTorch reference the way `vae-jax train` trains the JAX models, on the same data.
+"""Train the chapter's PyTorch code into a run directory that vae-jax reads (`vae-jax compare`).
 
-The chapter's VAE with the chapter's own loop (vae_torch_ref.train.train_epoch / test_epoch,
-DataLoader batch 128, shuffle, Adam 1e-3); other models through train_epoch_general.
-Writes <workdir>/metrics.jsonl with the same keys as vae-jax (epoch, train_loss, test_loss, ...).
+The chapter's VAE with the chapter's own loop (vae_torch_ref.train.train_epoch / test_epoch: the
+clamped BCE of vae_loss, a shuffled DataLoader, Adam); cvae and conv_vae28 through
+train_epoch_general with the same loss. Data: the embedded digits (no download) or MNIST from
+--data-dir (read by vae_torch_ref.data, as ToTensor does), the first --train-limit / --test-limit images.
 
+<workdir> (new or empty) gets config.json (vae_jax.train.Config's option names, plus "framework":
+"torch" and image_shape), metrics.jsonl (vae-jax's fields, per sample), model.pt (the state_dict,
+the chapter's keys) and summary.json, each written atomically.
+
+    python scripts/train_torch.py --epochs 10 --workdir runs/torch_digits
     python scripts/train_torch.py --data-dir ../shared/data --epochs 10 --seed 0 --workdir runs/torch_s0
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.optim as optim
+from torch.utils.data import DataLoader, TensorDataset
 
+from vae_jax.errors import ConfigError, DataError, VaeJaxError, machine_failure
+from vae_jax.files import atomic_write, lock_run_dir
+from vae_jax.train import KINDS
 from vae_torch_ref import models as tm
 from vae_torch_ref import train as tt
-from vae_torch_ref.data import mnist_loaders
+from vae_torch_ref.data import mnist_datasets
 
-MODELS = {k: tm.MODELS[k] for k in ("vae", "ae", "cvae", "conv_vae28")}  # the MNIST models
+MODELS = ("vae", "cvae", "conv_vae28")  # the MNIST models with an ELBO (the chapter's loss)
+DATASETS = ("digits", "mnist")
+# config.json: vae_jax.train.Config's names for what this loop has (recon "bce": vae_loss's clamped BCE)
+FIXED = {"recon": "bce", "beta": 1.0, "kl_anneal_epochs": 0, "binarize": "none", "lr_schedule": "constant"}
+
+
+def load_splits(dataset, data_dir, train_limit=None, test_limit=None):
+    """(train, test) TensorDatasets: NCHW float32 images in [0, 1], int64 labels; the first N of each."""
+    if dataset == "mnist":
+        if data_dir is None:
+            raise ConfigError("--dataset mnist needs --data-dir -- pass the folder with the original MNIST files")
+        try:
+            train, test = mnist_datasets(data_dir)
+        except ValueError as e:
+            raise DataError(f"{e} -- pass --data-dir with the four original MNIST files") from None
+        splits = [(s.tensors[0], s.tensors[1]) for s in (train, test)]
+    elif dataset == "digits":
+        from vae_jax import input_pipeline
+
+        splits = []
+        for split in ("train", "test"):
+            ds = input_pipeline.load_dataset("digits", split)
+            x = torch.from_numpy(ds.images.transpose(0, 3, 1, 2).copy())  # NHWC -> NCHW, contiguous
+            splits.append((x, torch.from_numpy(ds.labels.astype("int64"))))
+    else:
+        raise ConfigError(f"unknown dataset {dataset!r} -- use one of {', '.join(DATASETS)}")
+    return tuple(TensorDataset(x[:n], y[:n]) for (x, y), n in zip(splits, (train_limit, test_limit), strict=True))
+
+
+def build_model(model, image_shape, latent_dim=None, hidden_dim=None):
+    """The chapter's class for `model`, sized as vae_jax.models builds it (None: the chapter's size)."""
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r} -- use one of {', '.join(MODELS)}")
+    sizes = {"latent_dim": latent_dim} if latent_dim is not None else {}
+    if model == "conv_vae28":
+        return tm.ConvVAE28(input_channels=image_shape[-1], **sizes)
+    if hidden_dim is not None:
+        sizes["hidden_dim"] = hidden_dim
+    return tm.MODELS[model](input_dim=math.prod(image_shape), **sizes)
+
+
+def _fresh(workdir) -> Path:
+    """`workdir` when nothing is there or it is an empty folder."""
+    workdir = Path(workdir)
+    if os.path.lexists(workdir) and (not workdir.is_dir() or any(workdir.iterdir())):
+        raise ConfigError(
+            f"workdir {workdir} is not empty -- choose another (new or empty) --workdir; nothing was changed"
+        )
+    return workdir
+
+
+def _run_dir(workdir) -> Path:
+    """The new (or empty) run directory, created and locked for this process."""
+    workdir = _fresh(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(workdir)
+    return _fresh(workdir)  # no other writer got there first
+
+
+def _epoch(net, model, loaders, optimizer, epoch):
+    """One epoch of training then testing; the metrics row, as vae_jax.train.epoch_metrics writes it."""
+    cpu = torch.device("cpu")
+    kw = {"flatten": model != "conv_vae28", "conditional": model == "cvae"}
+    t0 = time.perf_counter()
+    if model == "vae":  # the chapter's loop, verbatim
+        tr = tt.train_epoch(net, loaders[0], optimizer, cpu)
+    else:
+        tr = tt.train_epoch_general(net, loaders[0], optimizer, cpu, **kw)
+    t1 = time.perf_counter()
+    te = tt.test_epoch(net, loaders[1], cpu) if model == "vae" else tt.test_epoch_general(net, loaders[1], cpu, **kw)
+    t2 = time.perf_counter()
+    if not all(math.isfinite(v) for v in (*tr, *te)):
+        raise FloatingPointError(f"non-finite loss at epoch {epoch} (train {tr[0]}, test {te[0]}): lower --lr")
+    names = ("loss", "recon", "kl")
+    return {
+        "epoch": epoch,
+        "kl_weight": 1.0,
+        **{f"train_{k}": v for k, v in zip(names, tr, strict=True)},
+        **{f"test_{k}": v for k, v in zip(names, te, strict=True)},
+        "train_time_s": t1 - t0,
+        "test_time_s": t2 - t1,
+    }
 
 
 def train_torch(
-    data_dir, *, model="vae", epochs=10, batch_size=128, lr=1e-3, seed=0, workdir=None, num_workers=2, log=print
+    data_dir=None,
+    *,
+    dataset=None,
+    model="vae",
+    latent_dim=None,
+    hidden_dim=None,
+    epochs=10,
+    batch_size=128,
+    lr=1e-3,
+    seed=0,
+    train_limit=None,
+    test_limit=None,
+    num_workers=2,
+    threads=None,
+    workdir=None,
+    log=print,
 ):
-    """Train one torch run; returns the list of per-epoch metrics."""
+    """Train one torch run (dataset: mnist when data_dir is given, else digits); returns the per-epoch
+    metrics. With `workdir`, writes the run there (see the module docstring)."""
+    t_start = time.perf_counter()
+    dataset = dataset or ("mnist" if data_dir else "digits")
+    if workdir is not None:
+        _fresh(workdir)  # before the data is read; created once the data and the model are known to work
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    train_loader, test_loader = mnist_loaders(data_dir, batch_size=batch_size, num_workers=num_workers)
-    net = MODELS[model]()
-    optimizer = optim.Adam(net.parameters(), lr=lr)
-    device = torch.device("cpu")
-    kw = {"flatten": model != "conv_vae28", "conditional": model == "cvae"}
-    out = None
-    if workdir:
-        Path(workdir).mkdir(parents=True, exist_ok=False)
-        out = open(Path(workdir) / "metrics.jsonl", "w")
+    train_ds, test_ds = load_splits(dataset, data_dir, train_limit, test_limit)
+    image_shape = [*train_ds.tensors[0].shape[2:], train_ds.tensors[0].shape[1]]  # HWC, as vae-jax
+    loaders = (
+        DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers),
+        DataLoader(test_ds, batch_size=batch_size, shuffle=False, num_workers=num_workers),
+    )
+    net = build_model(model, image_shape, latent_dim, hidden_dim)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    run = _run_dir(workdir) if workdir is not None else None
+    config = {
+        "model": model,
+        "dataset": dataset,
+        "data_dir": os.path.abspath(data_dir) if data_dir and dataset != "digits" else None,
+        "latent_dim": latent_dim,
+        "hidden_dim": hidden_dim,
+        **FIXED,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "train_limit": train_limit,
+        "test_limit": test_limit,
+        "num_workers": num_workers,
+        "framework": "torch",
+        "image_shape": image_shape,
+    }
+    if run:
+        atomic_write(run / "config.json", json.dumps(config, indent=2) + "\n")
     history = []
     for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        if model == "vae":  # the chapter's loop, verbatim
-            tr = tt.train_epoch(net, train_loader, optimizer, device)
-            train_time = time.perf_counter() - t0
-            te = tt.test_epoch(net, test_loader, device)
-        else:
-            tr = tt.train_epoch_general(net, train_loader, optimizer, device, **kw)
-            train_time = time.perf_counter() - t0
-            te = tt.test_epoch_general(net, test_loader, device, **kw)
-        m = {
-            "epoch": epoch,
-            "train_loss": tr[0],
-            "train_recon": tr[1],
-            "train_kl": tr[2],
-            "test_loss": te[0],
-            "test_recon": te[1],
-            "test_kl": te[2],
-            "train_time_s": train_time,
-        }
+        m = _epoch(net, model, loaders, optimizer, epoch)
         history.append(m)
-        if out:
-            out.write(json.dumps(m) + "\n")
-            out.flush()
-        log(f"[torch seed {seed}] epoch {epoch}/{epochs} train {tr[0]:.4f} test {te[0]:.4f} ({train_time:.1f}s)")
-    if out:
-        out.close()
+        if run:  # the whole file anew each epoch, as vae-jax's RunDir.append_metrics
+            atomic_write(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        log(
+            f"[torch seed {seed}] epoch {epoch}/{epochs} train {m['train_loss']:.4f} test {m['test_loss']:.4f} "
+            f"({m['train_time_s']:.1f}s)"
+        )
+    if run:
+        buf = io.BytesIO()
+        torch.save(net.state_dict(), buf)
+        atomic_write(run / "model.pt", buf.getvalue())
+        summary = {
+            "workdir": str(run),
+            "framework": "torch",
+            "torch_version": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "config": config,
+            "num_train": len(train_ds),
+            "num_test": len(test_ds),
+            "epochs": len(history),
+            "steps": len(history) * len(loaders[0]),
+            "wall_time_s": time.perf_counter() - t_start,
+            "final": history[-1],
+        }
+        atomic_write(run / "summary.json", json.dumps(summary, indent=2) + "\n")
+        log(f"wrote {run}")
     return history
 
 
+class _Parser(argparse.ArgumentParser):
+    """One-line errors: `train_torch: error: ... (see --help)`, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"train_torch: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
+def _kind(kind):
+    """An argparse type for a value of vae_jax.train.KINDS[kind] (the same checks as `vae-jax train`)."""
+    cast, ok, what = KINDS[kind]
+
+    def parse(s):
+        try:
+            v = cast(s)
+        except ValueError:
+            v = None
+        if v is None or not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
+        return v
+
+    parse.__name__ = kind
+    return parse
+
+
+def parser():
+    pos, nonneg = _kind("positive_int"), _kind("nonneg_int")
+    p = _Parser(prog="train_torch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="vae", choices=MODELS)
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="default: mnist with --data-dir, else digits")
+    p.add_argument("--data-dir", default=None, help="folder with the original MNIST .gz files (or its parent)")
+    p.add_argument("--latent-dim", type=pos, default=None, help="default: the chapter's for the model")
+    p.add_argument("--hidden-dim", type=pos, default=None, help="MLP models; default: the chapter's 400")
+    p.add_argument("--epochs", type=pos, default=10)
+    p.add_argument("--batch-size", type=pos, default=128)
+    p.add_argument("--lr", type=_kind("positive_float"), default=1e-3)
+    p.add_argument("--seed", type=nonneg, default=0)
+    p.add_argument("--train-limit", type=pos, default=None, help="use the first N training images")
+    p.add_argument("--test-limit", type=pos, default=None, help="use the first N test images")
+    p.add_argument("--num-workers", type=nonneg, default=2, help="DataLoader worker processes (the chapter's 2)")
+    p.add_argument("--threads", type=pos, default=None, help="torch's CPU threads (default: torch's choice)")
+    p.add_argument("--workdir", required=True, help="the run directory to write (new or empty)")
+    return p
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", required=True, help="folder with the original MNIST .gz files (or its parent)")
-    p.add_argument("--model", default="vae", choices=list(MODELS))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", default=None)
-    a = p.parse_args(argv)
+    a = parser().parse_args(argv)
+    kw = {k: v for k, v in vars(a).items() if k != "data_dir"}
     try:
-        train_torch(
-            a.data_dir, model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, workdir=a.workdir
-        )
-    except (ValueError, FileExistsError) as e:
+        train_torch(a.data_dir, **kw)
+    except VaeJaxError as e:
         print(f"train_torch: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"train_torch: error: {e}", file=sys.stderr)
+        return 3
+    except OSError as e:
+        line = machine_failure(e) or f"cannot access {e.filename or ''}: {e.strerror} -- check the path"
+        print(f"train_torch: error: {line}", file=sys.stderr)
         return 2
     return 0
 

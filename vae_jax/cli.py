@@ -1,4 +1,4 @@
-"""The `vae-jax` command: train, eval, plot, export, prepare, experiment.
+"""The `vae-jax` command: train, eval, plot, export, prepare, experiment, compare.
 
 Bad input ends with one line `vae-jax: error: ...` naming the problem and the fix, exit code 2.
 A non-finite loss ends with one such line and exit code 3 (the last good checkpoint is kept).
@@ -196,6 +196,10 @@ def _parser():
         help="reduced: a tiny run (tests); full: 10 epochs, batch 128, Adam 1e-3",
     )
     ex.add_argument("--seed", type=_nonneg_int, default=0)
+
+    cp = sub.add_parser("compare", help="runs of vae-jax or scripts/train_torch.py on one figure and one table")
+    cp.add_argument("runs", nargs="+", metavar="RUN", help="run directories; differences are from the first")
+    cp.add_argument("--out", default=None, help="new folder for compare.png and compare.md (must not exist)")
     return p
 
 
@@ -287,6 +291,14 @@ def _run(args):
         _check_platform()
         config, workdir = _train_config(args)
         train.train_and_evaluate(config, workdir, resume=args.resume, restart=args.restart)
+        return 0
+
+    if args.command == "compare":
+        from vae_jax import compare
+
+        print(compare.compare_runs(args.runs, args.out), end="")
+        if args.out:
+            print(f"wrote {Path(args.out) / 'compare.png'} and {Path(args.out) / 'compare.md'}")
         return 0
 
     _check_platform()

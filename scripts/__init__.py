@@ -1,0 +1,1 @@
+"""Scripts of the project (benchmarks, reference training, reports), importable as modules by the tests."""
