@@ -105,5 +105,5 @@ def test_out_is_never_overwritten(tmp_path, capsys, torch_runs):
     one_line(*run(["compare", *torch_runs, "--out", tmp_path / "no" / "such"], capsys)[:2], "does not exist")
     code, err, _ = run(["compare", *torch_runs, "--out", tmp_path / "new"], capsys)
     assert code == 0 and not err, err
-    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["compare.md", "compare.png"]
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [".vae-jax-files", "compare.md", "compare.png"]
     assert json.loads((torch_runs[0] / "config.json").read_text())["framework"] == "torch"
