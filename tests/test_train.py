@@ -370,21 +370,11 @@ def test_train_k_is_refused_where_it_has_no_meaning():
 
 
 def _tensorboard_scalars(folder):
-    """{tag: [(step, value)]} from the TFRecord-framed event files tensorboardX wrote in folder."""
-    import struct
-
-    from tensorboardX.proto import event_pb2
-
+    """{tag: [(step, value)]} of the scalars tensorboardX wrote in folder."""
     out = {}
-    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
-        data = path.read_bytes()
-        at = 0
-        while at < len(data):
-            (length,) = struct.unpack("<Q", data[at : at + 8])
-            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
-            at += 12 + length + 4
-            for v in event.summary.value:
-                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    for step, v in _tensorboard_events(folder):
+        if v.WhichOneof("value") == "simple_value":
+            out.setdefault(v.tag, []).append((step, v.simple_value))
     return out
 
 
@@ -429,3 +419,43 @@ def test_paths_are_stored_absolute(tmp_path, monkeypatch):
     )
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["data_dir"] == str(tmp_path / "data")
+
+
+def _tensorboard_events(folder):
+    """Every summary value tensorboardX wrote in folder's event files: (step, value proto)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        at = 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for v in event.summary.value:
+                yield event.step, v
+
+
+def test_tensorboard_shows_pictures_each_epoch_and_the_runs_options(tmp_path):
+    import io
+
+    from PIL import Image
+
+    cfg = train.Config(**dict(QUICK, epochs=2, figures=False, batch_size=64))
+    train.train_and_evaluate(cfg, tmp_path / "run", log=lambda s: None)
+    events = list(_tensorboard_events(tmp_path / "run" / "tensorboard"))
+    pictures = {}
+    for step, v in events:
+        if v.HasField("image"):
+            pictures.setdefault(v.tag, []).append((step, Image.open(io.BytesIO(v.image.encoded_image_string))))
+    assert sorted(pictures) == ["reconstruction", "samples"]
+    assert [s for s, _ in pictures["samples"]] == [s for s, _ in pictures["reconstruction"]] and len(
+        pictures["samples"]
+    ) == 2
+    assert pictures["reconstruction"][0][1].size == (8 * 28, 2 * 28)  # 8 test images above their reconstructions
+    assert pictures["samples"][0][1].size == (4 * 28, 4 * 28)
+    hparams = [v for _, v in events if v.metadata.plugin_data.plugin_name == "hparams"]
+    content = b"".join(v.metadata.plugin_data.content for v in hparams)
+    assert hparams and b"batch_size" in content and b"test/loss" in content

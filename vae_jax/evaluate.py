@@ -84,6 +84,32 @@ def iwae_nll(
     return -total / n
 
 
+def summary_images(model, images, labels, key, n: int = 8) -> dict[str, np.ndarray]:
+    """Two HWC pictures for TensorBoard: the first n test images above their reconstructions, and a 4x4
+    grid of samples decoded from z ~ N(0, I) drawn with `key` (labels 0, 1, ... for a conditional model)."""
+    from vae_jax.figures import to_images
+
+    model.eval()
+    x = jnp.asarray(images[:n], jnp.float32)
+    y = jnp.asarray(labels[:n], jnp.int32)
+    xin, cond = model_inputs(model, x, y)
+    enc = model.encode(xin, *cond)
+    mu = enc[0] if isinstance(enc, tuple) else enc  # Autoencoder.encode returns z
+    shape = tuple(x.shape[1:]) if x.ndim == 4 else None
+    pair = to_images(np.concatenate([np.asarray(xin), np.asarray(model.decode(mu, *cond))]), shape)
+    z = jax.random.normal(key, (16, mu.shape[-1]), mu.dtype)
+    samples = model.decode(z, one_hot(model, jnp.arange(16) % 10, z.dtype)) if model.conditional else model.decode(z)
+    return {"reconstruction": _tile(pair, 2), "samples": _tile(to_images(np.asarray(samples), shape), 4)}
+
+
+def _tile(images: np.ndarray, rows: int) -> np.ndarray:
+    """(N, H, W, C) -> one (rows*H, cols*W, C) picture, row by row."""
+    n, h, w, c = images.shape
+    cols = -(-n // rows)
+    padded = np.concatenate([images, np.zeros((rows * cols - n, h, w, c), images.dtype)])
+    return padded.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+
+
 def make_figures(model, test_ds, history, outdir, *, key, n_scatter=5000, batch_size=500):
     """The chapter's figures for a trained model, as PNGs in outdir; returns {name: path}.
 

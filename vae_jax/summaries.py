@@ -1,5 +1,7 @@
 """TensorBoard event files beside metrics.jsonl (`<workdir>/tensorboard/`), as the Flax examples write
-them: the train/test ELBO terms per epoch, the training loss every --log-every steps, steps per second.
+them: the train/test ELBO terms per epoch, the training loss every --log-every steps, steps per second,
+per-epoch pictures (test images above their reconstructions, samples) and the run's options as
+hyperparameters (TensorBoard's HParams tab), in the run's own event file.
 
     tensorboard --logdir runs/          # every run under runs/, one curve each
 
@@ -27,6 +29,28 @@ class Summaries:
             return
         for tag, value in values.items():
             self._writer.add_scalar(tag, float(value), int(step))
+
+    def hparams(self, options: dict, metrics: tuple[str, ...]) -> None:
+        """The run's options (numbers, strings, flags; others as text) for the HParams tab, with the
+        scalar tags it compares runs by."""
+        if self._writer is None:
+            return
+        from tensorboardX.summary import hparams
+
+        values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in options.items()}
+        for summary in hparams(values, dict.fromkeys(metrics, 0.0)):
+            self._writer.file_writer.add_summary(summary)
+
+    def images(self, step: int, pictures: dict) -> None:
+        """`pictures` ({tag: HWC float array in [0, 1]}) at optimizer step `step`."""
+        if self._writer is None:
+            return
+        for tag, picture in pictures.items():
+            self._writer.add_image(tag, picture, int(step), dataformats="HWC")
+
+    @property
+    def enabled(self) -> bool:
+        return self._writer is not None
 
     def close(self) -> None:
         if self._writer is not None:

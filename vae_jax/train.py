@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vae_jax import input_pipeline, losses, models
+from vae_jax import evaluate, input_pipeline, losses, models
 from vae_jax.errors import ConfigError
 from vae_jax.files import atomic_dir, check_replaceable
 
@@ -41,6 +41,7 @@ class KeyPurpose(enum.IntEnum):
     CVAE_SAMPLES = 11  # exercise 3: the conditional samples scored by the classifier
     MSE_VS_BCE = 13  # exercise 4: the compared reconstructions
     LATENT_SWEEP = 17  # exercise 5: samples of each latent size
+    SUMMARY_IMAGES = 19  # the samples TensorBoard shows after each epoch (the same z every epoch)
 
 
 def purpose_key(seed: int, purpose: KeyPurpose):
@@ -739,6 +740,8 @@ def train_and_evaluate(
     from vae_jax.summaries import Summaries
 
     summaries = Summaries(workdir, enabled=config.tensorboard and run.primary)
+    summaries.hparams({**dataclasses.asdict(config), "image_shape": str(image_shape)}, ("test/loss", "train/loss"))
+    shown_x, shown_y = device_arrays(test_ds.take(8))  # TensorBoard shows them reconstructed after each epoch
     while step < last:
         epoch, start = step // spe + 1, step % spe
         stop = min(spe, last - (epoch - 1) * spe)
@@ -781,6 +784,14 @@ def train_and_evaluate(
                     "train/epoch_steps_per_sec": spe / max(final["train_time_s"], 1e-9),
                 },
             )
+            if summaries.enabled:
+                pictures = evaluate.summary_images(
+                    trainer.merge(jax.tree.map(to_host, state)),
+                    shown_x,
+                    shown_y,
+                    key=jax.random.fold_in(root, KeyPurpose.SUMMARY_IMAGES),
+                )
+                summaries.images(step, pictures)
         if config.checkpoint:
             run.save(step, state)
         if stop == spe:
@@ -812,8 +823,6 @@ def train_and_evaluate(
     }
     model = trainer.merge(jax.tree.map(to_host, state))
     if config.iwae_k:
-        from vae_jax import evaluate
-
         test_x, test_y = device_arrays(test_ds)
         summary["iwae_nll"] = evaluate.iwae_nll(
             model,
@@ -827,8 +836,6 @@ def train_and_evaluate(
         log(f"importance-sampled NLL (k={config.iwae_k}): {summary['iwae_nll']:.3f} nats")
     summaries.close()
     if config.figures and run.primary:
-        from vae_jax import evaluate
-
         t0 = time.perf_counter()
         with atomic_dir(workdir / "figures", replace=True, what="the figures folder") as tmp:  # all figures or none
             made = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.fold_in(root, KeyPurpose.FIGURES))
