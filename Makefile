@@ -29,10 +29,10 @@ $(BIN)/python:
 # (vae_jax.onednn_conv). ONEDNN=0 make install: without it; the conv models then run XLA's forms.
 ONEDNN ?= 1
 ifeq ($(ONEDNN),1)
-EXTRAS := torch,tf,test,onednn
+EXTRAS := torch,tfds,tf,test,onednn
 ONEDNN_LIB := csrc/build/libvae_onednn_conv.so
 else
-EXTRAS := torch,tf,test
+EXTRAS := torch,tfds,tf,test
 ONEDNN_LIB :=
 endif
 

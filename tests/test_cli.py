@@ -152,3 +152,20 @@ def test_a_model_that_does_not_fit_the_images_names_those_that_do(tmp_path, caps
     assert code == 2 and len(err) == 1, err
     assert "--model celeba_vae does not fit the digits images of shape (28, 28, 1)" in err[0], err
     assert err[0].endswith("use a model that does: ae, vae, cvae, conv_vae28, vae_copy"), err
+
+
+def test_version(capsys):
+    import vae_jax
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"vae-jax {vae_jax.__version__}"
+
+
+def test_data_that_needs_tfds_without_it_is_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as when the tfds extra is not installed
+    code, err = run_cli(["train", "--workdir", tmp_path / "run", "--dataset", "celeb_a"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "vae-jax[tfds]" in lines[0] and "--data-dir" in lines[0], err

@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from vae_jax import __version__
 from vae_jax.errors import CheckpointError, ConfigError, ConsoleStderr, machine_failure
 from vae_jax.files import atomic_write, foreign_entries, lock_run_dir, unlock_run_dir
 
@@ -187,7 +188,7 @@ class RunDir:
                 f"{tuple(saved.get('image_shape', ()))}, this data has {tuple(image_shape)} "
                 "-- use the same data or another --workdir"
             )
-        cfg = dict(dataclasses.asdict(self.config), image_shape=list(image_shape))
+        cfg = dict(dataclasses.asdict(self.config), image_shape=list(image_shape), vae_jax_version=__version__)
         parts = list(saved.get("parts") or ([_part(saved, 0, resumed=False)] if self.resume else []))
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         cfg["parts"] = [*parts, _part(cfg, step, resumed=self.resume, started=now)]
@@ -329,6 +330,7 @@ def _part(options: dict, step: int, *, resumed: bool, started: str | None = None
         "resumed": resumed,
         "started": started,
         "options": {k: options.get(k) for k in sorted(RESUMABLE)},
+        "vae_jax_version": options.get("vae_jax_version"),
     }
 
 

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from vae_jax import configs
+from vae_jax import __version__, configs
 from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_failure
 from vae_jax.files import atomic_dir, atomic_write, lock_run_dir, unlock_run_dir
 
@@ -123,6 +123,7 @@ def _parser():
 
     _positive_int, _nonneg_int = _number("positive_int"), _number("nonneg_int")
     p = _Parser(prog="vae-jax", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"vae-jax {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_SubParser)
 
     t = sub.add_parser("train", help="train a model (default: the chapter's VAE on the embedded digits)")

@@ -575,8 +575,13 @@ def _tfds():
             vars(shim).update({k: v for k, v in vars(importlib.resources).items() if not k.startswith("__")})
             vars(shim)["abc"] = importlib.abc
             sys.modules["importlib_resources"] = shim
-    import tensorflow_datasets as tfds
-
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError(
+            "this data needs TensorFlow Datasets, which is not installed -- pip install 'vae-jax[tfds]', "
+            "or pass --data-dir with the original files (MNIST IDX, CelebA's folder)"
+        ) from None
     return tfds
 
 

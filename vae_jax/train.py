@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vae_jax import evaluate, input_pipeline, losses, models
+from vae_jax import __version__, evaluate, input_pipeline, losses, models
 from vae_jax.errors import ConfigError
 from vae_jax.files import atomic_dir, check_replaceable
 
@@ -814,6 +814,7 @@ def train_and_evaluate(
     wall = time.perf_counter() - t_run
     summary: dict[str, Any] = {
         "workdir": str(workdir),
+        "vae_jax_version": __version__,
         "config": dataclasses.asdict(config),
         "epochs": len(history),
         "steps": step,
