@@ -214,6 +214,8 @@ class RunDir:
         # In a multi-process run a peer that dies during the save's barriers ends this process from
         # JAX's coordination service (a C++ abort): its one log line must stay visible.
         held = _held_stderr() if jax.process_count() == 1 else contextlib.nullcontext()
+        if step in self.manager.all_steps():  # only an imported run's checkpoint 1, the state before step 1
+            self.manager.delete(step)  # (vae_jax.torch_import): orbax would skip a step it has
         try:
             with _quiet_unraisable(), held:
                 self.manager.save(step, args=ocp.args.StandardSave(state))
