@@ -216,6 +216,7 @@ def _given_options(argv, command) -> set[str]:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     for action in sub._actions:
         action.default = argparse.SUPPRESS
+    sub._defaults.clear()  # set_defaults' too (import's model and skipped fields)
     given = set(vars(parser.parse_args(argv)))
     if command in ("train", "import"):  # a flag such as --no-figures gives its field, figures
         flags = {_dest(f.metadata["flag"]): f.name for f in _config_fields() if "flag" in f.metadata}

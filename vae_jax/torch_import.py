@@ -126,7 +126,7 @@ def read_pt(path):
     obj, under, meta = _read(path), None, {}
     if isinstance(obj, dict) and not _is_state_dict(obj):
         under = next((k for k in COMMON_KEYS if _is_state_dict(obj.get(k))), None)
-        meta = {k: obj[k] for k in META_KEYS if k in obj and isinstance(obj[k], (str, int))}
+        meta = {k: obj[k] for k in META_KEYS if type(obj.get(k)) is (str if k == "model" else int)}
         obj = obj[under] if under else obj
     if not _is_state_dict(obj):
         what = f"a dict with keys {sorted(map(str, obj))[:5]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
@@ -138,9 +138,10 @@ def read_pt(path):
     return tensors, meta, under, sha256_file(path)
 
 
-def model_name(given, meta, path) -> str:
-    """The registry name of the model: --model, else the file's 'model' entry (a name or a class name)."""
-    name = given if given is not None else meta.get("model")
+def model_name(given, meta, path, default=None) -> str:
+    """The registry name of the model: --model, else the file's 'model' entry (a name or a class name),
+    else `default`."""
+    name = next((n for n in (given, meta.get("model"), default) if n is not None), None)
     if name is None:
         raise ConfigError(f"which model does {path} hold? -- pass --model, one of {', '.join(models.MODELS)}")
     by_class = {cls.__name__.lower(): n for n, cls in models.MODELS.items()}
@@ -191,27 +192,32 @@ def _infer_sizes(name, sd, given) -> dict:
     return sizes
 
 
+def _layers(keys) -> str:
+    """The layers (key prefixes) of tensor keys, in order: 'fc1, fc21, fc3'."""
+    names = list(dict.fromkeys(k.rpartition(".")[0] or k for k in keys))
+    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "") or "none"
+
+
 def _pairs(keys, chapter, path, name):
     """source key -> chapter key: the same key where it is one, the rest one to one in order."""
-    cls = models.MODELS[name].__name__
     rest_src = [k for k in keys if k not in chapter]
     rest_ch = [k for k in chapter if k not in set(keys)]
     if len(rest_src) != len(rest_ch):
         raise ConversionError(
-            f"cannot map {path} to the chapter's {cls}: {len(rest_ch)} of its tensors have no match "
-            f"({', '.join(rest_ch[:4]) or 'none'}{' ...' if len(rest_ch) > 4 else ''}), {len(rest_src)} of the "
-            f"file's are left over ({', '.join(rest_src[:4]) or 'none'}{' ...' if len(rest_src) > 4 else ''}) -- "
-            "check --model, or pass --rename OLD=NEW for them"
+            f"cannot map {path} to the chapter's {models.MODELS[name].__name__}: {len(rest_ch)} of its tensors "
+            f"have no match (in {_layers(rest_ch)}), {len(rest_src)} of the file's have no place (in "
+            f"{_layers(rest_src)}) -- check --model, or map them with `vae-jax import --rename OLD=NEW`"
         )
     return {**{k: k for k in keys if k in chapter}, **dict(zip(rest_src, rest_ch, strict=True))}
 
 
-def load_source(path, model=None, renames=(), **sizes) -> Loaded:
-    """A .pt file's weights in the chapter's keys for `model` (None: the file's 'model' entry), with
-    `sizes` (latent_dim, hidden_dim; None or missing: the file's entries, else the tensors' shapes)."""
+def load_source(path, model=None, renames=(), *, default=None, **sizes) -> Loaded:
+    """A .pt file's weights in the chapter's keys for `model` (None: the file's 'model' entry, else
+    `default`), with `sizes` (latent_dim, hidden_dim; None or missing: the file's entries, else the
+    tensors' shapes)."""
     tensors, meta, under, digest = read_pt(path)
     path = Path(path).absolute()
-    name = model_name(model, meta, path)
+    name = model_name(model, meta, path, default)
     given = {k: sizes.get(k) if sizes.get(k) is not None else meta.get(k) for k in ("latent_dim", "hidden_dim")}
     keys = _renamed(list(tensors), renames)
     pairs = _pairs(keys, chapter_shapes(name, {}), path, name)
@@ -227,7 +233,8 @@ def load_source(path, model=None, renames=(), **sizes) -> Loaded:
             f"cannot map {path} to the chapter's {models.MODELS[name].__name__} by order and shape: "
             + "; ".join(f"{s} {tuple(tensors[s].shape)} -> {c} expects {expected[c]}" for s, c in bad[:4])
             + (" ..." if len(bad) > 4 else "")
-            + " -- pass --rename OLD=NEW for them (or check --model and its sizes)"
+            + f" (sizes this order gives: {', '.join(f'{k} {v}' for k, v in sizes.items())}) -- map the keys "
+            "out of order with `vae-jax import --rename OLD=NEW` (or check --model and its sizes)"
         )
     sd = OrderedDict((c, by_chapter[c]) for c in expected)
     mapping = [(s, c, tuple(tensors[s].shape)) for s, c in sorted(moved, key=lambda m: list(expected).index(m[1]))]
@@ -292,13 +299,11 @@ def _load(model, src: Loaded) -> None:
 
 
 def init_options(path, kw: dict, given) -> dict:
-    """`train --init-from FILE.pt`: --model (given, else the file's), --latent-dim, --hidden-dim
-    (given, else the file's entries, else its shapes) as for `vae-jax import`."""
+    """`train --init-from FILE.pt`: --model (given, else the file's, else the default), --latent-dim,
+    --hidden-dim (given, else the file's entries, else its shapes), as for `vae-jax import`."""
+    model = kw["model"] if "model" in given else None
     src = load_source(
-        path,
-        kw["model"] if "model" in given else (read_pt(path)[1].get("model") or kw["model"]),
-        latent_dim=kw.get("latent_dim"),
-        hidden_dim=kw.get("hidden_dim"),
+        path, model, default=kw["model"], latent_dim=kw.get("latent_dim"), hidden_dim=kw.get("hidden_dim")
     )
     return {"model": src.model, **{k: src.sizes.get(k) for k in ("latent_dim", "hidden_dim")}}
 
@@ -478,7 +483,7 @@ def import_run(path, workdir, kw: dict, given, renames=(), log=print) -> int:
 
     src = load_source(
         path,
-        kw["model"] if "model" in given else None,
+        kw["model"],  # None: the file's 'model' entry
         renames,
         latent_dim=kw["latent_dim"],
         hidden_dim=kw["hidden_dim"],
@@ -487,7 +492,7 @@ def import_run(path, workdir, kw: dict, given, renames=(), log=print) -> int:
     if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
         raise ConfigError(f"workdir {workdir} is not empty -- choose a new or empty --workdir; nothing was changed")
     if src.mapping:
-        log(f"{src.path.name}: keys mapped to the chapter's {models.MODELS[src.model].__name__} by order and shape:")
+        log(f"{src.path.name}: keys mapped to the chapter's {models.MODELS[src.model].__name__}:")
         log(mapping_table(src.mapping))
     kw, image_shape, test_ds = _resolve(src, kw, given)
     config = train.Config(**kw).validate()
@@ -513,9 +518,11 @@ def import_run(path, workdir, kw: dict, given, renames=(), log=print) -> int:
     workdir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(workdir, replace=workdir.is_dir()) as tmp:  # the whole run or nothing
         run = checkpoints.RunDir(tmp, config)
-        run.save(1, train.Trainer(model, config, steps_per_epoch=1).init_state)
-        run.manager.close()
-        unlock_run_dir(tmp)
+        try:
+            run.save(1, train.Trainer(model, config, steps_per_epoch=1).init_state)
+            run.manager.close()
+        finally:
+            unlock_run_dir(tmp)
         cfg = dict(dc.asdict(config), image_shape=list(image_shape), source=src.source)
         atomic_write(tmp / "config.json", json.dumps(cfg, indent=2) + "\n")
         atomic_write(tmp / "import.json", json.dumps(record, indent=2) + "\n")
