@@ -475,11 +475,9 @@ def import_run(path, workdir, kw: dict, given, renames=(), log=print) -> int:
     """`vae-jax import FILE.pt --workdir W`: a run directory holding the file's weights at checkpoint 1
     (the state before step 1, with a fresh Adam state), config.json (the resolved options, image_shape
     and 'source': path and sha256) and import.json (source, key mapping, parity)."""
-    import dataclasses as dc
-
     from flax import nnx
 
-    from vae_jax import checkpoints, train
+    from vae_jax import train
 
     src = load_source(
         path,
@@ -515,20 +513,28 @@ def import_run(path, workdir, kw: dict, given, renames=(), log=print) -> int:
         "optimizer": "fresh Adam state (a state_dict holds no optimizer state)",
         "parity": {"inputs": what, "passed": all(r["passed"] for r in rows), "rows": rows},
     }
-    workdir.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(workdir, replace=workdir.is_dir()) as tmp:  # the whole run or nothing
-        run = checkpoints.RunDir(tmp, config)
-        try:
-            run.save(1, train.Trainer(model, config, steps_per_epoch=1).init_state)
-            run.manager.close()
-        finally:
-            unlock_run_dir(tmp)
-        cfg = dict(dc.asdict(config), image_shape=list(image_shape), source=src.source)
-        atomic_write(tmp / "config.json", json.dumps(cfg, indent=2) + "\n")
-        atomic_write(tmp / "import.json", json.dumps(record, indent=2) + "\n")
+    _write_run(workdir, model, config, image_shape, src.source, record)
     log(
         f"wrote {workdir}: {src.model} ({', '.join(f'{k} {v}' for k, v in src.sizes.items())}) for images "
         f"{image_shape} ({config.dataset}); eval, plot, export, parity and train --resume (fresh Adam state) read it"
     )
     _check(rows, what, f"the run in {workdir} is kept, with the result in import.json")
     return 0
+
+
+def _write_run(workdir: Path, model, config, image_shape, source: dict, record: dict) -> None:
+    """The run directory, whole or not at all: checkpoint 1 (the model's weights, a fresh Adam state,
+    step 0) written with checkpoints.RunDir, config.json (as train writes it, plus 'source'), import.json."""
+    from vae_jax import checkpoints, train
+
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(workdir, replace=workdir.is_dir()) as tmp:
+        run = checkpoints.RunDir(tmp, config)
+        try:
+            run.save(1, train.Trainer(model, config, steps_per_epoch=1).init_state)
+            run.manager.close()
+        finally:
+            unlock_run_dir(tmp)
+        cfg = dict(dataclasses.asdict(config), image_shape=list(image_shape), source=source)
+        atomic_write(tmp / "config.json", json.dumps(cfg, indent=2) + "\n")
+        atomic_write(tmp / "import.json", json.dumps(record, indent=2) + "\n")
