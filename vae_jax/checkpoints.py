@@ -255,13 +255,14 @@ class RunDir:
             ) from None
 
     def restore(self, init_state):
-        """(state, number): the latest checkpoint, or init_state and 0 when there is none.
-        The run's position is state["step"] (optimizer steps)."""
+        """(state, number): the latest checkpoint, or init_state and None when there is none (an
+        imported run's weights are checkpoint 0). The run's position is state["step"] (optimizer steps)."""
         import orbax.checkpoint as ocp
 
-        epoch = 0 if self.restart else self.latest_step()  # --restart: its old checkpoints are deleted
-        if not epoch:
-            return init_state, 0
+        # --restart: its old checkpoints are deleted
+        epoch = None if self.restart or not self.ckpt_dir.exists() else self.manager.latest_step()
+        if epoch is None:
+            return init_state, None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, init_state)
         where = f"checkpoint {self.ckpt_dir}/{epoch}"
         try:

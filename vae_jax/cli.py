@@ -1,4 +1,4 @@
-"""The `vae-jax` command: train, eval, plot, export, prepare, experiment, compare.
+"""The `vae-jax` command: train, eval, plot, export, import, parity, compare, prepare, experiment.
 
 Bad input ends with one line `vae-jax: error: ...` naming the problem and the fix, exit code 2.
 A non-finite loss ends with one such line and exit code 3 (the last good checkpoint is kept).
@@ -86,12 +86,16 @@ def _dest(option: str) -> str:
     return option[2:].replace("-", "_")
 
 
-def _add_config_options(parser):
+def _add_config_options(parser, skip=()):
     """One option per Config field, as its metadata says: --kebab-case, the field's default, type and
-    range (kind), choices from the registry; a bool that defaults to True is a flag that turns it off."""
+    range (kind), choices from the registry; a bool that defaults to True is a flag that turns it off.
+    The fields in `skip` get no option (their defaults stay)."""
     from vae_jax import train
 
     for f in _config_fields():
+        if f.name in skip:
+            parser.set_defaults(**{f.name: f.default})
+            continue
         meta, name = f.metadata, train.option_name(f)
         if "flag" in meta:
             parser.add_argument(name, action="store_true", help=meta["help"])
@@ -198,6 +202,23 @@ def _parser():
     )
     ex.add_argument("--seed", type=_nonneg_int, default=0)
 
+    im = sub.add_parser("import", help="make a run directory from a PyTorch checkpoint (.pt state_dict)")
+    im.add_argument("file", help="the .pt file: a state_dict, or a dict holding one under 'state_dict', ...")
+    im.add_argument("--workdir", required=True, help="the run directory to make (new or empty)")
+    im.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="rename the file's key (or dotted key prefix) OLD to the chapter's NEW; repeatable",
+    )
+    _add_config_options(im, skip=("init_from", "init_from_sha256"))  # the run's options, as train's
+    im.set_defaults(model=None)  # the file's 'model' entry
+
+    pa = sub.add_parser("parity", help="compare a run's Flax model with the chapter's PyTorch class")
+    pa.add_argument("--workdir", required=True)
+    pa.add_argument("--data-dir", default=None)
+
     cp = sub.add_parser("compare", help="runs of vae-jax or scripts/train_torch.py on one figure and one table")
     cp.add_argument("runs", nargs="+", metavar="RUN", help="run directories; differences are from the first")
     cp.add_argument("--out", default=None, help="new folder for compare.png and compare.md (must not exist)")
@@ -210,8 +231,9 @@ def _given_options(argv, command) -> set[str]:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     for action in sub._actions:
         action.default = argparse.SUPPRESS
+    sub._defaults.clear()  # set_defaults' too (import's model and skipped fields)
     given = set(vars(parser.parse_args(argv)))
-    if command == "train":  # a flag such as --no-figures gives its field, figures
+    if command in ("train", "import"):  # a flag such as --no-figures gives its field, figures
         flags = {_dest(f.metadata["flag"]): f.name for f in _config_fields() if "flag" in f.metadata}
         given |= {flags[d] for d in given & flags.keys()}
     return given - {"command"}
@@ -276,6 +298,10 @@ def _train_config(args):
     for k in ("data_dir", "init_from"):  # stored absolute: eval/plot/resume work from any folder
         if kw.get(k) and k in given:
             kw[k] = os.path.abspath(kw[k])
+    if "init_from" in given and Path(kw["init_from"]).is_file():  # a torch .pt: model and sizes as `import`
+        from vae_jax import torch_import
+
+        kw.update(torch_import.init_options(kw["init_from"], kw, given))
     try:
         return train.Config(**kw), workdir
     except TypeError as e:
@@ -310,6 +336,14 @@ def _run(args):
             args.name, args.workdir, dataset=args.dataset, data_dir=args.data_dir, size=args.size, seed=args.seed
         )
         return 0
+
+    if args.command in ("import", "parity"):
+        from vae_jax import torch_import
+
+        if args.command == "parity":
+            return torch_import.check_run(args.workdir, args.data_dir)
+        options, named = _config_options(args), _given_options(args.argv, "import")
+        return torch_import.import_run(args.file, args.workdir, options, named, renames=args.rename)
 
     if args.command == "prepare":
         from vae_jax import input_pipeline

@@ -170,7 +170,8 @@ def figure(runs: list[Run], path) -> Path:
         for ax, (key, _) in zip(axes.flat, panels, strict=False):
             for suffix, style, ys in _series(r, key):
                 if all(isinstance(y, (int, float)) for y in ys):
-                    ax.plot(epochs, ys, style, color=f"C{i % 10}", marker="o", ms=3, label=r.label + suffix)
+                    marker = "o" if len(epochs) <= 30 else None  # per-epoch markers would hide the line styles
+                    ax.plot(epochs, ys, style, color=f"C{i % 10}", marker=marker, ms=3, label=r.label + suffix)
     for ax, (key, ylabel) in zip(axes.flat, panels, strict=False):
         if key not in TERMS and ax.lines:
             ax.set_yscale("log")  # epoch 1 of a JAX run includes its compilation

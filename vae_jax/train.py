@@ -138,8 +138,11 @@ class Config:
     )
     init_from: str | None = option(
         None,
-        "start from the weights of this run directory's latest checkpoint "
+        "start from the weights of this run directory's latest checkpoint, or of a torch .pt state_dict "
         "(fine-tuning; fresh Adam state); same model and image shape",
+    )
+    init_from_sha256: str | None = option(
+        None, "the sha256 of the --init-from .pt file: recorded by train; when given, the file must have it"
     )
     devices: int = option(
         1, "data-parallel over N devices (global batch = --batch-size); see README", kind="positive_int"
@@ -856,19 +859,30 @@ def train_and_evaluate(
 def initial_weights_from(path, trainer, state, config: Config, image_shape):
     """`state` with the parameters (and BatchNorm statistics) of the latest checkpoint of the run in
     `path`, and a fresh optimizer state: --init-from, to fine-tune a trained model (e.g. with another
-    --train-k or learning rate). The source must be the same model on images of the same shape."""
+    --train-k or learning rate). The source must be the same model on images of the same shape.
+    `path` a .pt file: its state_dict (see vae_jax.torch_import), its sha256 into config.init_from_sha256."""
     from vae_jax import checkpoints
     from vae_jax.errors import CheckpointError
 
-    if not (Path(path) / "config.json").exists():
+    if Path(path).is_file():  # a torch .pt checkpoint: vae_jax.torch_import
+        from vae_jax import torch_import
+        from vae_jax.errors import VaeJaxError
+
+        src, src_config, src_shape = build_model(config, image_shape, rngs=nnx.Rngs(0)), config, image_shape
+        try:
+            config.init_from_sha256 = torch_import.load_pt_into(src, path, config)  # recorded in config.json
+        except VaeJaxError as e:
+            raise ConfigError(f"--init-from {path}: {e}") from None
+    elif not (Path(path) / "config.json").exists():
         raise ConfigError(
             f"--init-from {path}: no run there (config.json is missing) -- pass the --workdir "
             "of a trained `vae-jax train` run"
         )
-    try:
-        src, src_config, src_shape = restore_run(path)
-    except CheckpointError as e:
-        raise ConfigError(f"--init-from {path}: {e}") from None
+    else:
+        try:
+            src, src_config, src_shape = restore_run(path)
+        except CheckpointError as e:
+            raise ConfigError(f"--init-from {path}: {e}") from None
     _, params, batch_stats = cast(tuple[nnx.GraphDef, nnx.State, nnx.State], nnx.split(src, nnx.Param, nnx.BatchStat))
     mismatch = checkpoints.tree_mismatch(
         checkpoints.flat_tree({"params": params, "batch_stats": batch_stats}),
@@ -925,7 +939,7 @@ def restore_run(workdir):
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=purpose_key(config.seed, KeyPurpose.INIT)))
     trainer = Trainer(model, config, steps_per_epoch=1)  # the schedule only shapes opt_state
     state, epoch = run.restore(trainer.init_state)
-    if not epoch:
+    if epoch is None:
         raise CheckpointError(
             f"no checkpoint in {workdir}/checkpoints -- train first (vae-jax train --workdir {workdir})"
         )
