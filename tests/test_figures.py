@@ -68,13 +68,13 @@ def test_save_sample_grid(tmp_path):
     assert_png(figures.save_sample_grid(RNG.uniform(size=(7, 8, 8, 3)), tmp_path / "s7.png", ncols=3))
 
 
-def test_latent_scatter_colorbar_only_with_labels():
+def test_latent_scatter_legend_only_with_labels():
     z = RNG.normal(size=(50, 4))
     labelled = figures._latent_scatter_figure(z, RNG.integers(0, 10, size=50))
     unlabelled = figures._latent_scatter_figure(z, None)
     try:
-        assert len(labelled.axes) == 2  # the scatter and its colorbar
-        assert len(unlabelled.axes) == 1
+        assert len(labelled.axes) == 1 and labelled.axes[0].get_legend() is not None  # a legend, no colour bar
+        assert len(unlabelled.axes) == 1 and unlabelled.axes[0].get_legend() is None
     finally:
         plt.close(labelled)
         plt.close(unlabelled)
@@ -244,8 +244,13 @@ def test_loss_curves_integer_epochs_nats_and_separate_kl_axis():
             ticks = ax.get_xticks()
             assert np.all(ticks == np.round(ticks)), ticks
             assert "nats" in ax.get_ylabel() and ax.get_legend() is not None
-        assert [l.get_label() for l in kl_ax.get_lines()] == ["train_kl", "test_kl"]
-        assert {l.get_label() for l in loss_ax.get_lines()} == {"train_loss", "test_loss", "train_recon", "test_recon"}
+        assert [l.get_label() for l in kl_ax.get_lines()] == ["train KL", "test KL"]
+        assert {l.get_label() for l in loss_ax.get_lines()} == {
+            "train loss",
+            "test loss",
+            "train reconstruction",
+            "test reconstruction",
+        }
     finally:
         plt.close(fig)
     no_kl = [dict(m, train_kl=0.0, test_kl=0.0) for m in metrics]  # an Autoencoder: no KL panel

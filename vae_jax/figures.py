@@ -18,7 +18,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 from scipy.stats import norm
 
 from vae_jax.errors import ConfigError, DataError
@@ -26,6 +28,10 @@ from vae_jax.errors import ConfigError, DataError
 DEFAULT_IMAGE_SHAPE = (28, 28, 1)
 _RECON_KEYS = ("train_recon", "test_recon")
 _KL_KEYS = ("train_kl", "test_kl")
+_MARKER_MAX_POINTS = 30  # longer lines are drawn without a marker per point, so their styles stay visible
+# loss-curve series: name and tab20 colour index (train that colour, test its lighter twin at index + 1)
+_QUANTITIES = {"loss": ("loss", 0), "recon": ("reconstruction", 4), "kl": ("KL", 6)}
+_MAX_LEGEND_CLASSES = 20  # tab20's colours; more classes get a colour bar
 
 
 def _array(x, name, ndims=None):
@@ -82,6 +88,11 @@ def _save(fig, path):
     return path
 
 
+def _markers(n_points):
+    """A small marker on each point of a short line; none on a long one."""
+    return {"marker": "o", "markersize": 4} if n_points <= _MARKER_MAX_POINTS else {"marker": None}
+
+
 def _decode(decode_fn, z, image_shape):
     images = to_images(np.asarray(decode_fn(z.astype(np.float32))), image_shape)
     if len(images) != len(z):
@@ -89,24 +100,27 @@ def _decode(decode_fn, z, image_shape):
     return images
 
 
-def save_reconstructions(originals, recons, path, image_shape=None, n=10):
-    """Two rows, 'Original' above 'Reconstructed', of the first ``n`` images."""
+def _reconstructions_figure(originals, recons, image_shape, n):
     originals, recons = to_images(originals, image_shape), to_images(recons, image_shape)
     if originals.shape != recons.shape:
         raise DataError(f"originals {originals.shape} and recons {recons.shape} must have the same shape")
     n = min(_positive_int(n, "n"), len(originals))
-    fig, axes = plt.subplots(2, n, figsize=(n, 2), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(n + 1.2, 2), squeeze=False)  # + room for the row names
     for i in range(n):
         _show(axes[0, i], originals[i])
         _show(axes[1, i], recons[i])
-    axes[0, 0].set_title("Original", fontsize=10)
-    axes[1, 0].set_title("Reconstructed", fontsize=10)
+    for ax, name in zip(axes[:, 0], ("Original", "Reconstructed"), strict=True):
+        ax.text(-0.08, 0.5, name, transform=ax.transAxes, ha="right", va="center", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def save_sample_grid(samples, path, image_shape=None, title="Randomly Generated Samples", ncols=None):
-    """All samples in a grid: ``ncols`` wide (default ceil(sqrt(B)), so 4x4 for 16)."""
+def save_reconstructions(originals, recons, path, image_shape=None, n=10):
+    """Two rows of the first ``n`` images, 'Original' above 'Reconstructed' (each row named on its left)."""
+    return _save(_reconstructions_figure(originals, recons, image_shape, n), path)
+
+
+def _sample_grid_figure(samples, image_shape, title, ncols):
     images = to_images(samples, image_shape)
     ncols = math.ceil(math.sqrt(len(images))) if ncols is None else _positive_int(ncols, "ncols")
     ncols = min(ncols, len(images))
@@ -119,7 +133,32 @@ def save_sample_grid(samples, path, image_shape=None, title="Randomly Generated 
             ax.axis("off")
     fig.suptitle(title, fontsize=14)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def save_sample_grid(samples, path, image_shape=None, title="Randomly Generated Samples", ncols=None):
+    """All samples in a grid: ``ncols`` wide (default ceil(sqrt(B)), so 4x4 for 16)."""
+    return _save(_sample_grid_figure(samples, image_shape, title, ncols), path)
+
+
+def _scatter_by_class(fig, ax, xy, labels):
+    """Points coloured by class, with a legend of one entry per class in increasing order (tab10;
+    digit labels 0-9 keep their tab10 colour C0-C9; tab20 past 10 classes). Past 20 classes a
+    colour bar with integer ticks instead."""
+    classes = np.unique(labels)
+    if len(classes) > _MAX_LEGEND_CLASSES:
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="viridis", alpha=0.6, s=5)
+        fig.colorbar(points, ax=ax, label="Label").ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        return
+    digits = bool(np.isin(classes, np.arange(10)).all())
+    cmap = plt.get_cmap("tab10" if digits or len(classes) <= 10 else "tab20")
+    colours = cmap(classes.astype(int) if digits else np.arange(len(classes)))
+    ax.scatter(xy[:, 0], xy[:, 1], c=colours[np.searchsorted(classes, labels)], alpha=0.6, s=5)
+    handles = [
+        Line2D([], [], linestyle="", marker="o", markersize=8, color=colour, label=f"{c:g}")
+        for c, colour in zip(classes, colours, strict=True)
+    ]
+    ax.legend(handles=handles, title="Label", loc="center left", bbox_to_anchor=(1.01, 0.5))
 
 
 def _latent_scatter_figure(z, labels):
@@ -143,8 +182,7 @@ def _latent_scatter_figure(z, labels):
     if labels is None:
         ax.scatter(xy[:, 0], xy[:, 1], alpha=0.6, s=5)
     else:
-        points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", alpha=0.6, s=5)
-        fig.colorbar(points, ax=ax, label="Label")
+        _scatter_by_class(fig, ax, xy, labels)
     ax.set_xlabel(f"{axis} 1")
     ax.set_ylabel(f"{axis} 2")
     ax.set_title(title)
@@ -153,8 +191,9 @@ def _latent_scatter_figure(z, labels):
 
 
 def save_latent_scatter(z, labels, path):
-    """Scatter of latent codes coloured by label (tab10, with a colorbar); ``labels=None`` (data
-    without labels) draws one colour and no colorbar. For dim > 2 a 2-D PCA projection."""
+    """Scatter of latent codes coloured by label, a legend entry per label (see ``_scatter_by_class``);
+    ``labels=None`` (data without labels) draws one colour and no legend. For dim > 2 a 2-D PCA
+    projection."""
     return _save(_latent_scatter_figure(z, labels), path)
 
 
@@ -276,11 +315,7 @@ def interpolation_path(z0, z1, num_steps, mode="linear"):
     return functions[mode](z0, z1, t)
 
 
-def save_interpolation(decode_fn, z_pairs, path, num_steps=10, mode="linear", image_shape=None):
-    """One row per (z_start, z_end) pair: the decoded ``interpolation_path``.
-
-    ``z_pairs`` has shape (P, 2, D), or (2, D) for a single pair.
-    """
+def _interpolation_figure(decode_fn, z_pairs, num_steps, mode, image_shape):
     pairs = _array(z_pairs, "z_pairs", ndims=(2, 3))
     if pairs.ndim == 2:
         pairs = pairs[None]
@@ -293,7 +328,15 @@ def save_interpolation(decode_fn, z_pairs, path, num_steps=10, mode="linear", im
         _show(ax, image)
     fig.suptitle(f"Latent Space Interpolation ({mode})", fontsize=14)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def save_interpolation(decode_fn, z_pairs, path, num_steps=10, mode="linear", image_shape=None):
+    """One row per (z_start, z_end) pair: the decoded ``interpolation_path``.
+
+    ``z_pairs`` has shape (P, 2, D), or (2, D) for a single pair.
+    """
+    return _save(_interpolation_figure(decode_fn, z_pairs, num_steps, mode, image_shape), path)
 
 
 def _loss_curves_figure(metrics):
@@ -315,20 +358,21 @@ def _loss_curves_figure(metrics):
     ]
     for ax, (keys, ylabel, title) in zip(axes.flat, panels, strict=False):
         for key in keys:
+            split, quantity = key.split("_")
             ax.plot(
                 epochs,
                 series[key],
-                marker="o",
-                label=key,
-                color="C0" if key.startswith("train") else "C1",
-                linestyle="--" if key.endswith("recon") else "-",
+                label=f"{split} {_QUANTITIES[quantity][0]}",
+                color=plt.get_cmap("tab20")(_QUANTITIES[quantity][1] + (split == "test")),
+                linestyle="-" if split == "train" else "--",
+                **_markers(len(epochs)),
             )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("Epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=11)
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(title="solid: train, dashed: test")
     fig.suptitle("Training Curves", fontsize=14)
     fig.tight_layout()
     return fig
@@ -336,35 +380,41 @@ def _loss_curves_figure(metrics):
 
 def save_loss_curves(metrics, path):
     """Per-epoch train/test loss and reconstruction (nats per sample), integer epoch ticks, and
-    the train/test KL on a panel of its own when present (and not all 0)."""
+    the train/test KL on a panel of its own when present (and not all 0). Colour = quantity,
+    solid = train, dashed = test; a marker per epoch only for short runs (``_MARKER_MAX_POINTS``)."""
     return _save(_loss_curves_figure(metrics), path)
 
 
 # Figures of the exercises (vae_jax.experiments)
 
 
-def save_lines(series, path, *, xlabel, ylabels, title, xlog=False):
-    """One panel per entry of `ylabels`; series = {label: (x, [y_panel0, y_panel1, ...])}."""
+def _lines_figure(series, *, xlabel, ylabels, title, xlog=False):
     fig, axes = plt.subplots(1, len(ylabels), figsize=(5.5 * len(ylabels), 4), squeeze=False)
     for j, (ax, ylabel) in enumerate(zip(axes.flat, ylabels, strict=False)):
         for label, (xs, ys) in series.items():
-            ax.plot(xs, ys[j], marker="o", label=label)
+            ax.plot(xs, ys[j], label=label, **_markers(len(xs)))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if xlog:
             ax.set_xscale("log")
             ax.set_xticks(next(iter(series.values()))[0])
-            ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())  # only the given x values are labelled
         ax.grid(True, alpha=0.3)
         if len(series) > 1:
             ax.legend()
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def save_bars(values, path, *, xlabel, ylabel, title):
-    """Grouped bars: values = {label: 1-D array}, all the same length."""
+def save_lines(series, path, *, xlabel, ylabels, title, xlog=False):
+    """One panel per entry of `ylabels`; series = {label: (x, [y_panel0, y_panel1, ...])}, each a
+    line of its own colour (a legend when more than one), a marker per point only on short lines."""
+    return _save(_lines_figure(series, xlabel=xlabel, ylabels=ylabels, title=title, xlog=xlog), path)
+
+
+def _bars_figure(values, *, xlabel, ylabel, title):
     labels = list(values)
     d = len(values[labels[0]])
     width = 0.8 / len(labels)
@@ -378,15 +428,15 @@ def save_bars(values, path, *, xlabel, ylabel, title):
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def save_class_grid(images, preds, path, *, image_shape, ncols, title, row_accuracy=None):
-    """Row c = the label c given to the decoder, column = one z (the same z down a column).
-    A cell the classifier labels as another class is framed in red with that class written in it;
-    the right margin gives each row's accuracy over all the samples drawn for that class."""
-    from matplotlib.patches import Rectangle
+def save_bars(values, path, *, xlabel, ylabel, title):
+    """Grouped bars: values = {label: 1-D array}, all the same length."""
+    return _save(_bars_figure(values, xlabel=xlabel, ylabel=ylabel, title=title), path)
 
+
+def _class_grid_figure(images, preds, *, image_shape, ncols, title, row_accuracy=None):
     imgs = to_images(images, image_shape)
     nrows = len(imgs) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.0 * ncols + 1.6, 1.0 * nrows + 0.8), squeeze=False)
@@ -416,4 +466,14 @@ def save_class_grid(images, preds, path, *, image_shape, ncols, title, row_accur
             ax.text(1.1, 0.5, f"{row_accuracy[r]:.0%}", transform=ax.transAxes, ha="left", va="center", fontsize=11)
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def save_class_grid(images, preds, path, *, image_shape, ncols, title, row_accuracy=None):
+    """Row c = the label c given to the decoder, column = one z (the same z down a column).
+    A cell the classifier labels as another class is framed in red with that class written in it;
+    the right margin gives each row's accuracy over all the samples drawn for that class."""
+    figure = _class_grid_figure(
+        images, preds, image_shape=image_shape, ncols=ncols, title=title, row_accuracy=row_accuracy
+    )
+    return _save(figure, path)
