@@ -162,7 +162,7 @@ def test_a_killed_process_ends_the_other_with_one_line(tmp_path):
         deadline = time.monotonic() + 300
         # inside epoch 2's steps (188 of 8 images, ~2 s): past the start-up and epoch 1's checkpoint, so the
         # kill lands in a collective (a kill during a checkpoint's barrier ends the survivor through JAX's
-        # coordination service instead: a C++ abort, see README)
+        # coordination service instead: a C++ abort, see docs/scale.md)
         while not (work / "checkpoints" / "188").is_dir():
             assert all(p.poll() is None for p in procs), (tmp_path / "run0.err").read_text()[-2000:]
             assert time.monotonic() < deadline, "no epoch finished"

@@ -151,7 +151,7 @@ def _parser():
     t.add_argument(
         "--coordinator-address",
         default=None,
-        help="multi-process: HOST:PORT of process 0 (jax.distributed.initialize); see README",
+        help="multi-process: HOST:PORT of process 0 (jax.distributed.initialize); see docs/scale.md",
     )
     t.add_argument("--num-processes", type=_positive_int, default=None, help="multi-process: number of processes")
     t.add_argument("--process-id", type=_nonneg_int, default=None, help="multi-process: this process's index")

@@ -145,7 +145,7 @@ class Config:
         None, "the sha256 of the --init-from .pt file: recorded by train; when given, the file must have it"
     )
     devices: int = option(
-        1, "data-parallel over N devices (global batch = --batch-size); see README", kind="positive_int"
+        1, "data-parallel over N devices (global batch = --batch-size); see docs/scale.md", kind="positive_int"
     )
     max_steps: int | None = option(
         None, "stop after N optimizer steps in all (checkpointed, resumable), then test and plot", kind="positive_int"
