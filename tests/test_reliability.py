@@ -208,6 +208,7 @@ def test_eval_prints_its_result_even_when_it_cannot_be_written(trained, tmp_path
             "--test-limit",
             "10",
             "--no-progress",
+            "--json",
             "--out",
             tmp_path / "e.json",
         ],
@@ -641,3 +642,35 @@ def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path, capsys):
     mine.mkdir()  # a folder the user made stays
     one_line(*run(["train", "--workdir", mine, *TINY, "--dataset", "mnist"], capsys)[:2])
     assert mine.is_dir()
+
+
+# ------------------------------------------------------------------------------- eval, export, plot
+
+
+def test_eval_prints_a_table_or_json_of_a_chosen_checkpoint(tmp_path, capsys):
+    work = tmp_path / "run"
+    assert run(["train", "--workdir", work, *TINY, "--epochs", "2", "--no-figures"], capsys)[0] == 0
+    code, err, out = run(["eval", "--workdir", work, "--iwae-k", "3", "--out", tmp_path / "a.json"], capsys)
+    assert code == 0 and err == [], err
+    assert "test loss (ELBO)" in out and "NLL (k=3)" in out and "{" not in out  # a table for a person
+    latest = json.loads((tmp_path / "a.json").read_text())
+    args = ["eval", "--workdir", work, "--iwae-k", "3", "--json", "--step", "2", "--out", tmp_path / "b.json"]
+    code, err, out = run(args, capsys)
+    first = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and first["step"] == 2 and first["test_loss"] != latest["test_loss"]  # epoch 1's weights
+    code, err, _ = run(["eval", "--workdir", work, "--step", "3", "--out", tmp_path / "c.json"], capsys)
+    one_line(code, err, "--step 3", "2, 4")  # the checkpoints there are named
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_export_writes_the_sizes_that_import_reads(trained, tmp_path, capsys):
+    config = json.loads((trained / "config.json").read_text())
+    assert config["latent_dim"] == 20 and config["hidden_dim"] == 400  # the sizes used, not null
+    code, err, _ = run(["export", "--workdir", trained, "--out", tmp_path / "m.pt"], capsys)
+    assert code == 0, err
+    sizes = json.loads((tmp_path / "m.json").read_text())
+    assert (sizes["model"], sizes["latent_dim"], sizes["hidden_dim"]) == ("vae", 20, 400)
+    from vae_jax import torch_import
+
+    assert torch_import.read_pt(tmp_path / "m.pt")[1] == {"model": "vae", "latent_dim": 20, "hidden_dim": 400}
+    one_line(*run(["export", "--workdir", trained, "--out", tmp_path / "m.pt"], capsys)[:2], "already exists")

@@ -266,7 +266,7 @@ def test_an_imported_run_is_a_run_with_its_source_and_parity(tmp_path, capsys, m
 
     code, _, out = run(["parity", "--workdir", work], capsys)
     assert code == 0 and "loss.kl" in out and "FAIL" not in out
-    code, err, out = run(["eval", "--workdir", work, "--iwae-k", "5", "--no-progress"], capsys)
+    code, err, out = run(["eval", "--workdir", work, "--iwae-k", "5", "--no-progress", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out.splitlines()[-1])["num_test"] == 20
     code, err, _ = run(["export", "--workdir", work, "--out", tmp_path / "back.pt"], capsys)

@@ -254,13 +254,21 @@ class RunDir:
                 "is kept (--resume once there is room)"
             ) from None
 
-    def restore(self, init_state):
-        """(state, number): the latest checkpoint, or init_state and None when there is none (an
-        imported run's weights are checkpoint 0). The run's position is state["step"] (optimizer steps)."""
+    def restore(self, init_state, step: int | None = None):
+        """(state, number): the latest checkpoint (or that of `step`), or init_state and None when there
+        is none (an imported run's weights are checkpoint 0). The run's position is state["step"]."""
         import orbax.checkpoint as ocp
 
         # --restart: its old checkpoints are deleted
         epoch = None if self.restart or not self.ckpt_dir.exists() else self.manager.latest_step()
+        if step is not None and epoch is not None:
+            steps = sorted(self.manager.all_steps())
+            if step not in steps:
+                raise CheckpointError(
+                    f"--step {step}: {self.dir} has no checkpoint of that step -- use one of "
+                    f"{', '.join(map(str, steps))} (the last {len(steps)} are kept)"
+                )
+            epoch = step
         if epoch is None:
             return init_state, None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, init_state)

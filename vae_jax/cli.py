@@ -159,13 +159,15 @@ def _parser():
     e = sub.add_parser("eval", help="test ELBO and importance-sampled NLL of a trained run")
     e.add_argument("--workdir", required=True)
     e.add_argument("--data-dir", default=None)
-    e.add_argument("--iwae-k", type=_positive_int, default=5000)
+    e.add_argument("--iwae-k", type=_positive_int, default=5000, help="importance samples per test image for the NLL")
     e.add_argument("--test-limit", type=_positive_int, default=None, help="use the first N test images")
     e.add_argument(
         "--out", default=None, help="JSON file to write (default <workdir>/eval_k<K>_seed<S>.json); must not exist"
     )
-    e.add_argument("--seed", type=_nonneg_int, default=0)
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--seed", type=_nonneg_int, default=0, help="the key of the samples (the ELBO's z, the NLL's)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar (there is none in a log)")
+    e.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    e.add_argument("--step", type=_nonneg_int, default=None, help="the checkpoint of this step (default: the latest)")
 
     pl = sub.add_parser("plot", help="the chapter's figures for a trained run")
     pl.add_argument("--workdir", required=True)
@@ -173,10 +175,14 @@ def _parser():
     pl.add_argument("--out", default=None, help="output folder (default <workdir>/plots); must not exist")
     pl.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     pl.add_argument("--seed", type=_nonneg_int, default=0)
+    pl.add_argument("--step", type=_nonneg_int, default=None, help="the checkpoint of this step (default: the latest)")
 
     x = sub.add_parser("export", help="write a trained run's weights as a torch .pt state_dict")
     x.add_argument("--workdir", required=True)
-    x.add_argument("--out", required=True, help="the .pt file to write (must not exist)")
+    x.add_argument(
+        "--out", required=True, help="the .pt file to write, and its sizes as .json beside it (neither may exist)"
+    )
+    x.add_argument("--step", type=_nonneg_int, default=None, help="the checkpoint of this step (default: the latest)")
 
     pr = sub.add_parser("prepare", help="prepare a tfds dataset offline from a folder of the original files")
     pr.add_argument(
@@ -308,107 +314,164 @@ def _train_config(args):
         raise ConfigError(f"{Path(workdir) / 'config.json'} is damaged ({e}) -- restore it") from None
 
 
-def _run(args):
-    from vae_jax import train
+def _train(args):
+    from vae_jax import distributed, train
 
-    if args.command == "train":
-        from vae_jax import distributed
-
-        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-        _check_platform()
-        config, workdir = _train_config(args)
-        train.train_and_evaluate(config, workdir, resume=args.resume, restart=args.restart)
-        return 0
-
-    if args.command == "compare":
-        from vae_jax import compare
-
-        print(compare.compare_runs(args.runs, args.out), end="")
-        if args.out:
-            print(f"wrote {Path(args.out) / 'compare.png'} and {Path(args.out) / 'compare.md'}")
-        return 0
-
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     _check_platform()
-    if args.command == "experiment":
-        from vae_jax import experiments
+    config, workdir = _train_config(args)
+    train.train_and_evaluate(config, workdir, resume=args.resume, restart=args.restart)
+    return 0
 
-        experiments.run_experiment(
-            args.name, args.workdir, dataset=args.dataset, data_dir=args.data_dir, size=args.size, seed=args.seed
-        )
-        return 0
 
-    if args.command in ("import", "parity"):
-        from vae_jax import torch_import
+def _compare(args):
+    from vae_jax import compare
 
-        if args.command == "parity":
-            return torch_import.check_run(args.workdir, args.data_dir)
-        options, named = _config_options(args), _given_options(args.argv, "import")
-        return torch_import.import_run(args.file, args.workdir, options, named, renames=args.rename)
+    print(compare.compare_runs(args.runs, args.out), end="")
+    if args.out:
+        print(f"wrote {Path(args.out) / 'compare.png'} and {Path(args.out) / 'compare.md'}")
+    return 0
 
-    if args.command == "prepare":
-        from vae_jax import input_pipeline
 
-        input_pipeline.prepare_tfds(args.dataset, args.manual_dir, args.data_dir)
-        print(f"prepared {args.dataset} in {args.data_dir}")
-        return 0
+def _experiment(args):
+    from vae_jax import experiments
 
-    if args.command == "export":
-        from vae_jax import convert
+    experiments.run_experiment(
+        args.name, args.workdir, dataset=args.dataset, data_dir=args.data_dir, size=args.size, seed=args.seed
+    )
+    return 0
 
-        out = _fresh_path(args.out, "export file", parent_must_exist=True)
-        model, _, _ = train.restore_run(args.workdir)
-        atomic_write(out, convert.pt_bytes(model), replace=False)
-        print(f"wrote {out} ({type(model).__name__} state_dict, torch keys)")
-        return 0
 
-    model, config, _ = train.restore_run(args.workdir)
-    import dataclasses as dc
+def _import(args):
+    from vae_jax import torch_import
 
+    options, named = _config_options(args), _given_options(args.argv, "import")
+    return torch_import.import_run(args.file, args.workdir, options, named, renames=args.rename)
+
+
+def _parity(args):
+    from vae_jax import torch_import
+
+    return torch_import.check_run(args.workdir, args.data_dir)
+
+
+def _prepare(args):
+    from vae_jax import input_pipeline
+
+    input_pipeline.prepare_tfds(args.dataset, args.manual_dir, args.data_dir)
+    print(f"prepared {args.dataset} in {args.data_dir}")
+    return 0
+
+
+def _export(args):
+    """The chapter's state_dict, and beside it (same name, .json) the sizes and the run it came from,
+    which `vae-jax import` reads."""
+    from vae_jax import __version__, convert, train
+
+    out = _fresh_path(args.out, "export file", parent_must_exist=True)
+    sizes = _fresh_path(out.with_suffix(".json"), "export's sizes file")
+    model, config, image_shape = train.restore_run(args.workdir, args.step)
+    atomic_write(out, convert.pt_bytes(model), replace=False)
+    meta = dict(
+        model=config.model,
+        latent_dim=int(model.latent_dim),
+        hidden_dim=getattr(model, "hidden_dim", None),
+        image_shape=list(image_shape),
+        dataset=config.dataset,
+        run=str(Path(args.workdir).absolute()),
+        step=args.step,
+        vae_jax_version=__version__,
+    )
+    atomic_write(sizes, json.dumps(meta, indent=2) + "\n", replace=False)
+    print(f"wrote {out} ({type(model).__name__} state_dict, torch keys) and {sizes} (its sizes)")
+    return 0
+
+
+def _eval(args):
+    """Test ELBO (and the importance-sampled NLL for a Bernoulli VAE): a table, or one JSON line with
+    --json; the result also goes to a new JSON file."""
     import jax
 
-    if getattr(args, "data_dir", None):
-        config.data_dir = args.data_dir
-    if args.command == "eval":
-        from vae_jax import evaluate
+    from vae_jax import evaluate, train
 
-        out = _fresh_path(
-            args.out or Path(args.workdir) / f"eval_k{args.iwae_k}_seed{args.seed}.json",
-            "evaluation file",
-            parent_must_exist=True,
+    model, config, _ = train.restore_run(args.workdir, args.step)
+    out = _fresh_path(
+        args.out or Path(args.workdir) / f"eval_k{args.iwae_k}_seed{args.seed}.json",
+        "evaluation file",
+        parent_must_exist=True,
+    )
+    config = dataclasses.replace(
+        config,
+        data_dir=args.data_dir or config.data_dir,
+        test_limit=args.test_limit or config.test_limit,
+        seed=args.seed,  # the test ELBO's z too
+    )
+    _, test_ds = train.load_data(config)
+    result = train.evaluate_model(model, config, test_ds)
+    if getattr(model, "reparameterize", None) is not None and config.recon in ("bce", "bce_logits"):
+        test_x, test_y = train.device_arrays(test_ds)
+        result["iwae_k"] = args.iwae_k
+        result["iwae_nll"] = evaluate.iwae_nll(
+            model,
+            test_x,
+            test_y,
+            k=args.iwae_k,
+            key=jax.random.key(args.seed),
+            recon=config.recon,
+            progress=not args.no_progress,
         )
-        config = dc.replace(config, test_limit=args.test_limit or config.test_limit, seed=args.seed)
-        _, test_ds = train.load_data(config)
-        result = train.evaluate_model(model, config, test_ds)
-        if getattr(model, "reparameterize", None) is not None and config.recon in ("bce", "bce_logits"):
-            test_x, test_y = train.device_arrays(test_ds)
-            result["iwae_k"] = args.iwae_k
-            result["iwae_nll"] = evaluate.iwae_nll(
-                model,
-                test_x,
-                test_y,
-                k=args.iwae_k,
-                key=jax.random.key(args.seed),
-                recon=config.recon,
-                progress=not args.no_progress,
-            )
-        result["num_test"] = len(test_ds)
-        print(json.dumps(result))  # printed first: a file that cannot be written does not lose it
-        atomic_write(out, json.dumps(result, indent=2) + "\n", replace=False)
-        return 0
-    if args.command == "plot":
-        from vae_jax import evaluate
+    result.update(num_test=len(test_ds), step=args.step)
+    print(json.dumps(result) if args.json else _eval_table(result, config))  # before the file: never lost
+    atomic_write(out, json.dumps(result, indent=2) + "\n", replace=False)
+    return 0
 
-        out = Path(args.out or Path(args.workdir) / "plots")
-        _check_plot_out(out, Path(args.workdir), force=args.force)
-        _, test_ds = train.load_data(config)
-        from vae_jax.checkpoints import read_metrics
 
-        history = read_metrics(Path(args.workdir))
-        with _writer_lock_if_inside(out, Path(args.workdir)), atomic_dir(out, replace=args.force, what="--out") as tmp:
-            paths = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.key(args.seed))
-        print("\n".join(str(out / Path(p).name) for p in paths.values()))
-        return 0
-    raise AssertionError(args.command)
+def _eval_table(result: dict, config) -> str:
+    rows = [
+        ("test images", f"{result['num_test']}" + (f" ({config.test_dataset or config.dataset})")),
+        ("test loss (ELBO)", f"{result['test_loss']:.4f} nats per image"),
+        ("  reconstruction", f"{result['test_recon']:.4f}"),
+        ("  KL", f"{result['test_kl']:.4f}"),
+    ]
+    if "iwae_nll" in result:
+        rows.append((f"NLL (k={result['iwae_k']})", f"{result['iwae_nll']:.4f} nats per image"))
+    return "\n".join(f"{k:<18} {v}" for k, v in rows)
+
+
+def _plot(args):
+    import jax
+
+    from vae_jax import evaluate, train
+    from vae_jax.checkpoints import read_metrics
+
+    model, config, _ = train.restore_run(args.workdir, args.step)
+    out = Path(args.out or Path(args.workdir) / "plots")
+    _check_plot_out(out, Path(args.workdir), force=args.force)
+    _, test_ds = train.load_data(dataclasses.replace(config, data_dir=args.data_dir or config.data_dir))
+    history = read_metrics(Path(args.workdir))
+    with _writer_lock_if_inside(out, Path(args.workdir)), atomic_dir(out, replace=args.force, what="--out") as tmp:
+        paths = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.key(args.seed))
+    print("\n".join(str(out / Path(p).name) for p in paths.values()))
+    return 0
+
+
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "plot": _plot,
+    "export": _export,
+    "import": _import,
+    "parity": _parity,
+    "compare": _compare,
+    "prepare": _prepare,
+    "experiment": _experiment,
+}
+
+
+def _run(args):
+    if args.command not in ("train", "compare"):  # train checks it once the processes have joined
+        _check_platform()
+    return COMMANDS[args.command](args)
 
 
 def _kept_after_interrupt(args) -> str:

@@ -87,6 +87,7 @@ class Autoencoder(nnx.Module):
 
     def __init__(self, input_dim=784, hidden_dim=400, latent_dim=20, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.input_dim, self.latent_dim = input_dim, latent_dim
+        self.hidden_dim = hidden_dim
         kw = dict(rngs=rngs, param_dtype=param_dtype)
         self.fc1 = Linear(input_dim, hidden_dim, **kw)
         self.fc2 = Linear(hidden_dim, latent_dim, **kw)
@@ -118,6 +119,7 @@ class VAE(_Gaussian):
 
     def __init__(self, input_dim=784, hidden_dim=400, latent_dim=20, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.input_dim, self.latent_dim, self._param_dtype = input_dim, latent_dim, param_dtype
+        self.hidden_dim = hidden_dim
         kw = dict(rngs=rngs, param_dtype=param_dtype)
         self.encoder_fc1 = Linear(input_dim, hidden_dim, **kw)
         self.encoder_fc_mu = Linear(hidden_dim, latent_dim, **kw)
@@ -143,6 +145,7 @@ class CVAE(_Gaussian):
         self, input_dim=784, hidden_dim=400, latent_dim=20, num_classes=10, *, rngs: nnx.Rngs, param_dtype=jnp.float32
     ):
         self.input_dim, self.latent_dim, self.num_classes = input_dim, latent_dim, num_classes
+        self.hidden_dim = hidden_dim
         self._param_dtype = param_dtype
         kw = dict(rngs=rngs, param_dtype=param_dtype)
         self.encoder_fc1 = Linear(input_dim + num_classes, hidden_dim, **kw)

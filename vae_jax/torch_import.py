@@ -128,6 +128,14 @@ def read_pt(path):
         under = next((k for k in COMMON_KEYS if _is_state_dict(obj.get(k))), None)
         meta = {k: obj[k] for k in META_KEYS if type(obj.get(k)) is (str if k == "model" else int)}
         obj = obj[under] if under else obj
+    beside = path.with_suffix(".json")  # `vae-jax export` writes the sizes there
+    if not meta and beside.is_file():
+        try:
+            saved = json.loads(beside.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            saved = {}
+        if isinstance(saved, dict):
+            meta = {k: saved[k] for k in META_KEYS if type(saved.get(k)) is (str if k == "model" else int)}
     if not _is_state_dict(obj):
         what = f"a dict with keys {sorted(map(str, obj))[:5]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise ConversionError(

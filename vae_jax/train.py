@@ -223,6 +223,16 @@ def build_model(config: Config, image_shape, num_classes=10, *, rngs):
     return models.REGISTRY[config.model].build(config, image_shape, num_classes, rngs=rngs)
 
 
+def resolved_sizes(config: Config, model) -> Config:
+    """`config` with the sizes the model was built with where it left them to the chapter's defaults."""
+    latent, hidden = getattr(model, "latent_dim", None), getattr(model, "hidden_dim", None)
+    return dataclasses.replace(
+        config,
+        latent_dim=config.latent_dim if config.latent_dim is not None or latent is None else int(latent),
+        hidden_dim=config.hidden_dim if config.hidden_dim is not None or hidden is None else int(hidden),
+    )
+
+
 def kl_weight_for(config: Config, epoch: int) -> float:
     """KL annealing weight for a 1-based epoch: min(1, epoch / E); 1 when annealing is off."""
     if config.kl_anneal_epochs <= 0:
@@ -721,6 +731,7 @@ def train_and_evaluate(
         check_memory(config, image_shape)
         root = jax.random.key(config.seed)
         model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, KeyPurpose.INIT)))
+        config = run.config = resolved_sizes(config, model)  # config.json and summary.json say the sizes used
         check_figures_fit(config, model, test_ds)
         spe = steps_per_epoch(config, train_ds)
         trainer = Trainer(model, config, steps_per_epoch=spe)
@@ -906,8 +917,9 @@ def steps_per_epoch(config: Config, train_ds) -> int:
     return len(input_pipeline.batch_slices(len(train_ds), config.batch_size))
 
 
-def restore_run(workdir):
-    """(model in eval mode, config, image_shape) of the latest checkpoint of a run directory."""
+def restore_run(workdir, step: int | None = None):
+    """(model in eval mode, config, image_shape) of the latest checkpoint of a run directory, or of the
+    checkpoint of optimizer step `step`."""
     from vae_jax import checkpoints
     from vae_jax.errors import CheckpointError
 
@@ -938,7 +950,7 @@ def restore_run(workdir):
     run = checkpoints.RunDir(workdir, config, resume=True, read_only=True)
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=purpose_key(config.seed, KeyPurpose.INIT)))
     trainer = Trainer(model, config, steps_per_epoch=1)  # the schedule only shapes opt_state
-    state, epoch = run.restore(trainer.init_state)
+    state, epoch = run.restore(trainer.init_state, step)
     if epoch is None:
         raise CheckpointError(
             f"no checkpoint in {workdir}/checkpoints -- train first (vae-jax train --workdir {workdir})"
