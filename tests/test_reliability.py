@@ -674,3 +674,57 @@ def test_export_writes_the_sizes_that_import_reads(trained, tmp_path, capsys):
 
     assert torch_import.read_pt(tmp_path / "m.pt")[1] == {"model": "vae", "latent_dim": 20, "hidden_dim": 400}
     one_line(*run(["export", "--workdir", trained, "--out", tmp_path / "m.pt"], capsys)[:2], "already exists")
+
+
+# ---------------------------------------------------------------------------------- what the console says
+
+
+def test_the_first_line_comes_before_jax_is_loaded(tmp_path):
+    script = (
+        "import sys\n"
+        "first = []\n"
+        "class Out:\n"
+        "    def write(self, s):\n"
+        "        if s.strip() and not first:\n"
+        "            first.append(('jax' in sys.modules, s.strip()))\n"
+        "        return sys.__stdout__.write(s)\n"
+        "    def flush(self):\n"
+        "        sys.__stdout__.flush()\n"
+        "sys.stdout = Out()\n"
+        "from vae_jax import cli\n"
+        f"code = cli.main(['train', '--workdir', {str(tmp_path / 'run')!r}, '--max-steps', '1', '--no-figures',"
+        " '--train-limit', '100', '--test-limit', '20', '--batch-size', '50', '--no-progress'])\n"
+        "sys.stdout = sys.__stdout__\n"
+        "print(repr((code, first[0])))\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    code, (jax_loaded, line) = eval(p.stdout.strip().splitlines()[-1])
+    assert code == 0 and not jax_loaded, (p.stdout, p.stderr)
+    assert line.startswith("training vae on digits in") and "loading JAX" in line
+
+
+def test_a_max_steps_ending_says_where_it_stopped_and_records_it(tmp_path, capsys):
+    work = tmp_path / "run"
+    code, err, out = run(
+        ["train", "--workdir", work, *TINY, "--epochs", "3", "--max-steps", "3", "--no-figures"], capsys
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("first step done"))
+    assert first < next(i for i, line in enumerate(lines) if line.startswith("Epoch 1/3"))  # before epoch 1 ends
+    assert "done: 3 steps (1 epochs and 1 steps of epoch 2)" in lines[-1]
+    rows = checkpoints.read_metrics(work)
+    assert [(r["epoch"], r.get("partial_epoch", False), r.get("step")) for r in rows] == [
+        (1, False, None),
+        (2, True, 3),
+    ]
+    from tests.test_train import _tensorboard_scalars
+
+    assert [s for s, _ in _tensorboard_scalars(work / "tensorboard")["test/loss"]] == [2, 3]
+    args = ["train", "--workdir", work, "--resume", "--no-progress", "--max-steps", "4"]
+    assert run(args, capsys)[0] == 0
+    assert [(r["epoch"], r.get("partial_epoch", False)) for r in checkpoints.read_metrics(work)] == [
+        (1, False),
+        (2, False),
+    ]

@@ -18,15 +18,14 @@ import sys
 from pathlib import Path
 
 from vae_jax import __version__, configs
+from vae_jax.config import KINDS, TFDS_DATASETS, Config, option_name
 from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_failure
 from vae_jax.files import atomic_dir, atomic_write, lock_run_dir, unlock_run_dir
 
 
 def _number(kind):
-    """An argparse type for a value of kind `kind` (see train.KINDS): cast the text, then check it; the
+    """An argparse type for a value of kind `kind` (see config.KINDS): cast the text, then check it; the
     message says what is expected."""
-    from vae_jax.train import KINDS
-
     cast, ok, what = KINDS[kind]
 
     def parse(s):
@@ -68,18 +67,14 @@ _HELP = {"--workdir": "the run directory", "--dataset": "dataset"}
 
 
 def _config_fields():
-    """Config's fields that are train options (see train.option): the others have no metadata."""
-    from vae_jax import train
-
-    return [f for f in dataclasses.fields(train.Config) if "help" in f.metadata]
+    """Config's fields that are train options (see config.option): the others have no metadata."""
+    return [f for f in dataclasses.fields(Config) if "help" in f.metadata]
 
 
 @functools.cache
 def _config_help() -> dict[str, str]:
     """{--option: help} of the train options made from Config."""
-    from vae_jax import train
-
-    return {train.option_name(f): f.metadata["help"] for f in _config_fields()}
+    return {option_name(f): f.metadata["help"] for f in _config_fields()}
 
 
 def _dest(option: str) -> str:
@@ -90,13 +85,11 @@ def _add_config_options(parser, skip=()):
     """One option per Config field, as its metadata says: --kebab-case, the field's default, type and
     range (kind), choices from the registry; a bool that defaults to True is a flag that turns it off.
     The fields in `skip` get no option (their defaults stay)."""
-    from vae_jax import train
-
     for f in _config_fields():
         if f.name in skip:
             parser.set_defaults(**{f.name: f.default})
             continue
-        meta, name = f.metadata, train.option_name(f)
+        meta, name = f.metadata, option_name(f)
         if "flag" in meta:
             parser.add_argument(name, action="store_true", help=meta["help"])
             continue
@@ -123,8 +116,6 @@ def _one_line(e) -> str:
 
 
 def _parser():
-    from vae_jax import input_pipeline
-
     _positive_int, _nonneg_int = _number("positive_int"), _number("nonneg_int")
     p = _Parser(prog="vae-jax", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"vae-jax {__version__}")
@@ -147,7 +138,7 @@ def _parser():
         "preset named after --dataset if there is one (so `vae-jax train` alone is `digits`, the main job: "
         "150 epochs of batch 32), else none. Options given here win",
     )
-    _add_config_options(t)  # the run's options: one per field of train.Config
+    _add_config_options(t)  # the run's options: one per field of config.Config
     t.add_argument(
         "--coordinator-address",
         default=None,
@@ -185,18 +176,16 @@ def _parser():
     x.add_argument("--step", type=_nonneg_int, default=None, help="the checkpoint of this step (default: the latest)")
 
     pr = sub.add_parser("prepare", help="prepare a tfds dataset offline from a folder of the original files")
-    pr.add_argument(
-        "--dataset", default="mnist", help=f"the tfds dataset: one of {', '.join(input_pipeline.TFDS_DATASETS)}"
-    )
+    pr.add_argument("--dataset", default="mnist", help=f"the tfds dataset: one of {', '.join(TFDS_DATASETS)}")
     pr.add_argument("--manual-dir", required=True, help="folder holding the original files")
     pr.add_argument("--data-dir", required=True, help="tfds data_dir to write")
 
-    from vae_jax.experiments import EXPERIMENTS, SIZES
+    from vae_jax.configs.exercises import EXPERIMENTS, SIZES
 
     ex = sub.add_parser(
         "experiment", help="one of the chapter's exercises: train its variants, write tables and figures"
     )
-    ex.add_argument("name", choices=list(EXPERIMENTS))
+    ex.add_argument("name", choices=EXPERIMENTS)
     ex.add_argument("--workdir", required=True, help="output folder; each variant trains in <workdir>/<variant>/")
     ex.add_argument("--data-dir", default=None)
     ex.add_argument("--dataset", default="digits", choices=["mnist", "digits"])
@@ -289,8 +278,6 @@ def _train_config(args):
     """(Config, workdir) of `vae-jax train`: the defaults, then the preset (--config, or the one named
     after --dataset), then the options given; a resume starts from its config.json instead
     (checkpoints.resumed_options)."""
-    from vae_jax import checkpoints, train
-
     kw = _config_options(args)
     given = {k: kw[k] for k in _given_options(args.argv, "train") if k in kw}
     if args.config and args.resume:
@@ -300,6 +287,8 @@ def _train_config(args):
         kw = {**kw, **configs.get_config(preset), **given}
     workdir = args.workdir or f"runs/{kw['model']}_{kw['dataset']}_seed{kw['seed']}"
     if args.resume and (Path(workdir) / "config.json").is_file():
+        from vae_jax import checkpoints
+
         kw = checkpoints.resumed_options(checkpoints.read_config(Path(workdir) / "config.json"), kw, given)
     for k in ("data_dir", "init_from"):  # stored absolute: eval/plot/resume work from any folder
         if kw.get(k) and k in given:
@@ -309,17 +298,20 @@ def _train_config(args):
 
         kw.update(torch_import.init_options(kw["init_from"], kw, given))
     try:
-        return train.Config(**kw), workdir
+        return Config(**kw), workdir
     except TypeError as e:
         raise ConfigError(f"{Path(workdir) / 'config.json'} is damaged ({e}) -- restore it") from None
 
 
 def _train(args):
+    config, workdir = _train_config(args)
+    if not args.process_id:  # within a second of the start: what happens next (JAX loads in seconds)
+        what = "resuming" if args.resume else "training"
+        print(f"{what} {config.model} on {config.dataset} in {workdir}: loading JAX and the data", flush=True)
     from vae_jax import distributed, train
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     _check_platform()
-    config, workdir = _train_config(args)
     train.train_and_evaluate(config, workdir, resume=args.resume, restart=args.restart)
     return 0
 

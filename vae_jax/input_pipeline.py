@@ -50,10 +50,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax.config import DATASETS, TFDS_DATASETS
 from vae_jax.errors import DataError
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "celeb_a", "image_folder")
-TFDS_DATASETS = tuple(d for d in DATASETS if d not in ("digits", "image_folder"))  # also read through tfds
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _IDX_MAGIC = {0x00000801: 1, 0x00000803: 3}  # magic -> number of dimensions (uint8 data)
 _IDX_FILES = {

@@ -22,7 +22,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-RECON_KINDS = ("bce", "bce_logits", "gaussian")
+from vae_jax.config import RECON_KINDS
 
 
 def kl_divergence_gaussian(mu, logvar):

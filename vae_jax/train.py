@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from vae_jax import __version__, evaluate, input_pipeline, losses, models
+from vae_jax.config import FLOAT32_MAX, KINDS, Config, option, option_name  # noqa: F401 -- train.Config, as callers use it
 from vae_jax.errors import ConfigError
 from vae_jax.files import atomic_dir, check_replaceable
 
@@ -49,164 +50,9 @@ def purpose_key(seed: int, purpose: KeyPurpose):
     return jax.random.fold_in(jax.random.key(seed), purpose)
 
 
-LR_SCHEDULES = ("constant", "cosine")
-DATA_MODES = ("auto", "memory", "stream")
-BINARIZE_KINDS = ("none", "dynamic")  # dynamic: Bernoulli draws of the pixels from the step's key
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 # --data-mode auto keeps a split whole on the device up to this size (as stored, uint8): MNIST's
 # 60000 images are 47 MB; CelebA's train split at 64x64 is 2.0 GB and streams.
 MEMORY_BYTES = 64 * 2**20
-
-# What an option's value must be: kind -> (cast, ok(value), what is expected). `vae-jax train`
-# parses its options with them and Config.validate() checks them again (config.json, Python callers).
-KINDS = {
-    "positive_int": (int, lambda v: v >= 1, "a positive integer"),
-    "nonneg_int": (int, lambda v: v >= 0, "an integer >= 0"),
-    "positive_float": (float, lambda v: 0 < v < math.inf, "a positive number"),  # NaN fails both comparisons
-    "nonneg_float": (float, lambda v: 0 <= v < math.inf, "a number >= 0"),
-}
-
-
-def option(default, help, *, kind=None, choices=None, names=None, what=None, flag=None, metavar=None):
-    """A Config field that is also an option of `vae-jax train`, `--` + its name in kebab-case.
-
-    The field's metadata says how to parse and check it: help (the --help text), kind (a key of
-    KINDS), choices (the registry of valid values, offered by argparse), names (a registry checked
-    by validate() only, listed in the help; unknown values are reported as "unknown <what>"), flag
-    (a bool defaulting to True: the store_true option that turns it off, e.g. --no-figures),
-    metavar. A field without metadata (`checkpoint`) is not an option.
-    """
-    meta = dict(help=help, kind=kind, choices=choices, names=names, what=what, flag=flag, metavar=metavar)
-    return dataclasses.field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
-
-
-def option_name(field: dataclasses.Field) -> str:
-    """The command-line option of a Config field: --no-figures for figures, --batch-size for batch_size."""
-    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
-
-
-@dataclasses.dataclass
-class Config:
-    model: str = option("vae", "model", choices=models.MODELS, what="model")
-    dataset: str = option(
-        "digits", "dataset (digits is embedded: no download)", names=input_pipeline.DATASETS, what="dataset"
-    )
-    test_dataset: str | None = option(
-        None,
-        "evaluate on this dataset's test split instead (same image shape), e.g. train on mnist with "
-        "--binarize dynamic and test on binarized_mnist",
-        names=input_pipeline.DATASETS,
-        what="test dataset",
-    )
-    data_dir: str | None = option(None, "folder with the original files or a prepared tfds data_dir")
-    latent_dim: int | None = option(
-        None, "latent dimensions (default: the chapter's for the model)", kind="positive_int"
-    )
-    hidden_dim: int | None = option(
-        None, "hidden units of the MLP models (default: the chapter's 400)", kind="positive_int"
-    )
-    recon: str = option(
-        "bce_logits",
-        "reconstruction loss: bce_logits trains, bce is the chapter's clamped BCE",
-        choices=losses.RECON_KINDS,
-        what="reconstruction loss",
-    )
-    beta: float = option(1.0, "weight of the KL term (beta-VAE)", kind="nonneg_float")
-    # KL weight = min(1, epoch / E) (epochs counted from 1)
-    kl_anneal_epochs: int = option(0, "KL weight min(1, epoch/E); 0: off", kind="nonneg_int")
-    binarize: str = option(
-        "none", "dynamic: Bernoulli draws of the pixels at each step", choices=BINARIZE_KINDS, what="binarization"
-    )
-    epochs: int = option(10, "epochs in all", kind="positive_int")
-    batch_size: int = option(128, "the global batch", kind="positive_int")  # split over --devices
-    lr: float = option(1e-3, "Adam's learning rate", kind="positive_float")
-    lr_schedule: str = option(
-        "constant",
-        "cosine: decay --lr to 0 over --epochs (a resume must keep --epochs)",
-        choices=LR_SCHEDULES,
-        what="learning-rate schedule",
-    )
-    seed: int = option(0, "the run's seed", kind="nonneg_int")
-    train_limit: int | None = option(None, "use the first N training images", kind="positive_int")
-    test_limit: int | None = option(None, "use the first N test images", kind="positive_int")
-    iwae_k: int = option(0, "importance-sampled NLL with k samples at the end", kind="nonneg_int")
-    train_k: int = option(
-        1,
-        "samples per image in the training objective: 1 = the ELBO (the chapter), k > 1 = "
-        "the IWAE bound (Bernoulli VAEs); test losses stay the ELBO",
-        kind="positive_int",
-    )
-    init_from: str | None = option(
-        None,
-        "start from the weights of this run directory's latest checkpoint, or of a torch .pt state_dict "
-        "(fine-tuning; fresh Adam state); same model and image shape",
-    )
-    init_from_sha256: str | None = option(
-        None, "the sha256 of the --init-from .pt file: recorded by train; when given, the file must have it"
-    )
-    devices: int = option(
-        1, "data-parallel over N devices (global batch = --batch-size); see docs/scale.md", kind="positive_int"
-    )
-    max_steps: int | None = option(
-        None, "stop after N optimizer steps in all (checkpointed, resumable), then test and plot", kind="positive_int"
-    )
-    checkpoint_every: int = option(
-        0, "also checkpoint every N optimizer steps inside an epoch (0: at each epoch's end only)", kind="nonneg_int"
-    )
-    data_mode: str = option(
-        "auto",
-        "memory: each split whole on the device; stream: Grain decodes batches ahead "
-        "of the step; auto: stream splits over 64 MiB (uint8)",
-        choices=DATA_MODES,
-        what="data mode",
-    )
-    data_workers: int = option(
-        0, "stream: Grain worker processes that decode batches (0: threads in this process)", kind="nonneg_int"
-    )
-    log_every: int = option(
-        100, "TensorBoard: the training loss every N optimizer steps (0: per epoch only)", kind="nonneg_int"
-    )
-    tensorboard: bool = option(True, "no event files in <workdir>/tensorboard", flag="--no-tensorboard")
-    checkpoint: bool = True  # not an option: tests and experiments turn checkpoints off
-    figures: bool = option(True, "skip the figures at the end", flag="--no-figures")
-    progress: bool = option(True, "no progress bars", flag="--no-progress")
-
-    def validate(self):
-        fields = [f for f in dataclasses.fields(self) if not (f.default is None and getattr(self, f.name) is None)]
-        for f in fields:  # names first (None only where it is the default): from the registries
-            valid, v = f.metadata.get("choices", f.metadata.get("names")), getattr(self, f.name)
-            if valid is not None and v not in valid:
-                raise ConfigError(f"unknown {f.metadata['what']} {v!r}: use one of {', '.join(valid)}")
-        for f in fields:  # then numbers: the kind of each
-            v = getattr(self, f.name)
-            if "kind" in f.metadata:
-                cast, ok, what = KINDS[f.metadata["kind"]]
-                if not ok(cast(v)):
-                    raise ConfigError(f"{option_name(f)} must be {what}, got {v}")
-        if not (0 < self.lr <= FLOAT32_MAX):
-            raise ConfigError(f"--lr must be a positive number a float32 can hold (<= 3.4e38), got {self.lr}")
-        if not (0 <= self.beta <= FLOAT32_MAX):
-            raise ConfigError(f"--beta must be a number >= 0 a float32 can hold (<= 3.4e38), got {self.beta}")
-        if not 0 <= int(self.seed) < 2**63:
-            raise ConfigError(f"--seed must be an integer in 0 .. 2**63-1 (JAX's 64-bit seeds), got {self.seed}")
-        if int(self.devices) > jax.device_count():
-            raise ConfigError(
-                f"--devices {self.devices} asks for more devices than JAX sees ({jax.device_count()}): "
-                f"on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={self.devices}, "
-                "or lower --devices"
-            )
-        for name, on in (("iwae-k", self.iwae_k), ("train-k", self.train_k > 1)):
-            if on and (self.model == "ae" or self.recon not in ("bce", "bce_logits")):
-                raise ConfigError(
-                    f"--{name} needs a VAE with a Bernoulli decoder, not --model {self.model} "
-                    f"--recon {self.recon}: drop --{name} or use another model/--recon"
-                )
-        if self.train_k > 1 and (self.beta != 1 or self.kl_anneal_epochs):
-            raise ConfigError(
-                "--train-k > 1 trains the IWAE bound, which has no KL term to weigh: "
-                "drop --beta/--kl-anneal-epochs or use --train-k 1"
-            )
-        return self
 
 
 def learning_rate(config: Config, steps_per_epoch: int | None):
@@ -487,7 +333,7 @@ def first_nonfinite(losses) -> int | None:
 
 
 def train_part(
-    trainer, state, feed: Feed, config: Config, epoch: int, start: int, stop: int, first_step=None, summaries=None
+    trainer, state, feed: Feed, config: Config, epoch: int, start: int, stop: int, on_first_step=None, summaries=None
 ):
     """Optimizer steps on batches [start, stop) of a 1-based epoch; returns the state.
 
@@ -508,8 +354,9 @@ def train_part(
     for i, args in enumerate(feed.batches(order, config.batch_size, start, stop), start):
         state, m = step_fn(state, *args, jax.random.fold_in(keys[KeyPurpose.TRAIN], i), kw)
         losses.append(m["loss"])
-        if first_step is not None and not first_step:
-            first_step.append(float(to_host(m["loss"])))  # waits for it: the time to the first step, once
+        if on_first_step is not None:  # waits for the step: the time to the first step, said once
+            on_first_step(float(to_host(m["loss"])))
+            on_first_step = None
         step = (epoch - 1) * spe + i + 1
         if summaries is not None and config.log_every and step % config.log_every == 0:
             n = min(config.batch_size, len(feed.ds) - i * config.batch_size)
@@ -749,8 +596,12 @@ def train_and_evaluate(
         log(f"resumed from step {step} (epoch {step // spe + 1}, batch {step % spe} of {spe}) in {workdir}")
     last = config.epochs * spe if not config.max_steps else min(config.epochs * spe, config.max_steps)
     final: dict[str, Any] | None = None
-    first_step: list[float] = []
-    epoch_time, t_run, first_logged = 0.0, time.perf_counter(), False
+    epoch_time, t_run, first_step = 0.0, time.perf_counter(), []
+
+    def first_step_done(loss):
+        first_step.append(loss)
+        log(f"first step done {time.perf_counter() - t_start:.1f}s after the run started (loss {loss:.2f})")
+
     from vae_jax.summaries import Summaries
 
     summaries = Summaries(workdir, enabled=config.tensorboard and run.primary)
@@ -763,10 +614,8 @@ def train_and_evaluate(
             stop = min(stop, (step // config.checkpoint_every + 1) * config.checkpoint_every - (epoch - 1) * spe)
         t0 = time.perf_counter()
         try:
-            state = train_part(trainer, state, feeds[0], config, epoch, start, stop, first_step, summaries)
-            if first_step and not first_logged:
-                first_logged = True
-                log(f"first step done {time.perf_counter() - t_start:.1f}s after the run started")
+            announce = None if first_step else first_step_done
+            state = train_part(trainer, state, feeds[0], config, epoch, start, stop, announce, summaries)
             epoch_time += time.perf_counter() - t0
             step = (epoch - 1) * spe + stop
             if stop == spe:
@@ -821,6 +670,8 @@ def train_and_evaluate(
         final = dict(
             epoch_metrics(trainer, state, feeds, config, epoch, epoch_time, step % spe), step=step, partial_epoch=True
         )
+        run.append_metrics(final)  # the evaluation of where it stopped, marked partial (a resume drops it)
+        summaries.scalars(step, {"test/loss": final["test_loss"], "test/recon": final["test_recon"]})
         log(
             f"stopped at step {step} (--max-steps {config.max_steps}), inside epoch {epoch}: test loss "
             f"{final['test_loss']:.4f} per sample; resume with --resume and a larger --max-steps"
@@ -848,6 +699,7 @@ def train_and_evaluate(
             recon=config.recon,
             binarize_key=None,
         )
+        summaries.scalars(step, {"test/iwae_nll": summary["iwae_nll"]})
         log(f"importance-sampled NLL (k={config.iwae_k}): {summary['iwae_nll']:.3f} nats")
     summaries.close()
     if config.figures and run.primary:
@@ -860,8 +712,9 @@ def train_and_evaluate(
     run.write_summary(summary)
     f = summary["final"]
     if f:
+        whole = f"{len(history)} epochs" + (f" and {step % spe} steps of epoch {step // spe + 1}" if step % spe else "")
         log(
-            f"done: {step} steps ({len(history)} epochs), test loss {f['test_loss']:.4f} per sample "
+            f"done: {step} steps ({whole}), test loss {f['test_loss']:.4f} per sample "
             f"(recon {f['test_recon']:.4f}, KL {f['test_kl']:.4f}); wrote {workdir}"
         )
     return summary

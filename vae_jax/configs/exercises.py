@@ -1,6 +1,9 @@
 """The sizes of the chapter's exercises (`vae-jax experiment NAME --size reduced|full`): reduced is a
 tiny run for the tests, full the chapter's 10 epochs of batch 128 with Adam 1e-3."""
 
+# The exercises (vae_jax.experiments.EXPERIMENTS, in the chapter's order; tests/test_experiments.py checks).
+EXPERIMENTS = ("beta-vae", "latent-sweep", "cvae", "mse-vs-bce", "kl-annealing")
+
 SIZES = {
     # reduced: batches divide the limits exactly (one compiled shape per step function)
     "reduced": dict(
