@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from vae_jax import cli, input_pipeline, losses, models, train
+from vae_jax import cli, config, input_pipeline, losses, models, train
 from vae_jax.errors import ConfigError
 
 
@@ -99,9 +99,9 @@ def test_choices_come_from_the_registries():
     choices = {a.dest: a.choices for a in t._actions}
     assert choices["model"] == list(models.MODELS)
     assert choices["recon"] == list(losses.RECON_KINDS)
-    assert choices["lr_schedule"] == list(train.LR_SCHEDULES)
-    assert choices["data_mode"] == list(train.DATA_MODES)
-    assert choices["binarize"] == list(train.BINARIZE_KINDS)
+    assert choices["lr_schedule"] == list(config.LR_SCHEDULES)
+    assert choices["data_mode"] == list(config.DATA_MODES)
+    assert choices["binarize"] == list(config.BINARIZE_KINDS)
     assert choices["dataset"] is None  # checked by Config.validate (one line naming the registry)
 
 

@@ -55,3 +55,20 @@ def test_an_unknown_preset_is_one_line(capsys):
     assert len(err) == 1 and "--config" in err[0] and "digits" in err[0]
     with pytest.raises(ConfigError, match="unknown --config"):
         configs.get_config("nope")
+
+
+def test_the_names_the_options_offer_are_the_registries():
+    from vae_jax import config, experiments, losses, models
+    from vae_jax.configs import exercises
+
+    assert tuple(models.REGISTRY) == config.MODEL_NAMES
+    assert tuple(experiments.EXPERIMENTS) == exercises.EXPERIMENTS
+    assert set(config.RECON_KINDS) == set(losses.RECON_KINDS)  # losses.recon_loss accepts each
+
+
+def test_help_needs_no_jax():
+    import subprocess
+    import sys
+
+    script = "import sys; from vae_jax import cli; cli._parser(); print('jax' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True).stdout.strip() == "False"
