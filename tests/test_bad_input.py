@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import snapshot
 from vae_jax import cli, input_pipeline, train
 
 TINY = [
@@ -41,10 +42,6 @@ IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def run_cli(args, capsys):

@@ -5,26 +5,11 @@ import json
 import pytest
 
 from scripts import train_torch
+from tests.helpers import one_line, run
 from vae_jax import cli, compare
 from vae_jax.checkpoints import read_metrics
 
 TINY = ["--train-limit", "100", "--test-limit", "20", "--batch-size", "50"]
-
-
-def run(args, capsys):
-    capsys.readouterr()
-    try:
-        code = cli.main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.err.strip().splitlines(), out.out
-
-
-def one_line(code, err, *words):
-    assert code == 2 and len(err) == 1 and err[0].startswith("vae-jax: error: "), (code, err)
-    assert "internal error" not in err[0] and all(w in err[0] for w in words), err
-    return err[0]
 
 
 @pytest.fixture(scope="module")

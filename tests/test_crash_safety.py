@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import snapshot
 from vae_jax import cli, convert, train
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
@@ -62,16 +63,6 @@ def assert_same_run(workdir, reference):
     assert got.keys() == want.keys()
     for k in want:
         assert np.array_equal(got[k], want[k]), k
-
-
-def snapshot(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
-
-
-def console(script_args, **kwargs):
-    """The `vae-jax` console script of this environment (or `python -m vae_jax.cli`)."""
-    exe = Path(sys.executable).with_name("vae-jax")
-    return ([str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]) + script_args
 
 
 def env(**extra):

@@ -15,40 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import TINY, one_line, run, snapshot, tensorboard_scalars
 from vae_jax import checkpoints, cli, evaluate, files
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
 
-TINY = ["--train-limit", "100", "--test-limit", "20", "--epochs", "1", "--batch-size", "50", "--no-progress"]
 DATA = os.environ.get("VAE_DATA_DIR")
-
-
-def run(args, capsys):
-    capsys.readouterr()
-    try:
-        code = cli.main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.err.strip().splitlines(), out.out
-
-
-def one_line(code, err, *words, exit_code=2):
-    assert code == exit_code and len(err) == 1, (code, err)
-    assert err[0].startswith("vae-jax: error: ") or err[0].startswith("vae-jax: interrupted"), err
-    for w in words:
-        assert w in err[0], (w, err[0])
-    assert "internal error" not in err[0]
-    return err[0]
-
-
-def snapshot(root):
-    return {
-        str(p.relative_to(root)): (
-            p.read_bytes() if p.is_file() and not p.is_symlink() else os.readlink(p) if p.is_symlink() else None
-        )
-        for p in sorted(Path(root).rglob("*"))
-    }
 
 
 @pytest.fixture(scope="module")
@@ -719,9 +691,7 @@ def test_a_max_steps_ending_says_where_it_stopped_and_records_it(tmp_path, capsy
         (1, False, None),
         (2, True, 3),
     ]
-    from tests.test_train import _tensorboard_scalars
-
-    assert [s for s, _ in _tensorboard_scalars(work / "tensorboard")["test/loss"]] == [2, 3]
+    assert [s for s, _ in tensorboard_scalars(work / "tensorboard")["test/loss"]] == [2, 3]
     args = ["train", "--workdir", work, "--resume", "--no-progress", "--max-steps", "4"]
     assert run(args, capsys)[0] == 0
     assert [(r["epoch"], r.get("partial_epoch", False)) for r in checkpoints.read_metrics(work)] == [

@@ -12,28 +12,10 @@ nn = torch.nn
 F = torch.nn.functional
 
 import vae_torch_ref as R  # noqa: E402
-from vae_jax import cli, convert, tolerances, torch_import, train  # noqa: E402
+from tests.helpers import TINY, one_line, run  # noqa: E402
+from vae_jax import convert, tolerances, torch_import, train  # noqa: E402
 
-TINY = ["--train-limit", "100", "--test-limit", "20", "--epochs", "1", "--batch-size", "50", "--no-progress"]
 DIGITS = ["--dataset", "digits", *TINY, "--no-figures"]
-
-
-def run(args, capsys):
-    capsys.readouterr()
-    try:
-        code = cli.main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.err.strip().splitlines(), out.out
-
-
-def one_line(code, err, *words):
-    assert code == 2 and len(err) == 1, (code, err)
-    assert err[0].startswith("vae-jax: error: ") and "internal error" not in err[0], err
-    for w in words:
-        assert w in err[0], (w, err[0])
-    return err[0]
 
 
 def chapter_vae(seed=0, **sizes):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import tensorboard_events, tensorboard_scalars
 from vae_jax import cli, train
 from vae_jax.errors import CheckpointError, ConfigError
 
@@ -369,20 +370,11 @@ def test_train_k_is_refused_where_it_has_no_meaning():
         train.Config(train_k=0).validate()
 
 
-def _tensorboard_scalars(folder):
-    """{tag: [(step, value)]} of the scalars tensorboardX wrote in folder."""
-    out = {}
-    for step, v in _tensorboard_events(folder):
-        if v.WhichOneof("value") == "simple_value":
-            out.setdefault(v.tag, []).append((step, v.simple_value))
-    return out
-
-
 def test_tensorboard_events_beside_metrics(tmp_path):
     cfg = train.Config(**dict(QUICK, epochs=2, figures=False, log_every=2))
     train.train_and_evaluate(cfg, tmp_path / "run", log=lambda s: None)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    tb = _tensorboard_scalars(tmp_path / "run" / "tensorboard")
+    tb = tensorboard_scalars(tmp_path / "run" / "tensorboard")
     for key in ("train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl"):
         tag = key.replace("_", "/")
         assert [v for _, v in tb[tag]] == pytest.approx([r[key] for r in rows], rel=1e-6), tag
@@ -421,23 +413,6 @@ def test_paths_are_stored_absolute(tmp_path, monkeypatch):
     assert saved["data_dir"] == str(tmp_path / "data")
 
 
-def _tensorboard_events(folder):
-    """Every summary value tensorboardX wrote in folder's event files: (step, value proto)."""
-    import struct
-
-    from tensorboardX.proto import event_pb2
-
-    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
-        data = path.read_bytes()
-        at = 0
-        while at < len(data):
-            (length,) = struct.unpack("<Q", data[at : at + 8])
-            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
-            at += 12 + length + 4
-            for v in event.summary.value:
-                yield event.step, v
-
-
 def test_tensorboard_shows_pictures_each_epoch_and_the_runs_options(tmp_path):
     import io
 
@@ -445,7 +420,7 @@ def test_tensorboard_shows_pictures_each_epoch_and_the_runs_options(tmp_path):
 
     cfg = train.Config(**dict(QUICK, epochs=2, figures=False, batch_size=64))
     train.train_and_evaluate(cfg, tmp_path / "run", log=lambda s: None)
-    events = list(_tensorboard_events(tmp_path / "run" / "tensorboard"))
+    events = list(tensorboard_events(tmp_path / "run" / "tensorboard"))
     pictures = {}
     for step, v in events:
         if v.HasField("image"):
