@@ -90,6 +90,7 @@ def test_a_partition_naming_a_file_twice_or_in_two_splits_is_refused(celeba, tmp
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_a_partition_with_a_bom_and_crlf_line_ends_is_read_as_the_plain_one(celeba, tmp_path, capsys):
     partition = celeba / ip.CELEBA_PARTITION
     plain = {split: ip.celeba_files(celeba, split) for split in ("train", "valid", "test")}
