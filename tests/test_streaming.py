@@ -260,4 +260,4 @@ def test_a_corrupt_image_found_while_streaming_is_one_line(celeba, tmp_path, cap
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert "cannot read image" in err[0] and "000077.jpg" in err[0] and "remove or replace" in err[0], err
+    assert "cannot read image" in err[0] and "000077.jpg" in err[0] and "CelebA download" in err[0], err

@@ -1,6 +1,7 @@
 """The project's own errors: each carries one line that names the problem and the fix."""
 
 import os
+import sys
 
 
 class VaeJaxError(Exception):
@@ -88,3 +89,9 @@ def machine_failure(e: BaseException) -> str | None:
             "or use --data-mode stream for a large dataset"
         )
     return None
+
+
+def warn(line: str) -> None:
+    """One warning line on stderr, `vae-jax: warning: <problem> -- <fix>`: something was skipped or
+    fell back, and the run goes on."""
+    print(f"vae-jax: warning: {line}", file=sys.stderr, flush=True)

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax.config import DATASETS, TFDS_DATASETS
-from vae_jax.errors import DataError
+from vae_jax.errors import DataError, warn
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _IDX_MAGIC = {0x00000801: 1, 0x00000803: 3}  # magic -> number of dimensions (uint8 data)
@@ -73,6 +73,24 @@ _SOURCES = {
     "binarized_mnist": "binarized_mnist_{train,valid,test}.amat (from "
     "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/)",
 }
+
+
+class ReadError(DataError):
+    """Data that failed while being read for a step (a damaged image, a data worker that died): the
+    run so far is kept. args: (problem, fix), so it crosses from a worker process intact; training
+    adds how to continue (vae_jax.train)."""
+
+    def __str__(self) -> str:
+        return " — ".join(self.args)
+
+
+# What to do about an image that cannot be read: in an image folder it may go; the CelebA partition
+# file names every image, so there it must be replaced.
+FOLDER_IMAGE_FIX = "remove or replace the file"
+CELEBA_IMAGE_FIX = (
+    "replace it with the original file from the CelebA download (removing it does not help: "
+    "list_eval_partition.txt names it)"
+)
 
 
 class ArraySource:
@@ -102,8 +120,8 @@ class ImageFileSource:
     """One image file per record, decoded when read: center crop to a square, resize to `size`,
     uint8 RGB (size, size, 3). Nothing is decoded before a record is asked for."""
 
-    def __init__(self, files, size: int):
-        self.files, self.size = list(files), int(size)
+    def __init__(self, files, size: int, fix: str = FOLDER_IMAGE_FIX):
+        self.files, self.size, self.fix = list(files), int(size), fix
 
     def __len__(self) -> int:
         return len(self.files)
@@ -115,16 +133,16 @@ class ImageFileSource:
         try:
             with Image.open(path) as image:
                 if image.mode not in _8BIT_MODES:
-                    raise DataError(
-                        f"{path} is a {image.mode} image (not 8 bits per channel), which would be "
-                        "clipped -- convert it to 8-bit RGB or grayscale"
+                    raise ReadError(
+                        f"{path} is a {image.mode} image (not 8 bits per channel), which would be clipped",
+                        "convert it to 8-bit RGB or grayscale",
                     )
                 return _square_resize(image, self.size), np.int32(0)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"cannot read image {path}: {e} — remove or replace the file") from None
+            raise ReadError(f"cannot read image {path}: {e}", self.fix) from None
 
     def take(self, n: int) -> ImageFileSource:
-        return ImageFileSource(self.files[:n], self.size)
+        return ImageFileSource(self.files[:n], self.size, self.fix)
 
     def read_all(self):
         return _read_records(self, range(len(self))), None
@@ -322,7 +340,7 @@ def load_dataset(name: str, split: str, data_dir=None, *, image_size: int = 64, 
     elif use_tfds:
         records = _load_tfds(name, split, data_dir, image_size)
     elif name == "celeb_a" and _is_celeba_layout(data_dir):
-        records = ImageFileSource(celeba_files(data_dir, split), image_size)
+        records = ImageFileSource(celeba_files(data_dir, split), image_size, CELEBA_IMAGE_FIX)
     elif name in ("celeb_a", "image_folder"):
         records = ImageFileSource(_image_files(data_dir, split), image_size)
     elif name == "binarized_mnist":
@@ -466,13 +484,19 @@ def _square_resize(image, size: int) -> np.ndarray:
 
 
 def _image_files(data_dir, split: str) -> list[Path]:
+    """The images of a split of an image folder, sorted. Only regular files are read (a FIFO named
+    *.png would block the reader); other entries with an image's name are skipped with one warning."""
     root = Path(data_dir)
     folder = root / split if (root / split).is_dir() or split != "train" else root
-    files = (
-        sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        if folder.is_dir()
-        else []
-    )  # regular files only: a FIFO named *.png would block the reader
+    named = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+    files = [p for p in named if p.is_file()]
+    skipped = [p.name for p in named if not p.is_file()]
+    if skipped:
+        warn(
+            f"skipped {_count(skipped, 'entry', 'entries')} of {folder} named as an image but not a regular file "
+            f"(a FIFO, socket, device, folder or broken link), e.g. {skipped[0]} -- remove them or put "
+            "image files there"
+        )
     if not files:
         raise DataError(
             f"no .png/.jpg images in {folder} — pass --data-dir pointing at a folder "
@@ -514,19 +538,8 @@ def celeba_files(data_dir, split: str) -> list[Path]:
         raise DataError(f"CelebA partition file not found: {partition} — {fix}")
     if not folder.is_dir():
         raise DataError(f"CelebA image folder not found: {folder} — {fix}")
-    wanted, names = _CELEBA_SPLITS[split], []
-    try:
-        text = partition.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {partition}: {e} — {fix}") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-            raise DataError(f"line {number} of {partition} is {line.strip()[:60]!r}, want '<file>.jpg 0|1|2' — {fix}")
-        if fields[1] == wanted:
-            names.append(fields[0])
+    wanted = _CELEBA_SPLITS[split]
+    names = [name for name, part in _read_partition(partition, fix).items() if part == wanted]
     if not names:
         raise DataError(f"{partition} lists no image of split {split!r} (partition {wanted}) — {fix}")
     present = {e.name: e for e in os.scandir(folder)}
@@ -546,6 +559,46 @@ def celeba_files(data_dir, split: str) -> list[Path]:
             "replace them with the original files"
         )
     return [folder / n for n in names]
+
+
+def _read_partition(partition: Path, fix: str) -> dict[str, str]:
+    """{file name: "0"|"1"|"2"} of list_eval_partition.txt, in its order. A UTF-8 BOM and CRLF line
+    ends are accepted; a name listed twice (in one split or two) is refused, since an image in two
+    splits would put training images in the test set."""
+    try:
+        text = partition.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {partition}: {e} — {fix}") from None
+    parts: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    repeated: list[tuple[str, int, str]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise DataError(f"line {number} of {partition} is {line.strip()[:60]!r}, want '<file>.jpg 0|1|2' — {fix}")
+        name, part = fields
+        if name in parts:
+            repeated.append((name, number, part))
+        else:
+            parts[name], lines[name] = part, number
+    if repeated:
+        name, number, part = repeated[0]
+        raise DataError(
+            f"{partition} lists {_count({r[0] for r in repeated}, 'file')} more than once, e.g. {name} on line "
+            f"{lines[name]} ({_SPLIT_NAMES[parts[name]]}) and line {number} ({_SPLIT_NAMES[part]}): a file in two "
+            "splits would put training images in the test set -- replace list_eval_partition.txt with the "
+            "original from the CelebA download"
+        )
+    return parts
+
+
+_SPLIT_NAMES = {"0": "train", "1": "valid", "2": "test"}
+
+
+def _count(items, one: str, many: str | None = None) -> str:
+    return f"{len(items)} {one if len(items) == 1 else many or one + 's'}"
 
 
 # --------------------------------------------------------------------------------------------- tfds
@@ -810,5 +863,70 @@ def stream_batches(
 
         if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags (defaults suffice)
             flags.FLAGS.mark_as_parsed()
+        _start_quiet_resource_tracker()
         data = data.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-    return iter(data)
+    return _worker_deaths_reported(iter(data))
+
+
+def _worker_deaths_reported(batches):
+    """The batches of a Grain iterator; a worker process that died (killed by the out-of-memory
+    killer, say) is one ReadError. When the batches end early, the iterator is closed and its
+    queues and semaphores released at once: a process that exits right after (os._exit) then
+    leaves none behind for multiprocessing's resource tracker to report."""
+    died, finished = None, False
+    try:
+        yield from batches
+        finished = True
+        return
+    except RuntimeError as e:
+        died = re.search(r"Worker process was terminated unexpectedly with exit code (-?\d+)", str(e))
+        if not died:
+            raise
+    finally:
+        if not finished:
+            _close(batches)
+        del batches
+    # raised here, not in the except clause: the ReadError must not hold Grain's error, whose
+    # traceback holds the iterator (and its semaphores)
+    code = int(died.group(1))
+    how = f"killed by {signal_name(-code)}" if code < 0 else f"exit code {code}"
+    raise ReadError(
+        f"a data worker process died ({how}; the out-of-memory killer sends SIGKILL)",
+        "if memory is short, pass a lower --data-workers (0: threads, no worker processes)",
+    )
+
+
+def _start_quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker, before Grain's workers would, with its stderr on
+    /dev/null. A worker that is killed leaves the shared memory it had filled; the tracker frees
+    it when this process ends, and its report of that (a warning, sometimes tracebacks) would
+    follow vae-jax's one line on the console. Nothing if the tracker already runs."""
+    from multiprocessing import resource_tracker
+
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        resource_tracker.ensure_running()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _close(batches) -> None:
+    """Stop a Grain iterator's threads or worker processes now, and free what they held."""
+    import gc
+
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
+    gc.collect()
+
+
+def signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

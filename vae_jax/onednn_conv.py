@@ -25,6 +25,9 @@ Also training-mode batch normalization over NHWC float32 (batch_norm_train, see 
 
 The library is loaded, and its five targets registered for platform "cpu", on the first call
 (or by `load()`); `available()` says whether it can be. VAE_ONEDNN_CONV_LIB overrides the path.
+A library that is not built (at the default path) is the XLA forms, quietly: the extra is optional.
+One that is there (or named by VAE_ONEDNN_CONV_LIB) but missing, unloadable or stale (without the
+expected symbols) is one warning line per process, naming the rebuild command, and the XLA forms.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax.errors import warn
+
 LIB_ENV = "VAE_ONEDNN_CONV_LIB"
 DEFAULT_LIB = Path(__file__).resolve().parent.parent / "csrc" / "build" / "libvae_onednn_conv.so"
 _TARGETS = {
@@ -48,13 +53,19 @@ _TARGETS = {
     "vae_onednn_bn_bwd": "VaeOnednnBnBwd",
 }
 BUILD_HINT = "pip install -e '.[onednn]' && python -m vae_jax.onednn_build   (or: make onednn)"
+REBUILD = "rebuild it with `make onednn` (or `python -m vae_jax.onednn_build`)"
 
 
 class OnednnConvNotBuiltError(ImportError):
-    """The oneDNN convolution library is missing or cannot be loaded."""
+    """The oneDNN convolution library is missing, cannot be loaded or is stale. args: (the problem,)."""
+
+    def __str__(self) -> str:
+        return f"{self.args[0]} -- {REBUILD}"
 
 
 _lib: ctypes.CDLL | None = None
+_failure: OnednnConvNotBuiltError | None = None  # why it cannot be used, once found out: tried once
+_warned = False
 
 
 def lib_path() -> Path:
@@ -63,25 +74,50 @@ def lib_path() -> Path:
 
 def load() -> ctypes.CDLL:
     """Loads the library and registers its FFI targets (once). Raises OnednnConvNotBuiltError."""
-    global _lib
+    global _lib, _failure
     if _lib is None:
-        path = lib_path()
-        if not path.is_file():
-            raise OnednnConvNotBuiltError(f"oneDNN conv library not found at {path}; build it: {BUILD_HINT}")
-        try:
-            lib = ctypes.cdll.LoadLibrary(str(path))
-        except OSError as e:
-            raise OnednnConvNotBuiltError(f"cannot load {path} ({e}); rebuild it: {BUILD_HINT}") from e
-        for target, symbol in _TARGETS.items():
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
-        _lib = lib
+        if _failure is None:
+            try:
+                _lib = _open(lib_path())
+            except OnednnConvNotBuiltError as e:
+                _failure = e
+        if _lib is None:
+            assert _failure is not None
+            raise _failure
     return _lib
 
 
+def _open(path: Path) -> ctypes.CDLL:
+    """The library at `path` with its FFI targets registered; every symbol is looked up before the
+    first is registered, so a stale build registers nothing."""
+    if not path.is_file():
+        raise OnednnConvNotBuiltError(f"the oneDNN library {path} is missing")
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(path))
+    except OSError as e:
+        raise OnednnConvNotBuiltError(f"the oneDNN library {path} cannot be loaded ({str(e)[-120:]})") from None
+    missing = [symbol for symbol in _TARGETS.values() if not hasattr(lib, symbol)]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise OnednnConvNotBuiltError(
+            f"the oneDNN library {path} is stale (no symbol {missing[0]}{more}: built from an older "
+            "csrc/onednn_conv.cc, or another library)"
+        )
+    for target, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    return lib
+
+
 def available() -> bool:
+    """Whether the library can be used. When it cannot, though it is there or VAE_ONEDNN_CONV_LIB
+    names it: one warning line (once per process) naming the rebuild command; the XLA forms run."""
+    global _warned
     try:
         load()
-    except OnednnConvNotBuiltError:
+    except OnednnConvNotBuiltError as e:
+        if not _warned and (os.environ.get(LIB_ENV) or os.path.lexists(DEFAULT_LIB)):
+            _warned = True
+            warn(f"{e.args[0]}, so the convolutions run in XLA's forms -- {REBUILD}")
         return False
     return True
 

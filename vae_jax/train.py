@@ -25,7 +25,7 @@ from flax import nnx
 
 from vae_jax import __version__, evaluate, input_pipeline, losses, models
 from vae_jax.config import FLOAT32_MAX, KINDS, Config, option, option_name  # noqa: F401 -- train.Config, as callers use it
-from vae_jax.errors import ConfigError
+from vae_jax.errors import ConfigError, DataError
 from vae_jax.files import atomic_dir, check_replaceable
 
 
@@ -481,16 +481,18 @@ def device_memory_bytes() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_memory(config: Config, image_shape, *, training: bool = True) -> None:
+def check_memory(config: Config, image_shape, *, training: bool = True, examples: int | None = None) -> None:
     """ConfigError, before anything is allocated, for a run that cannot fit in memory: the weights
     with their gradients and Adam's two moments (4 copies), and a batch's activations (estimated as
     8 float32 copies of input, hidden and latent sizes per sample and importance sample).
-    training=False: only the weights and Adam's state (reading a trained run)."""
+    examples: the size of the largest split, which bounds the batch (a --batch-size above it is one
+    full-data batch). training=False: only the weights and Adam's state (reading a trained run)."""
     abstract = nnx.eval_shape(lambda: build_model(config, image_shape, rngs=nnx.Rngs(0)))
     params = sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     width = math.prod(image_shape) + int(config.hidden_dim or 400) + int(getattr(abstract, "latent_dim", 0))
     weights = 4 * 4 * params
-    activations = 8 * 4 * int(config.batch_size) * int(config.train_k) * width if training else 0
+    batch = min(int(config.batch_size), int(examples)) if examples is not None else int(config.batch_size)
+    activations = 8 * 4 * batch * int(config.train_k) * width if training else 0
     have = device_memory_bytes()
     if weights + activations > 0.8 * have:
         lower = "--latent-dim or --hidden-dim" if weights > activations else "--batch-size or --train-k"
@@ -544,10 +546,41 @@ def train_and_evaluate(
     """Train `config.model` on `config.dataset`, writing into `workdir`:
 
     metrics.jsonl (one JSON object per epoch), config.json, checkpoints/ (orbax, at each epoch's end,
-    every --checkpoint-every steps and at --max-steps), figures/*.png at the end, summary.json.
+    every --checkpoint-every steps and at --max-steps), figures/*.png at the end, summary.json
+    (with "conv_form": "onednn" or "xla", the form the convolutions ran in).
     Returns the summary. In a multi-process run (jax.distributed) every process calls this; only
     process 0 writes files other than checkpoints.
+
+    Data that fails while read (a damaged image, a data worker killed) is a DataError that names
+    the checkpoint kept and the command that continues the run.
     """
+    try:
+        return _train_and_evaluate(config, workdir, resume=resume, restart=restart, log=log)
+    except input_pipeline.ReadError as e:
+        raise DataError(f"{e}, then {how_to_continue(workdir)}") from None
+
+
+def how_to_continue(workdir) -> str:
+    """The command that continues a run after a failure, and what it continues from (read from disk)."""
+    from vae_jax.checkpoints import latest_step_on_disk
+
+    workdir = Path(workdir)
+    if not (workdir / "config.json").is_file():
+        return "run the same command again (nothing of this run was written yet)"
+    step = latest_step_on_disk(workdir)
+    kept = f"the checkpoint of step {step} is kept" if step else "no checkpoint was written yet"
+    return f"continue with `vae-jax train --workdir {workdir} --resume` ({kept})"
+
+
+def conv_form_name(model) -> str:
+    """'onednn' when the model's convolutions run on oneDNN's kernels, else 'xla' (the XLA forms)."""
+    from vae_jax import layers
+
+    onednn = (layers.OnednnConv, layers.OnednnConvTranspose)
+    return "onednn" if any(isinstance(m, onednn) for _, m in nnx.iter_graph(model)) else "xla"
+
+
+def _train_and_evaluate(config: Config, workdir, *, resume: bool, restart: bool, log) -> dict[str, Any]:
     from vae_jax import checkpoints  # orbax is imported only when a run checkpoints
 
     t_start = time.perf_counter()
@@ -575,10 +608,11 @@ def train_and_evaluate(
         image_shape = train_ds.image_shape
 
         check_model_fits(config, image_shape)
-        check_memory(config, image_shape)
+        check_memory(config, image_shape, examples=max(len(train_ds), len(test_ds)))
         root = jax.random.key(config.seed)
         model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, KeyPurpose.INIT)))
         config = run.config = resolved_sizes(config, model)  # config.json and summary.json say the sizes used
+        conv_form = conv_form_name(model)
         check_figures_fit(config, model, test_ds)
         spe = steps_per_epoch(config, train_ds)
         trainer = Trainer(model, config, steps_per_epoch=spe)
@@ -686,6 +720,7 @@ def train_and_evaluate(
         "wall_time_s": wall,
         "final": final or (history[-1] if history else None),
         "parts": getattr(run, "parts", None),
+        "conv_form": conv_form,
     }
     model = trainer.merge(jax.tree.map(to_host, state))
     if config.iwae_k:
