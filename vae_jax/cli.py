@@ -242,6 +242,14 @@ def _run(args):
             config = train.Config(**kw)
         except TypeError as e:
             raise ConfigError(f"{Path(workdir) / 'config.json'} is damaged ({e}) -- restore it") from None
+        same = {  # every process of a multi-process run must train this run (--no-figures: given or not)
+            train.option_name(f): (not v if "flag" in f.metadata else v)
+            for f in dataclasses.fields(config)
+            for v in [getattr(config, f.name)]
+        }
+        distributed.check_same_options(
+            {**same, "--workdir": os.path.abspath(workdir), "--resume": args.resume, "--restart": args.restart}
+        )
         train.train_and_evaluate(config, workdir, resume=args.resume, restart=args.restart)
         return 0
 
