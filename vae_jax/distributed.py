@@ -30,6 +30,7 @@ import re
 import signal
 import socket
 import sys
+from typing import NoReturn
 
 from vae_jax.errors import ConfigError, ConsoleStderr
 
@@ -127,8 +128,7 @@ def _check_port_free(port: int) -> None:
 
 
 def _supervise(address: str | None, n: int | None, process_id: int | None) -> int:
-    """Fork. The child returns (the fd on which it says that it joined); the parent waits for it and
-    exits with its code, writing the one line itself where JAX's coordination service aborted it."""
+    """Fork. The child returns the fd on which it says that it joined; the parent waits for it (_watch)."""
     import tempfile
 
     relay_r, relay_w = os.pipe()  # the child's vae-jax line, passed on by the parent
@@ -138,21 +138,27 @@ def _supervise(address: str | None, n: int | None, process_id: int | None) -> in
     sys.stdout.flush()
     sys.stderr.flush()
     child = os.fork()
-    if child == 0:
-        os.close(relay_r)
-        os.close(joined_r)
-        import ctypes
+    if child:
+        os.close(relay_w)
+        os.close(joined_w)
+        _watch(child, relay_r, joined_r, log, address, n, process_id)
+    os.close(relay_r)
+    os.close(joined_r)
+    import ctypes
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: end with the parent
-        if os.getppid() != parent:
-            os._exit(2)
-        # Python's own output (progress bars, warnings) still reaches the console; fd 2 goes to the log
-        sys.stderr = open(os.dup(2), "w", buffering=1, errors="backslashreplace")  # noqa: SIM115
-        os.dup2(log.fileno(), 2)
-        ConsoleStderr.saved_fd = relay_w  # where the CLI writes its one line (errors.ConsoleStderr)
-        return joined_w
-    os.close(relay_w)
-    os.close(joined_w)
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: end with the parent
+    if os.getppid() != parent:
+        os._exit(2)
+    # Python's own output (progress bars, warnings) still reaches the console; fd 2 goes to the log
+    sys.stderr = open(os.dup(2), "w", buffering=1, errors="backslashreplace")  # noqa: SIM115
+    os.dup2(log.fileno(), 2)
+    ConsoleStderr.saved_fd = relay_w  # where the CLI writes its one line (errors.ConsoleStderr)
+    return joined_w
+
+
+def _watch(child, relay_r, joined_r, log, address, n, process_id) -> NoReturn:
+    """The parent: pass the child's line and exit code on; one line of its own where a signal ended
+    the child before it wrote one (JAX's coordination service aborts the process it finds in error)."""
     forwarded = set()
 
     def forward(sig, frame):
@@ -172,9 +178,15 @@ def _supervise(address: str | None, n: int | None, process_id: int | None) -> in
     died_of = os.WTERMSIG(status)
     if spoke or died_of in forwarded:
         os._exit(2 if spoke else 128 + died_of)
-    reason = _jax_reason(log) or signal.Signals(died_of).name
+    reason = _jax_reason(log)
     me = f"process {process_id}" if process_id is not None else "this process"
-    if os.read(joined_r, 1):
+    if not reason:
+        hint = " (out of memory?)" if died_of == signal.SIGKILL else ""
+        line = (
+            f"{me} was ended by {signal.Signals(died_of).name} -- see the system log{hint}, then restart "
+            "every process (--resume keeps what was trained)"
+        )
+    elif os.read(joined_r, 1):
         line = (
             f"JAX's coordination service stopped {me} ({reason}): another process of this run failed, "
             "stopped answering or was started twice with the same --process-id -- see the other processes' "
@@ -183,8 +195,8 @@ def _supervise(address: str | None, n: int | None, process_id: int | None) -> in
     else:
         line = (
             f"{me} could not join the multi-process run{f' at {address}' if address else ''} within "
-            f"{INIT_TIMEOUT_S} s ({reason}) -- start all {n or 'the'} processes with the same "
-            "--coordinator-address and --num-processes, each with its own --process-id, process 0 first"
+            f"{INIT_TIMEOUT_S} s ({reason}) -- start all {n or 'the'} processes within {INIT_TIMEOUT_S} s, with "
+            "the same --coordinator-address and --num-processes, each with its own --process-id"
         )
     os.write(2, f"vae-jax: error: {line}\n".encode())
     os._exit(2)
