@@ -312,6 +312,14 @@ def _train(args):
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     _check_platform()
+    same = {  # every process of a multi-process run must train this run (--no-figures: given or not)
+        option_name(f): (not v if "flag" in f.metadata else v)
+        for f in dataclasses.fields(config)
+        for v in [getattr(config, f.name)]
+    }
+    distributed.check_same_options(
+        {**same, "--workdir": os.path.abspath(workdir), "--resume": args.resume, "--restart": args.restart}
+    )
     train.train_and_evaluate(config, workdir, resume=args.resume, restart=args.restart)
     return 0
 
