@@ -130,6 +130,11 @@ class RunDir:
                     f"nothing to resume in {self.dir}: no config.json -- drop --resume to start a new run"
                 )
             self._saved = read_config(self.config_path)
+            sizes = {k: self._saved[k] for k in ("latent_dim", "hidden_dim") if self._saved.get(k) is not None}
+            # sizes left to the default (None) are the run's: its config.json holds the ones it used
+            self.config = config = dataclasses.replace(
+                config, **{k: v for k, v in sizes.items() if getattr(config, k) is None}
+            )
             self._check_same_config(self._saved)
         elif has_run and not restart:
             what = "a run" if self.config_path.exists() else "files (not a vae-jax run)"

@@ -597,6 +597,7 @@ def _train_and_evaluate(config: Config, workdir, *, resume: bool, restart: bool,
     if resume and restart:
         raise ConfigError("--resume continues a run, --restart starts it again: pass one of them")
     run = checkpoints.RunDir(workdir, config, resume=resume, restart=restart)
+    config = run.config  # a resume's sizes left to the default are the run's
     with run.removed_if_unused():  # a run that fails before its first file leaves no folder
         if config.figures and (workdir / "figures").exists():  # replaced at the end: refused now, not then
             check_replaceable(workdir / "figures", "the figures folder")
