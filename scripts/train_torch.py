@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from vae_jax.errors import ConfigError, DataError, VaeJaxError, machine_failure
 from vae_jax.files import atomic_write, lock_run_dir
-from vae_jax.train import KINDS
+from vae_jax.config import KINDS
 from vae_torch_ref import models as tm
 from vae_torch_ref import train as tt
 from vae_torch_ref.data import mnist_datasets
@@ -213,7 +213,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _kind(kind):
-    """An argparse type for a value of vae_jax.train.KINDS[kind] (the same checks as `vae-jax train`)."""
+    """An argparse type for a value of vae_jax.config.KINDS[kind] (the same checks as `vae-jax train`)."""
     cast, ok, what = KINDS[kind]
 
     def parse(s):

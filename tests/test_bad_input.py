@@ -355,7 +355,7 @@ def run_copy(trained_run, tmp_path):
     "extra, problem",
     [
         (["--model", "ae"], "--model 'ae' differs from the run's 'vae'"),
-        (["--hidden-dim", "32"], "--hidden-dim 32 differs from the run's None"),
+        (["--hidden-dim", "32"], "--hidden-dim 32 differs from the run's 400"),  # the size it used
         (["--batch-size", "32"], "--batch-size 32 differs from the run's 64"),
     ],
     ids=["model", "hidden_dim", "batch_size"],

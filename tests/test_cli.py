@@ -34,7 +34,7 @@ def test_every_config_field_is_a_train_option_with_its_default():
     options = {s: a for a in t._actions for s in a.option_strings}
     assert {f.name for f in dataclasses.fields(train.Config)} - {f.name for f in OPTION_FIELDS} == {"checkpoint"}
     for f in OPTION_FIELDS:
-        assert train.option_name(f) in options, f.name
+        assert config.option_name(f) in options, f.name
     args = parser.parse_args(["train"])
     assert train.Config(**cli._config_options(args)) == train.Config()
     for f in OPTION_FIELDS:  # and each one reaches its field
@@ -42,12 +42,12 @@ def test_every_config_field_is_a_train_option_with_its_default():
             value, argv = False, [f.metadata["flag"]]
         elif "choices" in f.metadata:
             value = next(c for c in f.metadata["choices"] if c != f.default)
-            argv = [train.option_name(f), value]
+            argv = [config.option_name(f), value]
         elif "kind" in f.metadata:
             value = 3 if "int" in f.metadata["kind"] else 0.5
-            argv = [train.option_name(f), str(value)]
+            argv = [config.option_name(f), str(value)]
         else:
-            value, argv = "x", [train.option_name(f), "x"]
+            value, argv = "x", [config.option_name(f), "x"]
         assert cli._config_options(parser.parse_args(["train", *argv]))[f.name] == value, f.name
         assert cli._given_options(["train", *argv], "train") & {f.name} == {f.name}, f.name
 
@@ -109,7 +109,7 @@ def test_help_shows_every_option_and_its_default():
     _, t = train_parser()
     text = " ".join(t.format_help().split())
     for f in OPTION_FIELDS:
-        assert train.option_name(f) in text
+        assert config.option_name(f) in text
     formatter = t._get_formatter()
     for action in t._actions[1:]:  # after -h
         assert "%(default)s" in formatter._get_help_string(action), action.option_strings
@@ -136,12 +136,12 @@ def test_bad_dataset_lists_the_registry(tmp_path, capsys):
 
 @pytest.mark.parametrize("field", [f for f in OPTION_FIELDS if "kind" in f.metadata], ids=lambda f: f.name)
 def test_each_kind_is_checked_by_argparse_and_by_validate(field, capsys):
-    name, bad = train.option_name(field), BAD[field.metadata["kind"]]
-    expected = train.KINDS[field.metadata["kind"]][2]
+    name, bad = config.option_name(field), BAD[field.metadata["kind"]]
+    expected = config.KINDS[field.metadata["kind"]][2]
     code, err = run_cli(["train", name, bad], capsys)
     assert code == 2 and f"argument {name}: expected {expected}, got {bad}" in err, err
     with pytest.raises(ConfigError, match=f"{name} must be"):
-        train.Config(**{field.name: train.KINDS[field.metadata["kind"]][0](bad)}).validate()
+        train.Config(**{field.name: config.KINDS[field.metadata["kind"]][0](bad)}).validate()
 
 
 def test_a_model_that_does_not_fit_the_images_names_those_that_do(tmp_path, capsys, monkeypatch):

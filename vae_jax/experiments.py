@@ -94,7 +94,7 @@ def posterior(model, x, y, batch_size=1000):
     """(mu, logvar) of q(z|x) for every image, as numpy arrays."""
     mus, lvs = [], []
     for a in range(0, x.shape[0], batch_size):
-        xin, cond = train.model_inputs(model, x[a : a + batch_size], y[a : a + batch_size])
+        xin, cond = models.model_inputs(model, x[a : a + batch_size], y[a : a + batch_size])
         mu, lv = model.encode(xin, *cond)
         mus.append(np.asarray(mu))
         lvs.append(np.asarray(lv))
@@ -116,7 +116,7 @@ def recon_scores(model, x, y, key, batch_size=1000):
     decode(z), z ~ q(z|x) drawn once from `key`, plus the KL: both models on one scale."""
     bce = sse = kl = 0.0
     for i, a in enumerate(range(0, x.shape[0], batch_size)):
-        xin, cond = train.model_inputs(model, x[a : a + batch_size], y[a : a + batch_size])
+        xin, cond = models.model_inputs(model, x[a : a + batch_size], y[a : a + batch_size])
         logits, mu, lv = model.forward_logits(xin, jax.random.fold_in(key, i), *cond)
         bce += float(jnp.sum(losses.reconstruction_per_sample(logits, xin, "bce_logits")))
         sse += float(jnp.sum(losses.reconstruction_per_sample(jax.nn.sigmoid(logits), xin, "gaussian")))
@@ -495,7 +495,7 @@ def mse_vs_bce(ctx):
             }
         )
         series[name] = (_epochs(hist), [[m["test_recon"] for m in hist], [m["test_kl"] for m in hist]])
-        xin, cond = train.model_inputs(model, x[:10], y[:10])
+        xin, cond = models.model_inputs(model, x[:10], y[:10])
         recons[name] = np.asarray(model.decode(model.encode(xin, *cond)[0], *cond))
     assert x is not None  # set by the loop over the two runs
     shape = image_shape_of(test_ds)

@@ -11,7 +11,6 @@ import collections
 import dataclasses
 import enum
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,13 +19,14 @@ from typing import Any, cast
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from vae_jax import __version__, evaluate, input_pipeline, losses, models
-from vae_jax.config import FLOAT32_MAX, KINDS, Config, option, option_name  # noqa: F401 -- train.Config, as callers use it
+from vae_jax import __version__, evaluate, input_pipeline
+from vae_jax.config import Config
 from vae_jax.errors import ConfigError, DataError
 from vae_jax.files import atomic_dir, check_replaceable
+from vae_jax.preflight import build_model, check_figures_fit, check_memory, check_model_fits
+from vae_jax.trainer import Trainer, loss_terms, to_host, zero_sums  # noqa: F401 -- train.loss_terms, as callers use it
 
 
 class KeyPurpose(enum.IntEnum):
@@ -55,20 +55,6 @@ def purpose_key(seed: int, purpose: KeyPurpose):
 MEMORY_BYTES = 64 * 2**20
 
 
-def learning_rate(config: Config, steps_per_epoch: int | None):
-    """Adam's learning rate: the constant --lr, or a cosine decay from --lr to 0 over the run's steps."""
-    if config.lr_schedule == "constant":
-        return config.lr
-    if not steps_per_epoch:
-        raise ConfigError(f"--lr-schedule {config.lr_schedule} needs the number of steps per epoch")
-    return optax.cosine_decay_schedule(config.lr, decay_steps=int(config.epochs) * int(steps_per_epoch))
-
-
-def build_model(config: Config, image_shape, num_classes=10, *, rngs):
-    """The model named by config, sized for the data (as its vae_jax.models.REGISTRY entry says)."""
-    return models.REGISTRY[config.model].build(config, image_shape, num_classes, rngs=rngs)
-
-
 def resolved_sizes(config: Config, model) -> Config:
     """`config` with the sizes the model was built with where it left them to the chapter's defaults."""
     latent, hidden = getattr(model, "latent_dim", None), getattr(model, "hidden_dim", None)
@@ -84,188 +70,6 @@ def kl_weight_for(config: Config, epoch: int) -> float:
     if config.kl_anneal_epochs <= 0:
         return 1.0
     return min(1.0, epoch / config.kl_anneal_epochs)
-
-
-model_inputs = models.model_inputs  # where it lives: vae_jax.models
-
-
-def loss_terms(model, x, y, key, *, recon, beta, kl_weight, eps=None, k=1):
-    """(total, (recon_loss, kl_loss)) summed over the batch: the one ELBO every model trains on.
-
-    k > 1: total is minus the IWAE bound with k samples per image (Burda et al. 2016; Bernoulli
-    decoder, beta = kl_weight = 1), a tighter bound on -log p(x) than the ELBO; recon_loss is then
-    the mean over the k samples and kl_loss the analytic KL, reported as for the ELBO. eps: (k, B, D).
-    """
-    x, cond = model_inputs(model, x, y)
-    if k > 1:
-        mu, logvar = model.encode(x, *cond)
-        eps = models.draw_eps(key, (k, *mu.shape), mu.dtype, eps)
-        logw, log_px_z = losses.importance_log_weights(model.decode_logits, x, cond, mu, logvar, eps)
-        total = -jnp.sum(jax.nn.logsumexp(logw, axis=0) - math.log(k))
-        return total, (-jnp.sum(log_px_z) / k, jnp.sum(losses.kl_divergence_gaussian(mu, logvar)))
-    logits, mu, logvar = model.forward_logits(x, key, *cond, eps=eps)
-    out = logits if recon == "bce_logits" else jax.nn.sigmoid(logits)
-    total, rec, kl = losses.elbo(out, x, mu, logvar, recon=recon, beta=beta, kl_weight=kl_weight)
-    return total, (rec, kl)
-
-
-class Trainer:
-    """Holds the model's graph definitions and the jitted steps; the state is a plain pytree.
-
-    state = {"params", "batch_stats", "opt_state", "step"}
-    """
-
-    def __init__(self, model, config: Config, steps_per_epoch: int | None = None):
-        self.config = config
-        model.train()
-        # nnx.split's return type leaves the number of states open; two filters give two
-        self.graphdef, params, batch_stats = cast(
-            tuple[nnx.GraphDef, nnx.State, nnx.State], nnx.split(model, nnx.Param, nnx.BatchStat)
-        )
-        model.eval()
-        self.eval_graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
-        model.train()
-        self.tx = optax.adam(learning_rate(config, steps_per_epoch))
-        self._init_state = {
-            "params": params,
-            "batch_stats": batch_stats,
-            "opt_state": self.tx.init(params),
-            "step": jnp.zeros((), jnp.int32),
-            "sums": zero_sums(),
-        }
-        # The state is donated: XLA updates parameters and Adam moments in place; a state passed in
-        # is consumed -- use the one returned.
-        # Two entry points to the one step: data on the device (batch gathered by index inside the
-        # step), or a batch streamed from the host.
-        self.train_step = jax.jit(self._train_step, donate_argnums=(0,))
-        self.batch_train_step = jax.jit(self._step, donate_argnums=(0,))
-        self.eval_step = jax.jit(self._eval_step)
-        self.batch_eval_step = jax.jit(self._eval)
-        self.mesh: jax.sharding.Mesh | None = None
-
-    @property
-    def init_state(self):
-        """A fresh copy of the initial state (the train step consumes the state it is given)."""
-        return jax.tree.map(jnp.copy, self._init_state)
-
-    def shard(self, devices: int):
-        """Data parallelism over the first `devices` devices (one host or many after
-        jax.distributed.initialize()): state and data replicated, each batch's indices split along
-        the mesh's 'data' axis, so XLA partitions the step and all-reduces the gradients. The batch
-        is the GLOBAL batch: results equal a single-device run up to float summation order."""
-        from jax.sharding import Mesh, NamedSharding
-        from jax.sharding import PartitionSpec as P
-
-        have = jax.device_count()
-        if devices > have:
-            raise ConfigError(
-                f"--devices {devices} asks for more devices than JAX sees ({have}): on CPU set "
-                f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}, or lower --devices"
-            )
-        self.mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
-        self._replicated = NamedSharding(self.mesh, P())
-        self._split = NamedSharding(self.mesh, P("data"))
-
-    def replicate(self, tree):
-        return tree if self.mesh is None else jax.device_put(tree, self._replicated)
-
-    def place_batch(self, idx):
-        """Split a batch's indices over the mesh (replicated when its size does not divide evenly)."""
-        if self.mesh is None:
-            return idx
-        n = self.mesh.devices.size
-        return jax.device_put(idx, self._split if idx.shape[0] % n == 0 else self._replicated)
-
-    def merge(self, state, train=False):
-        return nnx.merge(self.graphdef if train else self.eval_graphdef, state["params"], state["batch_stats"])
-
-    def put(self, tree):
-        """Host arrays -> device arrays, replicated over the mesh when there is one (every process
-        passes the same values)."""
-        if self.mesh is None:
-            return jax.device_put(tree)
-        return jax.tree.map(lambda a: jax.make_array_from_process_local_data(self._replicated, np.asarray(a)), tree)
-
-    def batch_rows(self, rows: int) -> slice:
-        """The rows of a global batch of `rows` that this process supplies (all of them on one process)."""
-        n = 1 if self.mesh is None else self.mesh.devices.size
-        if rows % n:
-            return slice(None)
-        return input_pipeline.process_rows(rows, jax.process_index(), jax.process_count())
-
-    def put_batch(self, arrays, rows: int):
-        """This process's rows of a global batch of `rows` -> global device arrays, split along the mesh's
-        'data' axis (replicated when `rows` does not divide by the device count)."""
-        if self.mesh is None:
-            return jax.device_put(arrays)
-        sharding = self._split if rows % self.mesh.devices.size == 0 else self._replicated
-        return tuple(jax.make_array_from_process_local_data(sharding, a, (rows, *a.shape[1:])) for a in arrays)
-
-    def _prepare(self, x, key):
-        """(x as float32, eps_key): uint8 pixels -> [0, 1]; dynamic binarization draws from the step's key."""
-        x = input_pipeline.to_float(x)
-        bin_key, eps_key = jax.random.split(key)
-        if self.config.binarize == "dynamic":
-            x = jax.random.bernoulli(bin_key, x).astype(x.dtype)
-        return x, eps_key
-
-    def _step(self, state, x, y, key, kl_weight, eps=None):
-        """The one train step: an Adam step on the batch (x, y) -> (state, metrics).
-
-        state["sums"] accumulates the epoch's loss sums. eps: the reparameterization noise, when given
-        (cross-framework comparisons); else drawn from key."""
-        cfg = self.config
-        x, eps_key = self._prepare(x, key)
-
-        def loss_fn(params):
-            model = nnx.merge(self.graphdef, params, state["batch_stats"], copy=True)
-            total, aux = loss_terms(
-                model, x, y, eps_key, recon=cfg.recon, beta=cfg.beta, kl_weight=kl_weight, eps=eps, k=int(cfg.train_k)
-            )
-            return total, (aux, nnx.state(model, nnx.BatchStat))
-
-        (total, ((rec, kl), batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": total, "recon": rec, "kl": kl}
-        new = {
-            "params": params,
-            "batch_stats": batch_stats,
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-            "sums": jax.tree.map(jnp.add, state["sums"], metrics),
-        }
-        return new, metrics
-
-    def _train_step(self, state, images, labels, idx, key, kl_weight, eps=None):
-        """The train step on the batch images[idx] (the whole split on the device)."""
-        return self._step(state, images[idx], labels[idx], key, kl_weight, eps)
-
-    def _eval(self, state, x, y, key, kl_weight):
-        """Loss sums on a batch in eval mode, z sampled as in the chapter's test_epoch.
-
-        Always the ELBO (one z per image), whatever --train-k: test losses of runs compare."""
-        cfg = self.config
-        x, eps_key = self._prepare(x, key)
-        model = self.merge(state)
-        total, (rec, kl) = loss_terms(model, x, y, eps_key, recon=cfg.recon, beta=cfg.beta, kl_weight=kl_weight)
-        return {"loss": total, "recon": rec, "kl": kl}
-
-    def _eval_step(self, state, images, labels, idx, key, kl_weight):
-        return self._eval(state, images[idx], labels[idx], key, kl_weight)
-
-
-def zero_sums():
-    """The running loss sums of an epoch (kept in the train state, so a checkpoint inside an epoch
-    resumes it exactly)."""
-    return {k: jnp.zeros((), jnp.float32) for k in ("loss", "recon", "kl")}
-
-
-def to_host(x):
-    """A (replicated) device value as numpy; in a multi-process run this process's copy."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        x = x.addressable_data(0)
-    return np.asarray(x)
 
 
 class Feed:
@@ -433,92 +237,6 @@ def train_epoch(trainer, state, feeds, config, epoch):
     return state, epoch_metrics(trainer, state, feeds, config, epoch, time.perf_counter() - t0, spe)
 
 
-def _fit_error(config: Config, image_shape):
-    """None when the model runs on images of `image_shape`, else the exception.
-
-    Traced with abstract values only (jax.eval_shape): nothing is initialized or computed.
-    """
-
-    def loss():
-        model = build_model(config, image_shape, rngs=nnx.Rngs(0))
-        model.eval()
-        x, y = jnp.zeros((1, *image_shape), jnp.float32), jnp.zeros((1,), jnp.int32)
-        return loss_terms(model, x, y, jax.random.key(0), recon=config.recon, beta=config.beta, kl_weight=1.0)[0]
-
-    try:
-        jax.eval_shape(loss)
-    except (TypeError, ValueError) as e:
-        return e
-    return None
-
-
-def check_model_fits(config: Config, image_shape):
-    """ConfigError unless the model runs on images of `image_shape`; the message names the registered
-    models that do."""
-    e = _fit_error(config, image_shape)
-    if e is None:
-        return
-    detail = (str(e).strip().splitlines() or [""])[0][:160]
-    fitting = [
-        name
-        for name in models.REGISTRY
-        if _fit_error(dataclasses.replace(config, model=name, latent_dim=None, hidden_dim=None), image_shape) is None
-    ]
-    raise ConfigError(
-        f"--model {config.model} does not fit the {config.dataset} images of shape {tuple(image_shape)} "
-        f"({type(e).__name__}: {detail}) -- use a model that does: {', '.join(fitting) or 'none is registered'}"
-    )
-
-
-def device_memory_bytes() -> int:
-    """Memory of the first device: the accelerator's limit, or the host's RAM for the CPU."""
-    try:
-        stats = jax.local_devices()[0].memory_stats() or {}
-    except Exception:  # noqa: BLE001 -- backends without memory statistics
-        stats = {}
-    if stats.get("bytes_limit"):
-        return int(stats["bytes_limit"])
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def check_memory(config: Config, image_shape, *, training: bool = True, examples: int | None = None) -> None:
-    """ConfigError, before anything is allocated, for a run that cannot fit in memory: the weights
-    with their gradients and Adam's two moments (4 copies), and a batch's activations (estimated as
-    8 float32 copies of input, hidden and latent sizes per sample and importance sample).
-    examples: the size of the largest split, which bounds the batch (a --batch-size above it is one
-    full-data batch). training=False: only the weights and Adam's state (reading a trained run)."""
-    abstract = nnx.eval_shape(lambda: build_model(config, image_shape, rngs=nnx.Rngs(0)))
-    params = sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
-    width = math.prod(image_shape) + int(config.hidden_dim or 400) + int(getattr(abstract, "latent_dim", 0))
-    weights = 4 * 4 * params
-    batch = min(int(config.batch_size), int(examples)) if examples is not None else int(config.batch_size)
-    activations = 8 * 4 * batch * int(config.train_k) * width if training else 0
-    have = device_memory_bytes()
-    if weights + activations > 0.8 * have:
-        lower = "--latent-dim or --hidden-dim" if weights > activations else "--batch-size or --train-k"
-        raise ConfigError(
-            f"out of memory: this run needs about {(weights + activations) / 2**30:.1f} GiB "
-            f"({params:,} parameters with Adam's state, and a batch's activations), the device has "
-            f"{have / 2**30:.1f} GiB -- lower {lower}"
-        )
-
-
-def check_figures_fit(config: Config, model, test_ds) -> None:
-    """ConfigError, before any training, for a run whose figures would fail at its end."""
-    if not config.figures:
-        return
-    if getattr(model, "latent_dim", 2) < 2:
-        raise ConfigError(
-            f"--latent-dim {model.latent_dim}: the latent figures (scatter, manifold) need 2 or more "
-            "dimensions -- pass --latent-dim 2 or more, or --no-figures"
-        )
-    if len(test_ds) < 2:
-        raise ConfigError(
-            f"the figures need at least 2 test images, the test set has {len(test_ds)} -- raise "
-            "--test-limit or pass --no-figures"
-        )
-
-
 def load_data(config: Config):
     """(train, test) Datasets for the config; --train-limit/--test-limit select before decoding."""
     train = input_pipeline.load_dataset(config.dataset, "train", config.data_dir).take(config.train_limit)
@@ -580,10 +298,44 @@ def conv_form_name(model) -> str:
     return "onednn" if any(isinstance(m, onednn) for _, m in nnx.iter_graph(model)) else "xla"
 
 
+@dataclasses.dataclass
+class _Run:
+    """What a run's setup hands its loop and its end: the run directory, the data and their feeds, the
+    trainer, and where the run stands (state, step, the epochs' metrics so far)."""
+
+    dir: Any  # checkpoints.RunDir
+    config: Config
+    log: Any
+    train_ds: Any
+    test_ds: Any
+    root: jax.Array
+    trainer: Trainer
+    spe: int
+    feeds: tuple
+    conv_form: str
+    state: Any
+    step: int
+    history: list
+
+
 def _train_and_evaluate(config: Config, workdir, *, resume: bool, restart: bool, log) -> dict[str, Any]:
-    from vae_jax import checkpoints  # orbax is imported only when a run checkpoints
+    from vae_jax.summaries import Summaries
 
     t_start = time.perf_counter()
+    r = _setup(config, Path(workdir), resume=resume, restart=restart, log=log)
+    summaries = Summaries(workdir, enabled=r.config.tensorboard and r.dir.primary)
+    options = {**dataclasses.asdict(r.config), "image_shape": str(r.train_ds.image_shape)}
+    summaries.hparams(options, ("test/loss", "train/loss"))
+    t_run = time.perf_counter()
+    final = _fit(r, summaries, t_start)
+    return _finish(r, summaries, final, time.perf_counter() - t_run)
+
+
+def _setup(config: Config, workdir: Path, *, resume: bool, restart: bool, log) -> _Run:
+    """Everything checked before the first step (options, data, model, memory, figures), the state
+    restored or initialised, and config.json written; a failure before that leaves nothing behind."""
+    from vae_jax import checkpoints  # orbax is imported only when a run checkpoints
+
     config.validate()
     if jax.process_count() > 1:
         if config.devices != jax.device_count():
@@ -593,7 +345,6 @@ def _train_and_evaluate(config: Config, workdir, *, resume: bool, restart: bool,
             )
         if jax.process_index():
             log = lambda s: None  # noqa: E731 -- process 0 speaks for the run
-    workdir = Path(workdir)
     if resume and restart:
         raise ConfigError("--resume continues a run, --restart starts it again: pass one of them")
     run = checkpoints.RunDir(workdir, config, resume=resume, restart=restart)
@@ -607,13 +358,11 @@ def _train_and_evaluate(config: Config, workdir, *, resume: bool, restart: bool,
                 f"--model cvae needs labels, and dataset {config.dataset!r} has none: use mnist or digits"
             )
         image_shape = train_ds.image_shape
-
         check_model_fits(config, image_shape)
         check_memory(config, image_shape, examples=max(len(train_ds), len(test_ds)))
         root = jax.random.key(config.seed)
         model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, KeyPurpose.INIT)))
         config = run.config = resolved_sizes(config, model)  # config.json and summary.json say the sizes used
-        conv_form = conv_form_name(model)
         check_figures_fit(config, model, test_ds)
         spe = steps_per_epoch(config, train_ds)
         trainer = Trainer(model, config, steps_per_epoch=spe)
@@ -626,130 +375,131 @@ def _train_and_evaluate(config: Config, workdir, *, resume: bool, restart: bool,
         feeds = (Feed(train_ds, trainer, config), Feed(test_ds, trainer, config))  # 'memory' decodes all now
         history = run.read_metrics(upto_epoch=step // spe)
         run.write_config(image_shape, step)  # only once the options, the data and --init-from are known to work
-    state = trainer.put(jax.tree.map(to_host, state))
     if step:
         log(f"resumed from step {step} (epoch {step // spe + 1}, batch {step % spe} of {spe}) in {workdir}")
+    state = trainer.put(jax.tree.map(to_host, state))
+    return _Run(
+        run, config, log, train_ds, test_ds, root, trainer, spe, feeds, conv_form_name(model), state, step, history
+    )
+
+
+def _fit(r: _Run, summaries, t_start: float) -> dict[str, Any] | None:
+    """The optimizer steps up to --epochs (or --max-steps), cut at epoch ends and --checkpoint-every;
+    returns the last evaluation (None when there was nothing left to train)."""
+    config, spe = r.config, r.spe
     last = config.epochs * spe if not config.max_steps else min(config.epochs * spe, config.max_steps)
-    final: dict[str, Any] | None = None
-    epoch_time, t_run, first_step = 0.0, time.perf_counter(), []
+    final, epoch_time, first_step = None, 0.0, []
 
     def first_step_done(loss):
         first_step.append(loss)
-        log(f"first step done {time.perf_counter() - t_start:.1f}s after the run started (loss {loss:.2f})")
+        r.log(f"first step done {time.perf_counter() - t_start:.1f}s after the run started (loss {loss:.2f})")
 
-    from vae_jax.summaries import Summaries
-
-    summaries = Summaries(workdir, enabled=config.tensorboard and run.primary)
-    summaries.hparams({**dataclasses.asdict(config), "image_shape": str(image_shape)}, ("test/loss", "train/loss"))
-    shown_x, shown_y = device_arrays(test_ds.take(8))  # TensorBoard shows them reconstructed after each epoch
-    while step < last:
-        epoch, start = step // spe + 1, step % spe
+    while r.step < last:
+        epoch, start = r.step // spe + 1, r.step % spe
         stop = min(spe, last - (epoch - 1) * spe)
         if config.checkpoint_every:
-            stop = min(stop, (step // config.checkpoint_every + 1) * config.checkpoint_every - (epoch - 1) * spe)
+            stop = min(stop, (r.step // config.checkpoint_every + 1) * config.checkpoint_every - (epoch - 1) * spe)
         t0 = time.perf_counter()
         try:
             announce = None if first_step else first_step_done
-            state = train_part(trainer, state, feeds[0], config, epoch, start, stop, announce, summaries)
-            epoch_time += time.perf_counter() - t0
-            step = (epoch - 1) * spe + stop
-            if stop == spe:
-                final = epoch_metrics(trainer, state, feeds, config, epoch, epoch_time, spe)
+            r.state = train_part(r.trainer, r.state, r.feeds[0], config, epoch, start, stop, announce, summaries)
         except FloatingPointError as e:
-            kept = run.latest_step() if config.checkpoint else 0
-            raise FloatingPointError(
-                f"{e}; "
-                + (
-                    f"the last good checkpoint (step {kept}) in {workdir} is kept: continue from it with "
-                    "--resume and a lower --lr"
-                    if kept
-                    else "no checkpoint was written: start again here with --restart"
-                )
-            ) from None
-        if stop == spe:
-            assert final is not None  # set by epoch_metrics above when the epoch ends
-            epoch_time = 0.0
-            history.append(final)
-            run.append_metrics(final)
-            summaries.scalars(
-                step,
-                {
-                    **{
-                        f"{k.split('_')[0]}/{k.split('_')[1]}": final[k]
-                        for k in ("train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl")
-                    },
-                    "train/kl_weight": final["kl_weight"],
-                    "train/epoch_steps_per_sec": spe / max(final["train_time_s"], 1e-9),
-                },
-            )
-            if summaries.enabled:
-                pictures = evaluate.summary_images(
-                    trainer.merge(jax.tree.map(to_host, state)),
-                    shown_x,
-                    shown_y,
-                    key=jax.random.fold_in(root, KeyPurpose.SUMMARY_IMAGES),
-                )
-                summaries.images(step, pictures)
+            raise FloatingPointError(f"{e}; {_after_divergence(r)}") from None
+        epoch_time += time.perf_counter() - t0
+        r.step = (epoch - 1) * spe + stop
+        ended = epoch_metrics(r.trainer, r.state, r.feeds, config, epoch, epoch_time, spe) if stop == spe else None
+        if ended is not None:
+            final, epoch_time = ended, 0.0
+            _epoch_done(r, summaries, ended)
         if config.checkpoint:
-            run.save(step, state)
-        if stop == spe:
-            m = final
-            assert m is not None  # as above: the epoch ended
-            log(
-                f"Epoch {epoch}/{config.epochs}  Train - Loss: {m['train_loss']:.4f}, Recon: {m['train_recon']:.4f}, "
-                f"KL: {m['train_kl']:.4f}  Test - Loss: {m['test_loss']:.4f}, Recon: {m['test_recon']:.4f}, "
-                f"KL: {m['test_kl']:.4f}  (train {m['train_time_s']:.1f}s, test {m['test_time_s']:.1f}s)"
-            )
-    if step % spe:  # stopped inside an epoch (--max-steps): test the model as it is
-        epoch = step // spe + 1
-        final = dict(
-            epoch_metrics(trainer, state, feeds, config, epoch, epoch_time, step % spe), step=step, partial_epoch=True
-        )
-        run.append_metrics(final)  # the evaluation of where it stopped, marked partial (a resume drops it)
-        summaries.scalars(step, {"test/loss": final["test_loss"], "test/recon": final["test_recon"]})
-        log(
-            f"stopped at step {step} (--max-steps {config.max_steps}), inside epoch {epoch}: test loss "
+            r.dir.save(r.step, r.state)
+        if ended is not None:
+            r.log(epoch_line(ended, config.epochs))
+    if r.step % spe:  # stopped inside an epoch (--max-steps): test the model as it is
+        epoch = r.step // spe + 1
+        final = epoch_metrics(r.trainer, r.state, r.feeds, config, epoch, epoch_time, r.step % spe)
+        final = dict(final, step=r.step, partial_epoch=True)
+        r.dir.append_metrics(final)  # the evaluation of where it stopped, marked partial (a resume drops it)
+        summaries.scalars(r.step, {"test/loss": final["test_loss"], "test/recon": final["test_recon"]})
+        r.log(
+            f"stopped at step {r.step} (--max-steps {config.max_steps}), inside epoch {epoch}: test loss "
             f"{final['test_loss']:.4f} per sample; resume with --resume and a larger --max-steps"
         )
-    wall = time.perf_counter() - t_run
+    return final
+
+
+def _after_divergence(r: _Run) -> str:
+    kept = r.dir.latest_step() if r.config.checkpoint else 0
+    if kept:
+        where = f"the last good checkpoint (step {kept}) in {r.dir.dir}"
+        return f"{where} is kept: continue from it with --resume and a lower --lr"
+    return "no checkpoint was written: start again here with --restart"
+
+
+def _epoch_done(r: _Run, summaries, m: dict) -> None:
+    """An epoch's metrics into metrics.jsonl and TensorBoard, with its pictures."""
+    r.history.append(m)
+    r.dir.append_metrics(m)
+    terms = ("train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl")
+    scalars = {k.replace("_", "/"): m[k] for k in terms}
+    scalars.update(
+        {"train/kl_weight": m["kl_weight"], "train/epoch_steps_per_sec": r.spe / max(m["train_time_s"], 1e-9)}
+    )
+    summaries.scalars(r.step, scalars)
+    if summaries.enabled:  # TensorBoard shows the first 8 test images reconstructed, and samples
+        shown_x, shown_y = device_arrays(r.test_ds.take(8))
+        model = r.trainer.merge(jax.tree.map(to_host, r.state))
+        key = jax.random.fold_in(r.root, KeyPurpose.SUMMARY_IMAGES)
+        summaries.images(r.step, evaluate.summary_images(model, shown_x, shown_y, key=key))
+
+
+def epoch_line(m: dict, epochs: int) -> str:
+    return (
+        f"Epoch {m['epoch']}/{epochs}  Train - Loss: {m['train_loss']:.4f}, Recon: {m['train_recon']:.4f}, "
+        f"KL: {m['train_kl']:.4f}  Test - Loss: {m['test_loss']:.4f}, Recon: {m['test_recon']:.4f}, "
+        f"KL: {m['test_kl']:.4f}  (train {m['train_time_s']:.1f}s, test {m['test_time_s']:.1f}s)"
+    )
+
+
+def _finish(r: _Run, summaries, final: dict[str, Any] | None, wall: float) -> dict[str, Any]:
+    """The end of a run: the importance-sampled NLL (--iwae-k), the figures, summary.json."""
+    config, workdir, step = r.config, r.dir.dir, r.step
     summary: dict[str, Any] = {
         "workdir": str(workdir),
         "vae_jax_version": __version__,
         "config": dataclasses.asdict(config),
-        "epochs": len(history),
+        "epochs": len(r.history),
         "steps": step,
         "wall_time_s": wall,
-        "final": final or (history[-1] if history else None),
-        "parts": getattr(run, "parts", None),
-        "conv_form": conv_form,
+        "final": final or (r.history[-1] if r.history else None),
+        "parts": getattr(r.dir, "parts", None),
+        "conv_form": r.conv_form,
     }
-    model = trainer.merge(jax.tree.map(to_host, state))
+    model = r.trainer.merge(jax.tree.map(to_host, r.state))
     if config.iwae_k:
-        test_x, test_y = device_arrays(test_ds)
-        summary["iwae_nll"] = evaluate.iwae_nll(
-            model,
-            test_x,
-            test_y,
-            k=config.iwae_k,
-            key=jax.random.fold_in(root, KeyPurpose.IWAE),
-            recon=config.recon,
-            binarize_key=None,
-        )
-        summaries.scalars(step, {"test/iwae_nll": summary["iwae_nll"]})
-        log(f"importance-sampled NLL (k={config.iwae_k}): {summary['iwae_nll']:.3f} nats")
+        test_x, test_y = device_arrays(r.test_ds)
+        key = jax.random.fold_in(r.root, KeyPurpose.IWAE)
+        nll = evaluate.iwae_nll(model, test_x, test_y, k=config.iwae_k, key=key, recon=config.recon, binarize_key=None)
+        summary["iwae_nll"] = nll
+        summaries.scalars(step, {"test/iwae_nll": nll})
+        r.log(f"importance-sampled NLL (k={config.iwae_k}): {nll:.3f} nats")
     summaries.close()
-    if config.figures and run.primary:
+    if config.figures and r.dir.primary:
         t0 = time.perf_counter()
-        with atomic_dir(workdir / "figures", replace=True, what="the figures folder") as tmp:  # all figures or none
-            made = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.fold_in(root, KeyPurpose.FIGURES))
+        key = jax.random.fold_in(r.root, KeyPurpose.FIGURES)
+        with atomic_dir(workdir / "figures", replace=True, what="the figures folder") as tmp:  # all or none
+            made = evaluate.make_figures(model, r.test_ds, r.history, tmp, key=key)
         summary["figures"] = {k: str(workdir / "figures" / Path(v).name) for k, v in made.items()}
         summary["figures_time_s"] = time.perf_counter() - t0
-        log(f"figures: {len(made)} PNGs in {workdir / 'figures'} ({summary['figures_time_s']:.1f}s)")
-    run.write_summary(summary)
+        r.log(f"figures: {len(made)} PNGs in {workdir / 'figures'} ({summary['figures_time_s']:.1f}s)")
+    r.dir.write_summary(summary)
     f = summary["final"]
     if f:
-        whole = f"{len(history)} epochs" + (f" and {step % spe} steps of epoch {step // spe + 1}" if step % spe else "")
-        log(
+        spe = r.spe
+        whole = f"{len(r.history)} epochs" + (
+            f" and {step % spe} steps of epoch {step // spe + 1}" if step % spe else ""
+        )
+        r.log(
             f"done: {step} steps ({whole}), test loss {f['test_loss']:.4f} per sample "
             f"(recon {f['test_recon']:.4f}, KL {f['test_kl']:.4f}); wrote {workdir}"
         )
