@@ -12,6 +12,7 @@ from flax import nnx
 
 from vae_jax import convert, models
 from vae_jax import layers as L
+from vae_jax import onednn_conv as oc
 
 
 @pytest.fixture(params=[pytest.param("matmul", marks=pytest.mark.slow), "lax"])  # matmul: an XLA compile each
@@ -184,3 +185,19 @@ def test_batchnorm_impl_is_validated_and_follows_the_model_form():
 
     m = models.CelebAVAE(rngs=nnx.Rngs(0), conv_form=L.ConvForm())
     assert {layer.impl for layer in m.encoder.layers if isinstance(layer, L.BatchNorm2d)} == {"xla"}
+
+
+@pytest.mark.slow  # trains a conv model twice
+def test_the_conv_form_a_run_used_is_its_option_and_in_its_record(tmp_path, capsys):
+    import json
+
+    from tests.helpers import TINY, run
+
+    for asked, expected in (("lax", "lax"), ("auto", "onednn" if oc.available() else "xla")):
+        work = tmp_path / asked
+        args = ["train", "--workdir", work, "--model", "conv_vae28", *TINY, "--no-figures", "--conv-form", asked]
+        code, err, out = run(args, capsys)
+        assert code == 0, err
+        assert f"convolutions: {expected}" in out
+        assert json.loads((work / "config.json").read_text())["conv_form"] == expected
+        assert json.loads((work / "summary.json").read_text())["conv_form"] == expected

@@ -39,6 +39,7 @@ RESUMABLE = {
     "log_every",
     "tensorboard",
     "lr",
+    "conv_form",  # the machine's: a resume on one without oneDNN passes --conv-form xla
 }  # a lower --lr resumes a run that diverged from its last good checkpoint
 
 

@@ -15,6 +15,7 @@ MODEL_NAMES = ("ae", "vae", "cvae", "conv_vae", "conv_vae28", "celeba_vae")
 DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "celeb_a", "image_folder")
 TFDS_DATASETS = tuple(d for d in DATASETS if d not in ("digits", "image_folder"))  # also read through tfds
 RECON_KINDS = ("bce", "bce_logits", "gaussian")
+CONV_FORM_NAMES = ("auto", "onednn", "xla", "lax")  # layers.named_conv_form
 LR_SCHEDULES = ("constant", "cosine")
 DATA_MODES = ("auto", "memory", "stream")
 BINARIZE_KINDS = ("none", "dynamic")  # dynamic: Bernoulli draws of the pixels from the step's key
@@ -126,6 +127,13 @@ class Config:
     )
     log_every: int = option(
         100, "TensorBoard: the training loss every N optimizer steps (0: per epoch only)", kind="nonneg_int"
+    )
+    conv_form: str = option(
+        "auto",
+        "the conv models' convolutions: onednn (oneDNN's kernels, CPU), xla (XLA's exact forms), lax (XLA's own "
+        "convolutions); auto: onednn where it is built, else xla. config.json records the form that ran",
+        choices=CONV_FORM_NAMES,
+        what="conv form",
     )
     tensorboard: bool = option(True, "no event files in <workdir>/tensorboard", flag="--no-tensorboard")
     checkpoint: bool = True  # not an option: tests and experiments turn checkpoints off

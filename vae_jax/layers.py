@@ -55,6 +55,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vae_jax.errors import ConfigError
+
 # k4 s2 p1 transposed conv of torch == lax.conv_transpose with explicit padding k-1-p = 2 on each
 # side and a spatially flipped kernel (the flip is done by `vae_jax.convert`). torch's
 # output_padding=1 adds one row/column at the high end.
@@ -112,6 +114,20 @@ def default_conv_form(dtype=jnp.float32) -> ConvForm:
     if jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu" and onednn_conv.available():
         return ONEDNN_CONV_FORM
     return DEFAULT_CONV_FORM
+
+
+def named_conv_form(name: str, dtype=jnp.float32) -> ConvForm:
+    """The form of `--conv-form NAME`: auto (default_conv_form), onednn, xla (the exact XLA forms), lax."""
+    from vae_jax import onednn_conv
+
+    if name == "auto":
+        return default_conv_form(dtype)
+    if name == "onednn" and not (jax.default_backend() == "cpu" and onednn_conv.available()):
+        raise ConfigError(
+            "--conv-form onednn: oneDNN's kernels are not available here (built for the CPU by `make onednn`) "
+            "-- build them, or pass --conv-form xla"
+        )
+    return {"onednn": ONEDNN_CONV_FORM, "xla": DEFAULT_CONV_FORM, "lax": ConvForm(tconv="lax", conv="lax")}[name]
 
 
 def _torch_uniform(fan_in: int):

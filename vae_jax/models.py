@@ -34,6 +34,7 @@ from vae_jax.layers import (
     ConvTranspose2d,
     Linear,
     default_conv_form,
+    named_conv_form,
     nchw_flatten,
     nchw_unflatten,
 )
@@ -299,8 +300,9 @@ def _conditional_mlp(cls, config, image_shape, num_classes, *, rngs, **kwargs):
 
 
 def _conv(cls, config, image_shape, num_classes, *, rngs, **kwargs):
-    """A conv model: input_channels from the image shape, latent_dim from the config."""
-    return cls(input_channels=int(image_shape[-1]), **_sizes(config, "latent_dim"), rngs=rngs, **kwargs)
+    """A conv model: input_channels from the image shape, latent_dim and the conv form from the config."""
+    form = kwargs.pop("conv_form", None) or named_conv_form(getattr(config, "conv_form", "auto"))
+    return cls(input_channels=int(image_shape[-1]), **_sizes(config, "latent_dim"), rngs=rngs, conv_form=form, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -290,12 +290,14 @@ def how_to_continue(workdir) -> str:
     return f"continue with `vae-jax train --workdir {workdir} --resume` ({kept})"
 
 
-def conv_form_name(model) -> str:
-    """'onednn' when the model's convolutions run on oneDNN's kernels, else 'xla' (the XLA forms)."""
+def conv_form_name(model, config: Config | None = None) -> str:
+    """'onednn' when the model's convolutions run on oneDNN's kernels, 'lax' when asked for, else 'xla'."""
     from vae_jax import layers
 
     onednn = (layers.OnednnConv, layers.OnednnConvTranspose)
-    return "onednn" if any(isinstance(m, onednn) for _, m in nnx.iter_graph(model)) else "xla"
+    if any(isinstance(m, onednn) for _, m in nnx.iter_graph(model)):
+        return "onednn"
+    return "lax" if config is not None and config.conv_form == "lax" else "xla"
 
 
 @dataclasses.dataclass
@@ -312,7 +314,6 @@ class _Run:
     trainer: Trainer
     spe: int
     feeds: tuple
-    conv_form: str
     state: Any
     step: int
     history: list
@@ -362,7 +363,10 @@ def _setup(config: Config, workdir: Path, *, resume: bool, restart: bool, log) -
         check_memory(config, image_shape, examples=max(len(train_ds), len(test_ds)))
         root = jax.random.key(config.seed)
         model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, KeyPurpose.INIT)))
-        config = run.config = resolved_sizes(config, model)  # config.json and summary.json say the sizes used
+        # config.json and summary.json say the sizes used and the form the convolutions run in
+        config = run.config = dataclasses.replace(
+            resolved_sizes(config, model), conv_form=conv_form_name(model, config)
+        )
         check_figures_fit(config, model, test_ds)
         spe = steps_per_epoch(config, train_ds)
         trainer = Trainer(model, config, steps_per_epoch=spe)
@@ -377,10 +381,10 @@ def _setup(config: Config, workdir: Path, *, resume: bool, restart: bool, log) -
         run.write_config(image_shape, step)  # only once the options, the data and --init-from are known to work
     if step:
         log(f"resumed from step {step} (epoch {step // spe + 1}, batch {step % spe} of {spe}) in {workdir}")
+    if hasattr(model, "input_channels"):  # a conv model
+        log(f"convolutions: {config.conv_form} (--conv-form; recorded in config.json)")
     state = trainer.put(jax.tree.map(to_host, state))
-    return _Run(
-        run, config, log, train_ds, test_ds, root, trainer, spe, feeds, conv_form_name(model), state, step, history
-    )
+    return _Run(run, config, log, train_ds, test_ds, root, trainer, spe, feeds, state, step, history)
 
 
 def _fit(r: _Run, summaries, t_start: float) -> dict[str, Any] | None:
@@ -473,7 +477,7 @@ def _finish(r: _Run, summaries, final: dict[str, Any] | None, wall: float) -> di
         "wall_time_s": wall,
         "final": final or (r.history[-1] if r.history else None),
         "parts": getattr(r.dir, "parts", None),
-        "conv_form": r.conv_form,
+        "conv_form": config.conv_form,
     }
     model = r.trainer.merge(jax.tree.map(to_host, r.state))
     if config.iwae_k:
@@ -574,6 +578,8 @@ def restore_run(workdir, step: int | None = None):
         image_shape = tuple(int(d) for d in saved.pop("image_shape"))
         saved["devices"] = 1  # how many devices trained it does not matter to read it (eval, plot, export)
         config = Config(**{k: v for k, v in saved.items() if k in fields}).validate()
+        if config.conv_form == "onednn" and not _onednn_here():  # reading needs no particular form
+            config = dataclasses.replace(config, conv_form="auto")
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(
             f"{path} is damaged ({type(e).__name__}: {e}) -- restore it from the run's "
@@ -595,3 +601,9 @@ def restore_run(workdir, step: int | None = None):
             f"no checkpoint in {workdir}/checkpoints -- train first (vae-jax train --workdir {workdir})"
         )
     return trainer.merge(state), config, image_shape
+
+
+def _onednn_here() -> bool:
+    from vae_jax import onednn_conv
+
+    return jax.default_backend() == "cpu" and onednn_conv.available()
