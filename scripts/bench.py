@@ -77,8 +77,6 @@ import traceback
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
 ALL_MODELS = ["ae", "vae", "conv_vae28", "celeba_vae", "cvae"]
 VARIANTS = [
     "torch_loader",

@@ -14,7 +14,6 @@ torch is optional. VAE_ONEDNN_LAYOUT=plain|w|all picks the oneDNN layouts (csrc/
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -22,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from vae_jax import layers as L
 from vae_jax import onednn_conv as oc
 

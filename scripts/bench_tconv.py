@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from vae_jax import layers as L
 
 DEFAULT_FORM = L.ConvForm()  # what the models use unless built with another conv_form

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from vae_jax.config import KINDS
 from vae_jax.errors import ConfigError, DataError, VaeJaxError, machine_failure
 from vae_jax.files import atomic_write, lock_run_dir
-from vae_jax.config import KINDS
 from vae_torch_ref import models as tm
 from vae_torch_ref import train as tt
 from vae_torch_ref.data import mnist_datasets

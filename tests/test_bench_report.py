@@ -2,17 +2,11 @@
 warnings and target judgements (jax_step, the train path, against the best torch variant), the
 repeats floor, the plot, and re-rendering an older JSON."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from scripts import bench
 
 STEPS, BATCH = 10, 8
 

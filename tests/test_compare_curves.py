@@ -1,20 +1,14 @@
 """scripts/compare_curves.py: JAX and PyTorch trained side by side from the same weights and batches."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from scripts import compare_curves as cc
 from vae_torch_ref import inject_eps
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("compare_curves", ROOT / "scripts" / "compare_curves.py")
-cc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cc)
 
 INJECTED_RTOL = 1e-5  # float32 rounding carried through a few Adam steps
 
