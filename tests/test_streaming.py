@@ -142,7 +142,8 @@ def test_max_steps_stops_inside_an_epoch_and_resumes_exactly(tmp_path, capsys):
     assert summary["steps"] == 6 and summary["final"]["partial_epoch"] and summary["final"]["epoch"] == 2
     assert np.isfinite(summary["final"]["test_loss"])
     assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["4", "6"]
-    assert [r["epoch"] for r in _metrics(work)] == [1]
+    # epoch 1, and where it stopped inside epoch 2 (marked partial; the resume replaces it)
+    assert [(r["epoch"], r.get("partial_epoch", False)) for r in _metrics(work)] == [(1, False), (2, True)]
     assert "stopped at step 6" in capsys.readouterr().out
     assert _run(work, "--epochs", "2", "--resume") == 0  # the rest of epoch 2, from batch 2
     assert _metrics(work) == _metrics(tmp_path / "full")

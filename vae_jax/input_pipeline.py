@@ -864,8 +864,57 @@ def stream_batches(
         if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags (defaults suffice)
             flags.FLAGS.mark_as_parsed()
         _start_quiet_resource_tracker()
+        _watch_workers()
         data = data.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return _worker_deaths_reported(iter(data))
+
+
+_DEADLY = {9: "SIGKILL", 11: "SIGSEGV", 7: "SIGBUS"}  # how the out-of-memory killer or a crash ends a worker
+_watch: dict[str, Any] = {}
+
+
+def _watch_workers() -> None:
+    """Once per process: a thread that checks this process's worker processes twice a second, and when
+    one was killed (SIGKILL, as by the out-of-memory killer; SIGSEGV, SIGBUS) interrupts the main thread
+    with a ReadError (signal SIGUSR1): Grain's iterator may otherwise wait forever for its batch."""
+    import multiprocessing
+    import signal
+    import threading
+
+    if _watch or threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupted(signum, frame):
+        code = _watch.pop("died", None)
+        if code is not None:
+            raise _worker_death(code)
+
+    signal.signal(signal.SIGUSR1, interrupted)
+
+    main = threading.main_thread().ident
+    assert main is not None  # the main thread has started: this is it
+
+    def watch():
+        seen = set()
+        while True:
+            for child in list(multiprocessing.process._children):  # type: ignore[attr-defined]
+                code = child.exitcode
+                if code is not None and -code in _DEADLY and child.pid not in seen:
+                    seen.add(child.pid)
+                    _watch["died"] = code
+                    signal.pthread_kill(main, signal.SIGUSR1)
+            threading.Event().wait(0.5)
+
+    _watch["thread"] = threading.Thread(target=watch, name="vae-jax worker watch", daemon=True)
+    _watch["thread"].start()
+
+
+def _worker_death(code: int) -> ReadError:
+    how = f"killed by {signal_name(-code)}" if code < 0 else f"exit code {code}"
+    return ReadError(
+        f"a data worker process died ({how}; the out-of-memory killer sends SIGKILL)",
+        "if memory is short, pass a lower --data-workers (0: threads, no worker processes)",
+    )
 
 
 def _worker_deaths_reported(batches):
@@ -888,12 +937,7 @@ def _worker_deaths_reported(batches):
         del batches
     # raised here, not in the except clause: the ReadError must not hold Grain's error, whose
     # traceback holds the iterator (and its semaphores)
-    code = int(died.group(1))
-    how = f"killed by {signal_name(-code)}" if code < 0 else f"exit code {code}"
-    raise ReadError(
-        f"a data worker process died ({how}; the out-of-memory killer sends SIGKILL)",
-        "if memory is short, pass a lower --data-workers (0: threads, no worker processes)",
-    )
+    raise _worker_death(int(died.group(1)))
 
 
 def _start_quiet_resource_tracker() -> None:
