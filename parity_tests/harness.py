@@ -64,10 +64,10 @@ from vae_jax import train as T  # noqa: E402
 
 try:  # as a package (pytest)
     from parity_tests.report import Record
-    from parity_tests.tolerances import TINY, tol
+    from parity_tests.tolerances import error, tol
 except ImportError:  # pragma: no cover
     from report import Record
-    from tolerances import TINY, tol
+    from tolerances import error, tol
 
 SEEDS = (0, 1, 2)
 DIRECTIONS = ("torch->flax", "flax->torch")
@@ -461,20 +461,6 @@ def _torch_case(spec, tm, fb: Batch, lb: Batch, tdt, beta, kl_weight, recons=REC
 
 RECORDS: list[Record] = []  # every comparison made in this process, in order (the parity report)
 REDRAWS: dict = defaultdict(int)  # (model, dtype) -> batches redrawn for a ReLU kink
-
-
-def error(actual, expected, metric: str, scale=None) -> float:
-    a, e = np.asarray(actual), np.asarray(expected)
-    if metric == "exact":
-        return 0.0 if (a.shape == e.shape and a.dtype.kind == e.dtype.kind and np.array_equal(a, e)) else float("inf")
-    d = float(np.max(np.abs(a.astype(np.float64) - e.astype(np.float64)))) if a.size else 0.0
-    if metric == "abs":
-        return d
-    if metric == "rel":
-        return d / max(float(np.max(np.abs(e))) if e.size else 0.0, TINY)
-    if metric == "rel_scale":
-        return d / max(float(scale), TINY)
-    raise ValueError(metric)
 
 
 @dataclasses.dataclass

@@ -16,20 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vae_jax import cli, onednn_conv
+from tests.helpers import run
 from vae_jax import input_pipeline as ip
+from vae_jax import onednn_conv
 
 TINY = ["--test-limit", "20", "--epochs", "1", "--batch-size", "50", "--no-progress", "--no-figures"]
-
-
-def run(args, capsys):
-    capsys.readouterr()
-    try:
-        code = cli.main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.err.strip().splitlines(), out.out
 
 
 def one_line(code, err, *words, exit_code=2, prefix="vae-jax: error: "):
