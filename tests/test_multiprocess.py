@@ -146,7 +146,8 @@ def test_two_processes_train_the_one_process_run(tmp_path, one_process):
 def test_two_processes_stop_and_resume(tmp_path, one_process):
     work = tmp_path / "run"
     assert wait_all(launch(tmp_path, mnist_args(work, "--no-figures", "--max-steps", "11"), tag="a")) == [0, 0]
-    assert [r["epoch"] for r in metrics(work)] == [1]
+    # epoch 1, and the evaluation where it stopped inside epoch 2 (marked partial; the resume replaces it)
+    assert [(r["epoch"], r.get("partial_epoch", False)) for r in metrics(work)] == [(1, False), (2, True)]
     assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["11", "8"]
     procs = launch(tmp_path, mnist_args(work, "--no-figures", "--resume"), tag="b")
     assert wait_all(procs) == [0, 0], (tmp_path / "b0.err").read_text()[-2000:]
