@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.helpers import tensorboard_events, tensorboard_scalars
-from vae_jax import cli, train
+from vae_jax import cli, train, trainer
 from vae_jax.errors import CheckpointError, ConfigError
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
@@ -239,10 +239,10 @@ def test_end_to_end_on_tfds_mock_data(tmp_path):
 
 def test_cosine_schedule_decays_to_zero_and_fixes_epochs_for_a_resume(tmp_path):
     cfg = train.Config(**dict(QUICK, lr_schedule="cosine", epochs=3, figures=False))
-    lr = train.learning_rate(cfg, steps_per_epoch=5)
+    lr = trainer.learning_rate(cfg, steps_per_epoch=5)
     assert float(lr(0)) == pytest.approx(1e-3) and float(lr(15)) == pytest.approx(0.0, abs=1e-12)
     assert 0 < float(lr(7)) < 1e-3
-    assert train.learning_rate(train.Config(), steps_per_epoch=5) == 1e-3  # constant: a number
+    assert trainer.learning_rate(train.Config(), steps_per_epoch=5) == 1e-3  # constant: a number
     # the schedule is what trains: cosine and constant runs diverge after the first step
     const = train.train_and_evaluate(
         train.Config(**dict(QUICK, epochs=1, figures=False)), tmp_path / "c", log=lambda s: None
