@@ -2,6 +2,7 @@
 snapshot of a folder, the tiny run's options, TensorBoard's event files read back."""
 
 import os
+import socket
 import struct
 import sys
 from pathlib import Path
@@ -45,6 +46,13 @@ def console(args):
     """The `vae-jax` console script of this environment (or `python -m vae_jax.cli`) with args."""
     exe = Path(sys.executable).with_name("vae-jax")
     return ([str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]) + [str(a) for a in args]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (a coordinator's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tensorboard_events(folder):

@@ -4,13 +4,13 @@ collectives over 127.0.0.1) train one run in one shared --workdir, as several ho
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import console, free_port
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
 
@@ -19,17 +19,6 @@ needs_data = pytest.mark.skipif(
     not DATA or not (Path(DATA) / "mnist").is_dir(), reason="VAE_DATA_DIR not set: real MNIST files absent"
 )
 KEYS = ("train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def console(args):
-    exe = Path(sys.executable).with_name("vae-jax")
-    return ([str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]) + list(args)
 
 
 def env():

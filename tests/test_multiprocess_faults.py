@@ -6,31 +6,18 @@ vae_jax/distributed.py documents: at once where the process can tell, else after
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import TINY, console, free_port
 from vae_jax.distributed import INIT_TIMEOUT_S
 
 pytestmark = pytest.mark.slow
 
 STARTUP_S = 60  # a process's start-up (importing JAX) on a busy machine
-TINY = ["--train-limit", "100", "--test-limit", "20", "--epochs", "1", "--batch-size", "50", "--no-progress"]
 LONG = ["--epochs", "100", "--batch-size", "8", "--no-figures", "--no-progress"]  # trains for minutes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def console(args):
-    exe = Path(sys.executable).with_name("vae-jax")
-    return ([str(exe)] if exe.exists() else [sys.executable, "-m", "vae_jax.cli"]) + list(args)
 
 
 class Process:
