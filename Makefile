@@ -24,26 +24,22 @@ export JAX_PLATFORMS ?= cpu
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-# ONEDNN=1 (the default): also oneDNN's wheels (the `onednn` extra) and csrc/onednn_conv.cc built
-# with g++ into csrc/build/libvae_onednn_conv.so, the convolutions the conv models use on the CPU
-# (vae_jax.onednn_conv). ONEDNN=0 make install: without it; the conv models then run XLA's forms.
+# `pip install -e .` builds vae_jax/onednn_conv.cc into the package (CMakeLists.txt, by scikit-build-core
+# in an isolated build environment): the oneDNN convolutions the conv models use on the CPU.
+# ONEDNN=0 make install: without them (the conv models then run XLA's forms).
 ONEDNN ?= 1
-ifeq ($(ONEDNN),1)
-EXTRAS := torch,tfds,tf,test,onednn
-ONEDNN_LIB := csrc/build/libvae_onednn_conv.so
-else
 EXTRAS := torch,tfds,tf,test
-ONEDNN_LIB :=
+ifeq ($(ONEDNN),0)
+BUILD_OPTS := -C cmake.define.VAE_JAX_ONEDNN=OFF
 endif
+# The build environment gets the pinned versions too (pip's -c does not reach it; PIP_CONSTRAINT does).
+PIP_INSTALL := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/pip install -q -c constraints.txt
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt CMakeLists.txt
+	$(PIP_INSTALL) $(BUILD_OPTS) -e ".[$(EXTRAS)]"
 	touch $@
 
-csrc/build/libvae_onednn_conv.so: csrc/onednn_conv.cc vae_jax/onednn_build.py $(VENV)/.installed
-	$(BIN)/python -m vae_jax.onednn_build
-
-install: $(VENV)/.installed $(ONEDNN_LIB)
+install: $(VENV)/.installed
 
 # Lint first, then the tests: a lint failure stops the run before pytest starts.
 lint: install
@@ -57,11 +53,10 @@ test: install lint
 test-fast: install lint
 	$(PYTEST) -q -m "not slow" tests parity_tests
 
-# Rebuild the oneDNN convolution library (e.g. after editing csrc/onednn_conv.cc).
+# Rebuild the oneDNN kernels after editing vae_jax/onednn_conv.cc (the editable install rebuilds them in build/).
 .PHONY: onednn
 onednn: $(VENV)/.installed
-	$(BIN)/pip install -q -c constraints.txt -e ".[onednn]"
-	$(BIN)/python -m vae_jax.onednn_build
+	$(PIP_INSTALL) $(BUILD_OPTS) --no-deps -e .
 
 # The parity suite alone, in one run that also writes its artifact: parity-report/parity.md (the largest
 # JAX-vs-torch error per model, direction, dtype and quantity, with its bound) and parity-report/junit.xml.
@@ -76,4 +71,4 @@ train: install
 	$(BIN)/vae-jax train --workdir runs/train-$$(date +%Y%m%d-%H%M%S) $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs csrc/build parity-report
+	rm -rf $(VENV) runs build parity-report

@@ -17,7 +17,7 @@ from vae_jax import convert, layers, losses, onednn_conv
 
 FWD = H.tol("float32", "forward").bound
 _NEEDS_ONEDNN = pytest.mark.skipif(
-    not onednn_conv.available(), reason=f"the oneDNN conv library is not built: {onednn_conv.BUILD_HINT}"
+    not onednn_conv.available(), reason=f"the oneDNN conv library is not built: {onednn_conv.REBUILD}"
 )
 # vae_jax computes the k4 s2 p1 layers in more than one form (same parameters, layers.ConvForm):
 # each form, and the class it must give, is a case of its own.

@@ -5,8 +5,8 @@ nnx.ConvTranspose run) and torch's F.conv2d / F.conv_transpose2d (NCHW, as the c
 
 Per layer: gradients of <layer(x, w), g> w.r.t. the kernel and -- except for a model's first encoder
 layer, whose input is data -- the input; JAX's jitted. No bias. Best of --repeats means of --iters
-calls (fewer when a call takes long), ms. Needs the oneDNN library (python -m vae_jax.onednn_build);
-torch is optional. VAE_ONEDNN_LAYOUT=plain|w|all picks the oneDNN layouts (csrc/onednn_conv.cc).
+calls (fewer when a call takes long), ms. Needs the oneDNN library (built by `pip install -e .`);
+torch is optional. VAE_ONEDNN_LAYOUT=plain|w|all picks the oneDNN layouts (vae_jax/onednn_conv.cc).
 
     python scripts/bench_onednn_conv.py [--batch 128] [--repeats 5] [--iters 10]
 """

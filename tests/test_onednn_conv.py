@@ -1,7 +1,7 @@
 """vae_jax.onednn_conv (oneDNN convolutions through the XLA FFI) against the lax convolutions the
 layers use: forward values and gradients w.r.t. input and kernel, eagerly and under jax.jit, for
 the k4 s2 p1 layer shapes of the chapter's conv models (batch 128). Skips when the library is not
-built (pip install -e ".[onednn]" && python -m vae_jax.onednn_build)."""
+in this install (it is built by `pip install` where a C++ compiler is: CMakeLists.txt)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from vae_jax import onednn_conv as oc
 
 pytestmark = [
-    pytest.mark.skipif(not oc.available(), reason=f"oneDNN conv library not built: {oc.BUILD_HINT}"),
+    pytest.mark.skipif(not oc.available(), reason=f"oneDNN conv library not built: {oc.REBUILD}"),
     pytest.mark.slow,  # the kernels at the chapter's layer shapes, batch 128, eager and jit
 ]
 

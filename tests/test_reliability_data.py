@@ -225,7 +225,7 @@ def test_an_unusable_onednn_library_is_one_warning_and_the_xla_forms(kind, tmp_p
         path,
         word,
         "`make onednn`",
-        "python -m vae_jax.onednn_build",
+        "pip install -e .",
         "XLA",
         exit_code=0,
         prefix="vae-jax: warning: ",

@@ -106,8 +106,8 @@ ONEDNN_CONV_FORM = ConvForm(tconv="onednn", conv="onednn", norm="onednn")
 
 
 def default_conv_form(dtype=jnp.float32) -> ConvForm:
-    """The form a model gets when none is given: oneDNN's kernels on the CPU when the optional library
-    is built (`make onednn`; vae_jax.onednn_conv), the XLA forms otherwise (GPU/TPU, or not built).
+    """The form a model gets when none is given: oneDNN's kernels on the CPU when the install built
+    them (vae_jax.onednn_conv), the XLA forms otherwise (GPU/TPU, or not built).
     Decided when the model is built, not at import (JAX's backend is not started by importing)."""
     from vae_jax import onednn_conv
 
@@ -122,11 +122,9 @@ def named_conv_form(name: str, dtype=jnp.float32) -> ConvForm:
 
     if name == "auto":
         return default_conv_form(dtype)
-    if name == "onednn" and not (jax.default_backend() == "cpu" and onednn_conv.available()):
-        raise ConfigError(
-            "--conv-form onednn: oneDNN's kernels are not available here (built for the CPU by `make onednn`) "
-            "-- build them, or pass --conv-form xla"
-        )
+    why = onednn_conv.unavailable_reason() if name == "onednn" else None
+    if why:
+        raise ConfigError(f"--conv-form onednn: {why} -- pass --conv-form xla (or auto)")
     return {"onednn": ONEDNN_CONV_FORM, "xla": DEFAULT_CONV_FORM, "lax": ConvForm(tconv="lax", conv="lax")}[name]
 
 

@@ -1,7 +1,7 @@
 """2-D convolutions on the CPU through oneDNN (the library PyTorch's CPU convolutions use), called
-from JAX through the XLA FFI. Optional: needs the library built from csrc/onednn_conv.cc,
-
-    pip install -e ".[onednn]" && python -m vae_jax.onednn_build     (or: make onednn)
+from JAX through the XLA FFI. The library, libvae_onednn_conv.so, is built from onednn_conv.cc
+(beside this file) into the package by `pip install` (CMakeLists.txt, scikit-build-core); it is
+optional: an install without a C++ compiler or oneDNN has none, and the conv models use XLA's forms.
 
 Float32, NHWC activations and HWIO kernels, as Flax's layers:
 
@@ -23,15 +23,18 @@ kernel gradient the conv's backward-weights with the activations' roles swapped)
 
 Also training-mode batch normalization over NHWC float32 (batch_norm_train, see its docstring).
 
-The library is loaded, and its five targets registered for platform "cpu", on the first call
-(or by `load()`); `available()` says whether it can be. VAE_ONEDNN_CONV_LIB overrides the path.
-A library that is not built (at the default path) is the XLA forms, quietly: the extra is optional.
-One that is there (or named by VAE_ONEDNN_CONV_LIB) but missing, unloadable or stale (without the
-expected symbols) is one warning line per process, naming the rebuild command, and the XLA forms.
+The library is loaded (after libdnnl.so.3 from the installed onednn-cpu-gomp), and its five targets
+registered for platform "cpu", on the first call (or by `load()`); `available()` says whether it can
+be, `unavailable_reason()` why not. It is found in the package's folders (`vae_jax.__path__`: the
+installed package, and in an editable install the checkout too); VAE_ONEDNN_CONV_LIB overrides the path.
+A library that is not built is the XLA forms, quietly here (a run says so in its log). One that is
+there (or named by VAE_ONEDNN_CONV_LIB) but unloadable or stale (without the expected symbols) is one
+warning line per process, naming the rebuild command, and the XLA forms.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -41,10 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import vae_jax
 from vae_jax.errors import warn
+from vae_jax.onednn_build import LIB_DIST, LIB_NAME, NotFoundError, installed_file
 
 LIB_ENV = "VAE_ONEDNN_CONV_LIB"
-DEFAULT_LIB = Path(__file__).resolve().parent.parent / "csrc" / "build" / "libvae_onednn_conv.so"
 _TARGETS = {
     "vae_onednn_conv_fwd": "VaeOnednnConvFwd",
     "vae_onednn_conv_bwd_data": "VaeOnednnConvBwdData",
@@ -52,8 +56,7 @@ _TARGETS = {
     "vae_onednn_bn_fwd": "VaeOnednnBnFwd",
     "vae_onednn_bn_bwd": "VaeOnednnBnBwd",
 }
-BUILD_HINT = "pip install -e '.[onednn]' && python -m vae_jax.onednn_build   (or: make onednn)"
-REBUILD = "rebuild it with `make onednn` (or `python -m vae_jax.onednn_build`)"
+REBUILD = "reinstall vae-jax where a C++ compiler is (in a checkout: `make onednn`, or `pip install -e .`)"
 
 
 class OnednnConvNotBuiltError(ImportError):
@@ -68,8 +71,17 @@ _failure: OnednnConvNotBuiltError | None = None  # why it cannot be used, once f
 _warned = False
 
 
+def packaged_lib() -> Path:
+    """The library the install built: the first of the package's folders that holds it (an editable
+    install has two, the installed package's and the checkout's), else where a wheel puts it."""
+    for folder in vae_jax.__path__:
+        if (Path(folder) / LIB_NAME).is_file():
+            return Path(folder) / LIB_NAME
+    return Path(__file__).resolve().parent / LIB_NAME
+
+
 def lib_path() -> Path:
-    return Path(os.environ.get(LIB_ENV) or DEFAULT_LIB)
+    return Path(os.environ.get(LIB_ENV) or packaged_lib())
 
 
 def load() -> ctypes.CDLL:
@@ -90,8 +102,17 @@ def load() -> ctypes.CDLL:
 def _open(path: Path) -> ctypes.CDLL:
     """The library at `path` with its FFI targets registered; every symbol is looked up before the
     first is registered, so a stale build registers nothing."""
+    if not path.is_file() and not os.environ.get(LIB_ENV):
+        raise OnednnConvNotBuiltError(
+            f"this install has no oneDNN kernels ({path.name} is built by `pip install` where a C++ compiler "
+            "and oneDNN are: Linux x86-64)"
+        )
     if not path.is_file():
         raise OnednnConvNotBuiltError(f"the oneDNN library {path} is missing")
+    # libdnnl.so.3 first, from the installed wheel, so the dynamic linker has it whatever the rpath;
+    # without it, the library's rpath or the system's, and loading the library says if none is found
+    with contextlib.suppress(NotFoundError, OSError):
+        ctypes.CDLL(str(installed_file(LIB_DIST, "libdnnl.so.3")), mode=ctypes.RTLD_GLOBAL)
     try:
         lib = ctypes.cdll.LoadLibrary(str(path))
     except OSError as e:
@@ -101,7 +122,7 @@ def _open(path: Path) -> ctypes.CDLL:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise OnednnConvNotBuiltError(
             f"the oneDNN library {path} is stale (no symbol {missing[0]}{more}: built from an older "
-            "csrc/onednn_conv.cc, or another library)"
+            "vae_jax/onednn_conv.cc, or another library)"
         )
     for target, symbol in _TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
@@ -115,11 +136,22 @@ def available() -> bool:
     try:
         load()
     except OnednnConvNotBuiltError as e:
-        if not _warned and (os.environ.get(LIB_ENV) or os.path.lexists(DEFAULT_LIB)):
+        if not _warned and (os.environ.get(LIB_ENV) or os.path.lexists(packaged_lib())):
             _warned = True
             warn(f"{e.args[0]}, so the convolutions run in XLA's forms -- {REBUILD}")
         return False
     return True
+
+
+def unavailable_reason() -> str | None:
+    """Why the conv models cannot use oneDNN's kernels in this process, in a phrase; None when they can."""
+    if jax.default_backend() != "cpu":
+        return f"they are for the CPU and JAX runs on {jax.default_backend()}"
+    try:
+        load()
+    except OnednnConvNotBuiltError as e:
+        return e.args[0]
+    return None
 
 
 def onednn_version() -> str:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vae_jax import __version__, evaluate, input_pipeline
+from vae_jax import __version__, evaluate, input_pipeline, onednn_conv
 from vae_jax.config import Config
 from vae_jax.errors import ConfigError, DataError
 from vae_jax.files import atomic_dir, check_replaceable
@@ -382,7 +382,8 @@ def _setup(config: Config, workdir: Path, *, resume: bool, restart: bool, log) -
     if step:
         log(f"resumed from step {step} (epoch {step // spe + 1}, batch {step % spe} of {spe}) in {workdir}")
     if hasattr(model, "input_channels"):  # a conv model
-        log(f"convolutions: {config.conv_form} (--conv-form; recorded in config.json)")
+        why = onednn_conv.unavailable_reason() if config.conv_form == "xla" else None  # said once, here
+        log(f"convolutions: {config.conv_form} (--conv-form; recorded in config.json)" + (f": {why}" if why else ""))
     state = trainer.put(jax.tree.map(to_host, state))
     return _Run(run, config, log, train_ds, test_ds, root, trainer, spe, feeds, state, step, history)
 

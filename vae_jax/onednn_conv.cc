@@ -1,6 +1,6 @@
 // 2-D float32 convolution and batch normalization on the CPU through oneDNN, as five XLA FFI
-// handlers for JAX (vae_jax/onednn_conv.py registers and calls them; vae_jax/onednn_build.py
-// compiles this file).
+// handlers for JAX (vae_jax/onednn_conv.py registers and calls them; CMakeLists.txt builds this
+// file into the package).
 //
 //   VaeOnednnConvFwd          (x, w)   -> y    y  = conv(x, w)
 //   VaeOnednnConvBwdData      (dy, w)  -> dx   dx = d conv / dx applied to dy (the result's shape gives x's)
