@@ -28,7 +28,7 @@ $(BIN)/python:
 # in an isolated build environment): the oneDNN convolutions the conv models use on the CPU.
 # ONEDNN=0 make install: without them (the conv models then run XLA's forms).
 ONEDNN ?= 1
-EXTRAS := torch,tfds,tf,test
+EXTRAS := dev
 ifeq ($(ONEDNN),0)
 BUILD_OPTS := -C cmake.define.VAE_JAX_ONEDNN=OFF
 endif
