@@ -77,6 +77,7 @@ class Trainer:
         # Two entry points to the one step: data on the device (batch gathered by index inside the
         # step), or a batch streamed from the host.
         self.train_step = jax.jit(self._train_step, donate_argnums=(0,))
+        self.train_steps = jax.jit(self._train_steps, donate_argnums=(0,))
         self.batch_train_step = jax.jit(self._step, donate_argnums=(0,))
         self.eval_step = jax.jit(self._eval_step)
         self.batch_eval_step = jax.jit(self._eval)
@@ -179,6 +180,17 @@ class Trainer:
     def _train_step(self, state, images, labels, idx, key, kl_weight, eps=None):
         """The train step on the batch images[idx] (the whole split on the device)."""
         return self._step(state, images[idx], labels[idx], key, kl_weight, eps)
+
+    def _train_steps(self, state, images, labels, idx, key, first, kl_weight):
+        """idx.shape[0] train steps in one dispatch (a lax.scan of _train_step over the rows of idx):
+        step j on images[idx[j]] with fold_in(key, first + j), as that many calls of train_step would
+        be, with the same numbers (tests/test_trainer.py). -> (state, metrics with a leading step axis)."""
+
+        def step(state, i_and_idx):
+            i, batch = i_and_idx
+            return self._train_step(state, images, labels, batch, jax.random.fold_in(key, i), kl_weight)
+
+        return jax.lax.scan(step, state, (first + jnp.arange(idx.shape[0], dtype=jnp.int32), idx))
 
     def _eval(self, state, x, y, key, kl_weight):
         """Loss sums on a batch in eval mode, z sampled as in the chapter's test_epoch.
