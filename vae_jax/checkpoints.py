@@ -37,6 +37,7 @@ RESUMABLE = {
     "data_mode",
     "data_workers",
     "log_every",
+    "steps_per_call",
     "tensorboard",
     "lr",
     "conv_form",  # the machine's: a resume on one without oneDNN passes --conv-form xla

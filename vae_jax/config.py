@@ -125,6 +125,13 @@ class Config:
     data_workers: int = option(
         0, "stream: Grain worker processes that decode batches (0: threads in this process)", kind="nonneg_int"
     )
+    steps_per_call: int = option(
+        0,
+        "memory mode, one device: optimizer steps per dispatch (a lax.scan over K batches; the same numbers as "
+        "K = 1); 0: auto (32 for the MLP models, 1 for the conv models)",
+        kind="nonneg_int",
+        metavar="K",
+    )
     log_every: int = option(
         100, "TensorBoard: the training loss every N optimizer steps (0: per epoch only)", kind="nonneg_int"
     )

@@ -65,6 +65,17 @@ def resolved_sizes(config: Config, model) -> Config:
     )
 
 
+def resolved_steps_per_call(config: Config, model) -> int:
+    """--steps-per-call as it runs: 1 over several devices (the steps place each batch over the mesh);
+    auto (0) is 32 for the MLP models (steps so short that a dispatch each costs a large share of the
+    time; docs/speed.md) and 1 for the conv models. Streamed data takes one step per batch whatever it says."""
+    if config.devices > 1:
+        return 1
+    if config.steps_per_call:
+        return int(config.steps_per_call)
+    return 1 if hasattr(model, "input_channels") else 32
+
+
 def kl_weight_for(config: Config, epoch: int) -> float:
     """KL annealing weight for a 1-based epoch: min(1, epoch / E); 1 when annealing is off."""
     if config.kl_anneal_epochs <= 0:
@@ -100,6 +111,26 @@ class Feed:
             for a, b in input_pipeline.batch_slices(len(order), batch_size)[start:stop]
         )
 
+    def blocks(self, order, batch_size, start, stop, k: int):
+        """(i, n, the step's data arguments) for batches [start, stop) of `order`: k consecutive full
+        batches at a time (n = k; Trainer.train_steps takes them in one dispatch) while k are left, the
+        data on the device; the rest, a batch of another size (the last) or streamed data one at a
+        time (n = 1)."""
+        if self.streamed or k == 1:
+            for i, args in enumerate(self.batches(order, batch_size, start, stop), start):
+                yield i, 1, args
+            return
+        assert self.arrays is not None  # put on the device when not streamed
+        slices = input_pipeline.batch_slices(len(order), batch_size)
+        stop = len(slices) if stop is None else stop
+        i = start
+        while i < stop:
+            full = i + k <= stop and all(b - a == batch_size for a, b in slices[i : i + k])
+            n = k if full else 1  # two shapes to compile, whatever the cuts: k steps, or one
+            idx = order[slices[i][0] : slices[i + n - 1][1]]
+            yield i, n, (*self.arrays, *self.trainer.put_batch((idx if n == 1 else idx.reshape(n, -1),), len(idx)))
+            i += n
+
     def batches(self, order, batch_size, start=0, stop=None):
         """The step's data arguments for batches [start, stop) of `order` (a host int array)."""
         tr = self.trainer
@@ -131,9 +162,27 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 
 
 def first_nonfinite(losses) -> int | None:
-    """Index of the first non-finite value in a list of scalars, or None."""
-    bad: np.ndarray | list[int] = np.flatnonzero(~np.isfinite(np.stack([to_host(v) for v in losses]))) if losses else []
+    """Index of the first non-finite value in a list of scalars and vectors (read in order), or None."""
+    values = [np.ravel(to_host(v)) for v in losses]
+    bad: np.ndarray | list[int] = np.flatnonzero(~np.isfinite(np.concatenate(values))) if values else []
     return int(bad[0]) if len(bad) else None
+
+
+def _log_step_losses(summaries, config: Config, num_examples: int, before: int, i: int, loss, n: int) -> None:
+    """TensorBoard's train/step_loss (per sample) at the steps of a block of n, batches i .. i + n - 1
+    of an epoch that starts after step `before`, that --log-every names; the loss (a scalar, or n
+    values) is read from the device only there."""
+    for j in range(n):
+        step = before + i + j + 1
+        if step % config.log_every:
+            continue
+        rows = min(config.batch_size, num_examples - (i + j) * config.batch_size)
+        now = time.perf_counter()
+        last = getattr(summaries, "last", None)
+        rate = {} if last is None else {"train/steps_per_sec": (step - last[0]) / (now - last[1])}
+        value = float(np.ravel(to_host(loss))[j])
+        summaries.scalars(step, {"train/step_loss": value / rows, **rate})
+        summaries.last = (step, now)
 
 
 def train_part(
@@ -155,25 +204,19 @@ def train_part(
 
         bar = tqdm(total=stop - start, initial=0, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
     order = epoch_order(config.seed, epoch, len(feed.ds))
-    for i, args in enumerate(feed.batches(order, config.batch_size, start, stop), start):
-        state, m = step_fn(state, *args, jax.random.fold_in(keys[KeyPurpose.TRAIN], i), kw)
+    for i, n, args in feed.blocks(order, config.batch_size, start, stop, config.steps_per_call or 1):
+        if n == 1:
+            state, m = step_fn(state, *args, jax.random.fold_in(keys[KeyPurpose.TRAIN], i), kw)
+        else:  # n steps in one dispatch, the same numbers
+            state, m = trainer.train_steps(state, *args, keys[KeyPurpose.TRAIN], i, kw)
         losses.append(m["loss"])
         if on_first_step is not None:  # waits for the step: the time to the first step, said once
-            on_first_step(float(to_host(m["loss"])))
+            on_first_step(float(to_host(m["loss"]).ravel()[0]))
             on_first_step = None
-        step = (epoch - 1) * spe + i + 1
-        if summaries is not None and config.log_every and step % config.log_every == 0:
-            n = min(config.batch_size, len(feed.ds) - i * config.batch_size)
-            now = time.perf_counter()
-            rate = (
-                {}
-                if not hasattr(summaries, "last")
-                else {"train/steps_per_sec": (step - summaries.last[0]) / (now - summaries.last[1])}
-            )
-            summaries.scalars(step, {"train/step_loss": float(to_host(m["loss"])) / n, **rate})
-            summaries.last = (step, now)
+        if summaries is not None and config.log_every:
+            _log_step_losses(summaries, config, len(feed.ds), (epoch - 1) * spe, i, m["loss"], n)
         if bar is not None:
-            bar.update(1)
+            bar.update(n)
     if bar is not None:
         bar.close()
     if not math.isfinite(float(to_host(state["sums"]["loss"]))):
@@ -365,7 +408,9 @@ def _setup(config: Config, workdir: Path, *, resume: bool, restart: bool, log) -
         model = build_model(config, image_shape, rngs=nnx.Rngs(params=jax.random.fold_in(root, KeyPurpose.INIT)))
         # config.json and summary.json say the sizes used and the form the convolutions run in
         config = run.config = dataclasses.replace(
-            resolved_sizes(config, model), conv_form=conv_form_name(model, config)
+            resolved_sizes(config, model),
+            conv_form=conv_form_name(model, config),
+            steps_per_call=resolved_steps_per_call(config, model),
         )
         check_figures_fit(config, model, test_ds)
         spe = steps_per_epoch(config, train_ds)
