@@ -22,7 +22,9 @@ and runs, alternated (repeat r: every variant once, in this order):
   torch_compile  torch_tight with the forward+loss compiled by torch.compile (bench.TorchVariant)
 
 The PyTorch variants read the same images the CLI reads (vae_jax.input_pipeline.load_dataset, the same
-limit, x / 255), in this process; each runs one warm-up epoch before the timed repeats.
+limit, x / 255), in this process; each runs one warm-up epoch before the timed repeats. With the default
+sizes every training split fits the CLI's in-memory data mode (64 MiB of uint8 pixels); some 5,500
+CelebA images or more would make it stream, decoding the JPEGs during the timed epochs.
 
 Reported per model and variant: samples/s of each repeat (images x timed epochs / their summed time),
 its median and min over the repeats and the spread (max - min) / median; the ratio of jax_train to the
@@ -406,7 +408,6 @@ def bench_model(name, data_dir, images, a, log):
                 r["warmup_s"].append(first)
                 r["run_wall_s"].append(wall)
                 r["conv_form"] = config.get("conv_form") if name != "vae" else None
-                r["data_mode"] = config.get("data_mode")
             else:
                 times = []
                 for _ in range(a.torch_epochs):
