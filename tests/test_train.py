@@ -225,9 +225,9 @@ def test_config_errors_name_the_option():
 
 def test_end_to_end_on_tfds_mock_data(tmp_path):
     """train.py on tfds.testing.mock_data, as Flax's examples test their trainers."""
-    from vae_jax import input_pipeline
+    from vae_jax import tfds_data
 
-    tfds = input_pipeline._tfds()
+    tfds = tfds_data._tfds()
     (tmp_path / "tfds" / "mnist" / "3.0.1").mkdir(parents=True)
     (tmp_path / "tfds" / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
     with tfds.testing.mock_data(num_examples=96):

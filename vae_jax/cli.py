@@ -356,9 +356,9 @@ def _parity(args):
 
 
 def _prepare(args):
-    from vae_jax import input_pipeline
+    from vae_jax import tfds_data
 
-    input_pipeline.prepare_tfds(args.dataset, args.manual_dir, args.data_dir)
+    tfds_data.prepare_tfds(args.dataset, args.manual_dir, args.data_dir)
     print(f"prepared {args.dataset} in {args.data_dir}")
     return 0
 

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vae_jax import __version__, evaluate, input_pipeline
+from vae_jax import __version__, datasets, evaluate, input_pipeline
 from vae_jax.config import Config
-from vae_jax.errors import ConfigError, DataError
+from vae_jax.errors import ConfigError, DataError, ReadError
 from vae_jax.files import atomic_dir, check_replaceable
 from vae_jax.preflight import build_model, check_figures_fit, check_memory, check_model_fits
 from vae_jax.trainer import Trainer, loss_terms, to_host, zero_sums  # noqa: F401 -- train.loss_terms, as callers use it
@@ -239,10 +239,8 @@ def train_epoch(trainer, state, feeds, config, epoch):
 
 def load_data(config: Config):
     """(train, test) Datasets for the config; --train-limit/--test-limit select before decoding."""
-    train = input_pipeline.load_dataset(config.dataset, "train", config.data_dir).take(config.train_limit)
-    test = input_pipeline.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir).take(
-        config.test_limit
-    )
+    train = datasets.load_dataset(config.dataset, "train", config.data_dir).take(config.train_limit)
+    test = datasets.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir).take(config.test_limit)
     if train.image_shape != test.image_shape:
         raise ConfigError(
             f"--test-dataset {config.test_dataset} has images of shape {test.image_shape}, "
@@ -255,7 +253,7 @@ def load_data(config: Config):
 def device_arrays(ds):
     """A (small) split whole on the device: float32 images in [0, 1], int32 labels (zeros when none)."""
     images, labels = ds.stored_arrays()
-    return jnp.asarray(input_pipeline.to_float(images), jnp.float32), jnp.asarray(labels, jnp.int32)
+    return jnp.asarray(datasets.to_float(images), jnp.float32), jnp.asarray(labels, jnp.int32)
 
 
 def train_and_evaluate(
@@ -274,7 +272,7 @@ def train_and_evaluate(
     """
     try:
         return _train_and_evaluate(config, workdir, resume=resume, restart=restart, log=log)
-    except input_pipeline.ReadError as e:
+    except ReadError as e:
         raise DataError(f"{e}, then {how_to_continue(workdir)}") from None
 
 

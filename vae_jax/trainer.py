@@ -16,6 +16,7 @@ from flax import nnx
 
 from vae_jax import input_pipeline, losses, models
 from vae_jax.config import Config
+from vae_jax.datasets import to_float
 from vae_jax.errors import ConfigError
 
 
@@ -142,7 +143,7 @@ class Trainer:
 
     def _prepare(self, x, key):
         """(x as float32, eps_key): uint8 pixels -> [0, 1]; dynamic binarization draws from the step's key."""
-        x = input_pipeline.to_float(x)
+        x = to_float(x)
         bin_key, eps_key = jax.random.split(key)
         if self.config.binarize == "dynamic":
             x = jax.random.bernoulli(bin_key, x).astype(x.dtype)
