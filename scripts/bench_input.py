@@ -50,12 +50,12 @@ def make_runner(ds, mode, batch, batches):
     import jax
     from flax import nnx
 
-    from vae_jax import train
+    from vae_jax import input_pipeline, train
 
     cfg = train.Config(model="celeba_vae", dataset="celeb_a", batch_size=batch, data_mode=mode, progress=False)
     data = ds if mode == "stream" else ds.take(batch * (batches + 2))
     trainer = train.Trainer(train.build_model(cfg, ds.image_shape, rngs=nnx.Rngs(0)), cfg)
-    feed = train.Feed(data, trainer, cfg)
+    feed = input_pipeline.Feed(data, trainer, cfg)
     holder = {"state": trainer.init_state, "epoch": 1}
     holder["state"] = train.train_part(trainer, holder["state"], feed, cfg, 1, 0, 2)  # compile
     jax.block_until_ready(holder["state"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vae_jax import cli, datasets, readers, train
+from vae_jax import cli, datasets, input_pipeline, readers, train
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
 
@@ -49,7 +49,7 @@ def _trainer(cfg, shape):
 
 def _epoch_batches(ds, cfg, mode, epoch=1, **kw):
     cfg = train.Config(**{**cfg.__dict__, "data_mode": mode, **kw})
-    feed = train.Feed(ds, _trainer(cfg, ds.image_shape), cfg)
+    feed = input_pipeline.Feed(ds, _trainer(cfg, ds.image_shape), cfg)
     assert feed.streamed == (mode == "stream")
     order = train.epoch_order(cfg.seed, epoch, len(ds))
     return list(feed.host_batches(order, cfg.batch_size))
@@ -85,13 +85,13 @@ def test_memory_and_stream_give_identical_batches(celeba, dataset):
 def test_auto_mode_chooses_by_size():
     ds = datasets.load_dataset("digits", "train")
     cfg = train.Config()
-    assert not train.Feed(ds, _trainer(cfg, ds.image_shape), cfg).streamed
-    small_limit = train.MEMORY_BYTES
+    assert not input_pipeline.Feed(ds, _trainer(cfg, ds.image_shape), cfg).streamed
+    small_limit = input_pipeline.MEMORY_BYTES
     try:
-        train.MEMORY_BYTES = ds.nbytes - 1
-        assert train.Feed(ds, _trainer(cfg, ds.image_shape), cfg).streamed
+        input_pipeline.MEMORY_BYTES = ds.nbytes - 1
+        assert input_pipeline.Feed(ds, _trainer(cfg, ds.image_shape), cfg).streamed
     finally:
-        train.MEMORY_BYTES = small_limit
+        input_pipeline.MEMORY_BYTES = small_limit
 
 
 def _run(work, *args):

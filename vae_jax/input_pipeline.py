@@ -1,18 +1,20 @@
 """The batches of an epoch: its shuffled order, cut into batches, read from a dataset's records
 ahead of the train step (the Grain streaming pipeline, its worker processes watched), each JAX process
-reading only its rows of every global batch.
+reading only its rows of every global batch. `Feed` hands the training loop the batches of one split.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import re
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax.config import Config
 from vae_jax.datasets import ArraySource, Dataset
 from vae_jax.errors import DataError, ReadError
 from vae_jax.readers import read_records
@@ -107,6 +109,9 @@ def stream_batches(
         _watch_workers()
         data = data.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return _worker_deaths_reported(iter(data))
+
+
+# ---------------------------------------------------------------------------- the worker processes
 
 
 _DEADLY = {9: "SIGKILL", 11: "SIGSEGV", 7: "SIGBUS"}  # how the out-of-memory killer or a crash ends a worker
@@ -214,3 +219,66 @@ def signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+# ------------------------------------------------------------------------------------ a split's feed
+
+
+# --data-mode auto keeps a split whole on the device up to this size (as stored, uint8): MNIST's
+# 60000 images are 47 MB; CelebA's train split at 64x64 is 2.0 GB and streams.
+MEMORY_BYTES = 64 * 2**20
+
+
+class Placement(Protocol):
+    """What puts a run's arrays on its devices (vae_jax.trainer.Trainer): one device, or a mesh."""
+
+    def put(self, tree): ...
+
+    def put_batch(self, arrays, rows: int): ...
+
+    def batch_rows(self, rows: int) -> slice: ...
+
+
+class Feed:
+    """One split on its way to the step: whole on the device ('memory': the step gathers its batch by
+    index) or streamed ('stream': a Grain pipeline decodes the next batches on the host and they are
+    transferred while the step runs). --data-mode auto streams splits over MEMORY_BYTES.
+
+    The training loop asks `batches` for the step's data arguments; `placement` (the Trainer) puts
+    them on the devices, each process supplying its rows of every global batch."""
+
+    def __init__(self, ds: Dataset, placement: Placement, config: Config):
+        self.ds, self.placement, self.config = ds, placement, config
+        self.streamed = config.data_mode == "stream" or (config.data_mode == "auto" and ds.nbytes > MEMORY_BYTES)
+        self.arrays = None if self.streamed else placement.put(ds.stored_arrays())
+
+    def host_batches(self, order, batch_size, start=0, stop=None):
+        """(images, labels) numpy batches [start, stop) of `order`, this process's rows, as the step sees them."""
+        rows = self.placement.batch_rows
+        if self.streamed:
+            return stream_batches(
+                self.ds, order, batch_size, start=start, stop=stop, rows=rows, workers=self.config.data_workers
+            )
+        return (
+            read_batch(self.ds.source, order[a:b][rows(b - a)])
+            for a, b in batch_slices(len(order), batch_size)[start:stop]
+        )
+
+    def batches(self, order, batch_size, start=0, stop=None):
+        """The step's data arguments for batches [start, stop) of `order` (a host int array): the split
+        on the device and the batch's indices ('memory'), or the batch itself ('stream')."""
+        place = self.placement
+        slices = batch_slices(len(order), batch_size)[start:stop]
+        if not self.streamed:
+            assert self.arrays is not None  # put on the device when not streamed
+            for a, b in slices:
+                yield (*self.arrays, *place.put_batch((order[a:b][place.batch_rows(b - a)],), b - a))
+            return
+        # device_put is asynchronous: the next batch moves while a step runs
+        ahead: collections.deque[Any] = collections.deque()
+        for (a, b), batch in zip(slices, self.host_batches(order, batch_size, start, stop), strict=False):
+            ahead.append(place.put_batch(batch, b - a))
+            if len(ahead) > 1:
+                yield ahead.popleft()
+        while ahead:
+            yield ahead.popleft()

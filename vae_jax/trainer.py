@@ -83,6 +83,13 @@ class Trainer:
         self.batch_eval_step = jax.jit(self._eval)
         self.mesh: jax.sharding.Mesh | None = None
 
+    def step_for(self, streamed: bool, *, train: bool):
+        """The jitted step for a feed's batches: a batch streamed from the host, or indices into the
+        split on the device (input_pipeline.Feed)."""
+        if train:
+            return self.batch_train_step if streamed else self.train_step
+        return self.batch_eval_step if streamed else self.eval_step
+
     @property
     def init_state(self):
         """A fresh copy of the initial state (the train step consumes the state it is given)."""
