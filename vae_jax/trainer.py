@@ -153,7 +153,7 @@ class Trainer:
         x = to_float(x)
         bin_key, eps_key = jax.random.split(key)
         if self.config.binarize == "dynamic":
-            x = jax.random.bernoulli(bin_key, x).astype(x.dtype)
+            x = input_pipeline.binarize(bin_key, x)
         return x, eps_key
 
     def _step(self, state, x, y, key, kl_weight, eps=None):
