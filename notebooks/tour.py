@@ -39,7 +39,7 @@ from flax import nnx
 from IPython.display import Image, display
 
 import vae_torch_ref.models as chapter
-from vae_jax import convert, input_pipeline, models, train
+from vae_jax import convert, datasets, models, train
 
 # GPUs may run float32 matmuls in reduced precision (TF32); full precision keeps the comparison exact.
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -90,7 +90,7 @@ def given_eps(eps):
         torch.randn_like = real
 
 
-images = input_pipeline.load_dataset("digits", "test").take(8).images  # (8, 28, 28, 1), in [0, 1]
+images = datasets.load_dataset("digits", "test").take(8).images  # (8, 28, 28, 1), in [0, 1]
 x = images.reshape(len(images), -1)  # the MLP VAE takes flat 784-vectors
 eps = jax.random.normal(jax.random.key(1), (len(x), model.latent_dim))
 

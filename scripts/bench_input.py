@@ -37,10 +37,10 @@ def stats(xs):
 
 
 def time_loader(ds, order, batch, batches, threads, workers):
-    from vae_jax import input_pipeline as ip
+    from vae_jax import input_pipeline
 
     t0 = time.perf_counter()
-    n = sum(1 for _ in ip.stream_batches(ds, order, batch, stop=batches, threads=threads, workers=workers))
+    n = sum(1 for _ in input_pipeline.stream_batches(ds, order, batch, stop=batches, threads=threads, workers=workers))
     assert n == batches
     return batches / (time.perf_counter() - t0)
 
@@ -50,12 +50,12 @@ def make_runner(ds, mode, batch, batches):
     import jax
     from flax import nnx
 
-    from vae_jax import train
+    from vae_jax import input_pipeline, train
 
     cfg = train.Config(model="celeba_vae", dataset="celeb_a", batch_size=batch, data_mode=mode, progress=False)
     data = ds if mode == "stream" else ds.take(batch * (batches + 2))
     trainer = train.Trainer(train.build_model(cfg, ds.image_shape, rngs=nnx.Rngs(0)), cfg)
-    feed = train.Feed(data, trainer, cfg)
+    feed = input_pipeline.Feed(data, trainer, cfg)
     holder = {"state": trainer.init_state, "epoch": 1}
     holder["state"] = train.train_part(trainer, holder["state"], feed, cfg, 1, 0, 2)  # compile
     jax.block_until_ready(holder["state"])
@@ -128,8 +128,7 @@ def main(argv=None):
     ap.add_argument("--out-json")
     args = ap.parse_args(argv)
 
-    from vae_jax import input_pipeline as ip
-    from vae_jax import train
+    from vae_jax import datasets, train
 
     result = {
         "load_before": load(),
@@ -142,7 +141,7 @@ def main(argv=None):
     if args.cli:  # first, in a fresh process, before this one holds memory
         result["cli"] = run_cli(args.data_dir, 20, args.batch_size)
     t0 = time.perf_counter()
-    ds = ip.load_dataset("celeb_a", "train", args.data_dir)
+    ds = datasets.load_dataset("celeb_a", "train", args.data_dir)
     result["list_and_check_s"] = round(time.perf_counter() - t0, 2)
     result["train_images"] = len(ds)
     runners = {

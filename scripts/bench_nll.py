@@ -156,11 +156,11 @@ def prepare_inputs(a, folder):
     """Write the images (.npy, NHWC float32) and the weights (.npz of the torch state_dict) the workers read."""
     from flax import nnx
 
-    from vae_jax import convert, input_pipeline
+    from vae_jax import convert, datasets
     from vae_jax import models as M
     from vae_jax.config import Config
 
-    ds = input_pipeline.load_dataset(a.dataset, "test", a.data_dir).take(a.images)
+    ds = datasets.load_dataset(a.dataset, "test", a.data_dir).take(a.images)
     images = np.asarray(ds.images, np.float32)
     model = M.REGISTRY["vae"].build(Config(model="vae"), images.shape[1:], rngs=nnx.Rngs(a.seed))
     if a.weights:

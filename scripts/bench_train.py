@@ -21,7 +21,7 @@ and runs, alternated (repeat r: every variant once, in this order):
   torch_tight    the same step over tensors, no DataLoader, no per-step .item() (bench.TorchVariant)
   torch_compile  torch_tight with the forward+loss compiled by torch.compile (bench.TorchVariant)
 
-The PyTorch variants read the same images the CLI reads (vae_jax.input_pipeline.load_dataset, the same
+The PyTorch variants read the same images the CLI reads (vae_jax.datasets.load_dataset, the same
 limit, x / 255), in this process; each runs one warm-up epoch before the timed repeats. With the default
 sizes every training split fits the CLI's in-memory data mode (64 MiB of uint8 pixels); some 5,500
 CelebA images or more would make it stream, decoding the JPEGs during the timed epochs.
@@ -352,9 +352,9 @@ def run_cli(cmd, workdir, timeout):
 
 def load_images(name, data_dir, images):
     """(NHWC float32 images, int64 labels) of the first `images` training images, as vae-jax train reads them."""
-    from vae_jax import input_pipeline
+    from vae_jax import datasets
 
-    ds = input_pipeline.load_dataset(DATASET[name], "train", data_dir).take(images)
+    ds = datasets.load_dataset(DATASET[name], "train", data_dir).take(images)
     x = np.asarray(ds.images, np.float32)
     y = ds.labels if ds.labels is not None else np.zeros(len(x), np.int32)
     return x, np.asarray(y, np.int64)

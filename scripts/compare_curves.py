@@ -40,9 +40,9 @@ MLP = {"ae", "vae", "cvae"}
 
 
 def load_images(dataset, data_dir, limit):
-    from vae_jax import input_pipeline
+    from vae_jax import datasets
 
-    ds = input_pipeline.load_dataset(dataset, "train", data_dir)
+    ds = datasets.load_dataset(dataset, "train", data_dir)
     images = ds.images[:limit] if limit else ds.images
     labels = (ds.labels if ds.labels is not None else np.zeros(len(ds.images), np.int64))[: len(images)]
     return np.asarray(images, np.float32), np.asarray(labels, np.int64)

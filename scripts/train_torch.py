@@ -51,11 +51,11 @@ def load_splits(dataset, data_dir, train_limit=None, test_limit=None):
             raise DataError(f"{e} -- pass --data-dir with the four original MNIST files") from None
         splits = [(s.tensors[0], s.tensors[1]) for s in (train, test)]
     elif dataset == "digits":
-        from vae_jax import input_pipeline
+        from vae_jax import datasets
 
         splits = []
         for split in ("train", "test"):
-            ds = input_pipeline.load_dataset("digits", split)
+            ds = datasets.load_dataset("digits", split)
             x = torch.from_numpy(ds.images.transpose(0, 3, 1, 2).copy())  # NHWC -> NCHW, contiguous
             splits.append((x, torch.from_numpy(ds.labels.astype("int64"))))
     else:

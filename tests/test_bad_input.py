@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import snapshot
-from vae_jax import cli, input_pipeline, train
+from vae_jax import cli, datasets, readers, train
 
 TINY = [
     "--train-limit",
@@ -86,7 +86,7 @@ def write_mnist(folder: Path, n_train=8, n_test=4):
     """The 4 original MNIST file names, gzipped, with random content."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    for (images, labels), n in zip(input_pipeline._IDX_FILES.values(), (n_train, n_test), strict=False):
+    for (images, labels), n in zip(readers._IDX_FILES.values(), (n_train, n_test), strict=False):
         (folder / f"{images}.gz").write_bytes(gzip.compress(idx_bytes(rng.integers(0, 256, (n, 28, 28)))))
         (folder / f"{labels}.gz").write_bytes(gzip.compress(idx_bytes(rng.integers(0, 10, n))))
     return folder
@@ -280,7 +280,7 @@ def test_image_folder_without_images(tmp_path, capsys):
     ids=["nan", "inf", "above_1", "negative", "float64", "flat_images"],
 )
 def test_bad_pixel_values_from_a_loader(tmp_path, capsys, monkeypatch, bad, problem):
-    original = input_pipeline._load_digits
+    original = datasets._load_digits
 
     def bad_digits(split):
         images, labels = original(split)
@@ -292,7 +292,7 @@ def test_bad_pixel_values_from_a_loader(tmp_path, capsys, monkeypatch, bad, prob
         images[3, 10, 10, 0] = bad
         return images, labels
 
-    monkeypatch.setattr(input_pipeline, "_load_digits", bad_digits)
+    monkeypatch.setattr(datasets, "_load_digits", bad_digits)
     check_case(tmp_path, capsys, train_args(tmp_path), ["digits train", problem], "intact copy")
 
 

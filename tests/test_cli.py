@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from vae_jax import cli, config, input_pipeline, losses, models, train
+from vae_jax import cli, config, losses, models, train
 from vae_jax.errors import ConfigError
 
 
@@ -113,7 +113,7 @@ def test_help_shows_every_option_and_its_default():
     formatter = t._get_formatter()
     for action in t._actions[1:]:  # after -h
         assert "%(default)s" in formatter._get_help_string(action), action.option_strings
-    assert ", ".join(input_pipeline.DATASETS) in text
+    assert ", ".join(config.DATASETS) in text
 
 
 def test_bad_model_lists_the_registry(tmp_path, capsys):
@@ -130,7 +130,7 @@ def test_bad_dataset_lists_the_registry(tmp_path, capsys):
     for option in ("--dataset", "--test-dataset"):
         code, err = run_cli(["train", "--workdir", tmp_path / "run", option, "cifar10"], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1, err
-        assert "'cifar10'" in err and f"use one of {', '.join(input_pipeline.DATASETS)}" in err, err
+        assert "'cifar10'" in err and f"use one of {', '.join(config.DATASETS)}" in err, err
         assert not (tmp_path / "run").exists()
 
 

@@ -143,15 +143,15 @@ def _wait_for(predicate, proc, what, timeout=300):
 
 _SLOW_STEPS = """
 import sys, time
-from vae_jax import cli, train
-batches = train.Feed.batches
+from vae_jax import cli, input_pipeline
+batches = input_pipeline.Feed.batches
 
 def slow_batches(self, *args, **kwargs):  # 0.5 s after each batch: an epoch of 4 steps takes >= 2 s
     for batch in batches(self, *args, **kwargs):
         yield batch
         time.sleep(0.5)
 
-train.Feed.batches = slow_batches
+input_pipeline.Feed.batches = slow_batches
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -267,7 +267,7 @@ def test_make_figures_passes_labels_mu_and_logvar(tmp_path, monkeypatch, model_n
     import jax
     from flax import nnx
 
-    from vae_jax import evaluate, input_pipeline, models
+    from vae_jax import datasets, evaluate, models
 
     seen = {}
 
@@ -284,8 +284,8 @@ def test_make_figures_passes_labels_mu_and_logvar(tmp_path, monkeypatch, model_n
     monkeypatch.setattr(figures, "save_manifold", spy("save_manifold"))
     images = RNG.uniform(size=(12, 28, 28, 1)).astype(np.float32)
     labels = RNG.integers(0, 10, size=12).astype(np.int32) if has_labels else None
-    ds = input_pipeline.Dataset(
-        source=input_pipeline.ArraySource(images, labels), name="t", image_shape=(28, 28, 1), has_labels=has_labels
+    ds = datasets.Dataset(
+        source=datasets.ArraySource(images, labels), name="t", image_shape=(28, 28, 1), has_labels=has_labels
     )
     rngs = nnx.Rngs(0)
     model = (

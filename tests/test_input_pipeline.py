@@ -1,4 +1,5 @@
-"""vae_jax.input_pipeline: file readers, load_dataset sources, tfds prepare/mock, batch helpers.
+"""vae_jax.readers, datasets, tfds_data and input_pipeline: file readers, load_dataset sources, tfds
+prepare/mock, batch helpers.
 
 Real-data tests read $VAE_DATA_DIR (the Makefile points it at ../shared/data) and skip without it.
 """
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vae_jax import input_pipeline as ip
+from vae_jax import datasets, input_pipeline, readers, tfds_data
 from vae_jax.errors import DataError
 
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
@@ -49,7 +50,7 @@ def write_mnist(folder: Path, n: int = 5, n_labels: int | None = None, split: st
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, n if n_labels is None else n_labels, dtype=np.uint8)
-    image_name, label_name = ip._IDX_FILES[split]
+    image_name, label_name = readers._IDX_FILES[split]
     write(folder / f"{image_name}.gz", idx_bytes(images))
     write(folder / f"{label_name}.gz", idx_bytes(labels))
     return images, labels
@@ -75,8 +76,8 @@ def raises_data_error(path, func, *args, **kwargs) -> str:
 def test_read_idx_round_trip(tmp_path, suffix):
     images = np.arange(3 * 28 * 28, dtype=np.uint32).reshape(3, 28, 28).astype(np.uint8)
     labels = np.array([7, 2, 1], np.uint8)
-    got_images = ip.read_idx(write(tmp_path / f"img-idx3-ubyte{suffix}", idx_bytes(images)))
-    got_labels = ip.read_idx(write(tmp_path / f"lab-idx1-ubyte{suffix}", idx_bytes(labels)))
+    got_images = readers.read_idx(write(tmp_path / f"img-idx3-ubyte{suffix}", idx_bytes(images)))
+    got_labels = readers.read_idx(write(tmp_path / f"lab-idx1-ubyte{suffix}", idx_bytes(labels)))
     assert got_images.dtype == np.uint8 and np.array_equal(got_images, images)
     assert np.array_equal(got_labels, labels)
 
@@ -84,7 +85,7 @@ def test_read_idx_round_trip(tmp_path, suffix):
 def test_read_amat_round_trip(tmp_path):
     rows = np.random.default_rng(0).integers(0, 2, (3, 784))
     path = write(tmp_path / "x.amat.gz", b"".join(amat_line(r) for r in rows) + b"\n")
-    got = ip.read_amat(path)
+    got = readers.read_amat(path)
     assert got.shape == (3, 28, 28) and np.array_equal(got.reshape(3, 784), rows)
 
 
@@ -99,7 +100,7 @@ def _gz_corrupted(path):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("reader", [ip.read_idx, ip.read_amat])
+@pytest.mark.parametrize("reader", [readers.read_idx, readers.read_amat])
 @pytest.mark.parametrize("make", [_gz_truncated, _gz_corrupted], ids=["truncated", "corrupted"])
 def test_bad_gzip_is_data_error(tmp_path, reader, make):
     path = tmp_path / "bad.gz"
@@ -119,7 +120,7 @@ def test_bad_gzip_is_data_error(tmp_path, reader, make):
 )
 def test_bad_idx_is_data_error(tmp_path, data, words):
     path = write(tmp_path / "bad-idx-ubyte.gz", data)
-    assert words in raises_data_error(path, ip.read_idx, path)
+    assert words in raises_data_error(path, readers.read_idx, path)
 
 
 @pytest.mark.parametrize(
@@ -134,11 +135,11 @@ def test_bad_idx_is_data_error(tmp_path, data, words):
 )
 def test_bad_amat_is_data_error(tmp_path, text, words):
     path = write(tmp_path / "bad.amat", text)
-    assert words in raises_data_error(path, ip.read_amat, path)
+    assert words in raises_data_error(path, readers.read_amat, path)
 
 
 def test_missing_file_is_data_error(tmp_path):
-    raises_data_error(tmp_path / "nope.gz", ip.read_idx, tmp_path / "nope.gz")
+    raises_data_error(tmp_path / "nope.gz", readers.read_idx, tmp_path / "nope.gz")
 
 
 _HEADERS = st.sampled_from(
@@ -159,7 +160,7 @@ def test_arbitrary_bytes_only_raise_data_error(header, tail, name, compress):
         path = Path(tmp, name)
         # .gz files hold either the arbitrary bytes themselves or their valid gzip compression
         path.write_bytes(gzip.compress(data) if compress and name.endswith(".gz") else data)
-        for reader in (ip.read_idx, ip.read_amat):
+        for reader in (readers.read_idx, readers.read_amat):
             try:
                 out = reader(path)
             except DataError as e:
@@ -173,7 +174,7 @@ def test_arbitrary_bytes_only_raise_data_error(header, tail, name, compress):
 
 def test_mnist_files_in_subfolder_and_plain(tmp_path):
     images, labels = write_mnist(tmp_path / "fashion_mnist", n=6, split="test")
-    ds = ip.load_dataset("fashion_mnist", "test", tmp_path)
+    ds = datasets.load_dataset("fashion_mnist", "test", tmp_path)
     assert ds.name == "fashion_mnist" and len(ds) == 6
     assert ds.images.shape == (6, 28, 28, 1) and ds.images.dtype == np.float32
     assert np.array_equal(ds.images[..., 0], images / np.float32(255))
@@ -181,23 +182,25 @@ def test_mnist_files_in_subfolder_and_plain(tmp_path):
     for path in (tmp_path / "fashion_mnist").iterdir():  # uncompressed copies also work
         path.with_suffix("").write_bytes(gzip.decompress(path.read_bytes()))
         path.unlink()
-    assert np.array_equal(ip.load_dataset("fashion_mnist", "test", tmp_path).images, ds.images)
+    assert np.array_equal(datasets.load_dataset("fashion_mnist", "test", tmp_path).images, ds.images)
 
 
 def test_count_mismatch_is_data_error(tmp_path):
     write_mnist(tmp_path, n=5, n_labels=4)
-    raises_data_error(tmp_path / "train-labels-idx1-ubyte.gz", ip.load_dataset, "mnist", "train", tmp_path)
+    raises_data_error(tmp_path / "train-labels-idx1-ubyte.gz", datasets.load_dataset, "mnist", "train", tmp_path)
 
 
 def test_missing_dir_is_data_error(tmp_path):
-    message = raises_data_error(tmp_path / "nope", ip.load_dataset, "mnist", "train", tmp_path / "nope", source="files")
+    message = raises_data_error(
+        tmp_path / "nope", datasets.load_dataset, "mnist", "train", tmp_path / "nope", source="files"
+    )
     assert "--data-dir" in message and "train-images-idx3-ubyte.gz" in message
 
 
 def test_binarized_files(tmp_path):
     rows = np.random.default_rng(1).integers(0, 2, (3, 784))
     write(tmp_path / "binarized_mnist_valid.amat", b"".join(amat_line(r) for r in rows))
-    ds = ip.load_dataset("binarized_mnist", "validation", tmp_path)
+    ds = datasets.load_dataset("binarized_mnist", "validation", tmp_path)
     assert ds.images.shape == (3, 28, 28, 1) and ds.labels is None
     assert np.array_equal(ds.images.reshape(3, 784), rows)
 
@@ -213,25 +216,25 @@ def test_binarized_files(tmp_path):
 )
 def test_bad_arguments_are_data_errors(args, words):
     with pytest.raises(DataError, match=words):
-        ip.load_dataset(*args, source="files")
+        datasets.load_dataset(*args, source="files")
 
 
 def test_check_rejects_nan_and_range():
     images = np.zeros((2, 28, 28, 1), np.float32)
-    ip._check(images, np.zeros(2, np.int32), "x")
+    datasets._check(images, np.zeros(2, np.int32), "x")
     for bad, words in [(np.nan, "NaN"), (np.inf, "Inf"), (1.5, "outside"), (-0.1, "outside")]:
         images[0, 0, 0, 0] = bad
         with pytest.raises(DataError, match=words):
-            ip._check(images, None, "x")
+            datasets._check(images, None, "x")
 
 
 def test_digits():
-    train, test = ip.load_dataset("digits", "train"), ip.load_dataset("digits", "test")
+    train, test = datasets.load_dataset("digits", "train"), datasets.load_dataset("digits", "test")
     assert train.images.shape == (1500, 28, 28, 1) and test.images.shape == (297, 28, 28, 1)
     for ds in (train, test):
         assert ds.images.dtype == np.float32 and ds.labels.dtype == np.int32
         assert ds.images.min() == 0.0 and 0.99 <= ds.images.max() <= 1.0
-    assert np.array_equal(ip.load_dataset("digits", "test").images, test.images)
+    assert np.array_equal(datasets.load_dataset("digits", "test").images, test.images)
 
 
 # ------------------------------------------------------------------------ image folder / CelebA
@@ -254,7 +257,7 @@ def test_image_folder_sizes_and_modes(tmp_path):
     tall[10:40] = 255  # the centered 30x30 square is white, the 10-pixel bands above/below black
     _save(tmp_path / "d.png", "L", (30, 50), fill=tall)
     (tmp_path / "notes.txt").write_text("not an image")
-    ds = ip.load_dataset("image_folder", "train", tmp_path, image_size=16)
+    ds = datasets.load_dataset("image_folder", "train", tmp_path, image_size=16)
     assert ds.images.shape == (4, 16, 16, 3) and ds.images.dtype == np.float32 and ds.labels is None
     assert ds.images.min() >= 0 and ds.images.max() <= 1
     assert np.all(ds.images[3] == 1.0)  # center crop kept only the white square
@@ -264,36 +267,36 @@ def test_image_folder_splits_and_errors(tmp_path):
     for split in ("train", "test"):
         (tmp_path / split).mkdir()
         _save(tmp_path / split / "x.png", "RGB", (178, 218))
-    ds = ip.load_dataset("celeb_a", "test", tmp_path)  # CelebA as a folder: 218x178 -> 64x64
+    ds = datasets.load_dataset("celeb_a", "test", tmp_path)  # CelebA as a folder: 218x178 -> 64x64
     assert ds.images.shape == (1, 64, 64, 3)
-    raises_data_error(tmp_path / "valid", ip.load_dataset, "image_folder", "valid", tmp_path)
+    raises_data_error(tmp_path / "valid", datasets.load_dataset, "image_folder", "valid", tmp_path)
     (tmp_path / "test" / "broken.jpg").write_bytes(b"not a jpeg")  # sorted first: read at load time
-    raises_data_error(tmp_path / "test" / "broken.jpg", ip.load_dataset, "image_folder", "test", tmp_path)
+    raises_data_error(tmp_path / "test" / "broken.jpg", datasets.load_dataset, "image_folder", "test", tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ tfds
 
 
 def test_tfds_mock_data(tmp_path):
-    tfds = ip._tfds()
+    tfds = tfds_data._tfds()
     (tmp_path / "mnist" / "3.0.1").mkdir(parents=True)
     (tmp_path / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")  # looks prepared
     with tfds.testing.mock_data(num_examples=5):
-        ds = ip.load_dataset("mnist", "train", data_dir=tmp_path)  # detected as a tfds data_dir
+        ds = datasets.load_dataset("mnist", "train", data_dir=tmp_path)  # detected as a tfds data_dir
         assert ds.images.shape == (5, 28, 28, 1) and ds.labels.shape == (5,)
         assert ds.images.dtype == np.float32 and ds.labels.dtype == np.int32
         assert ds.images.max() <= 1.0 and ds.labels.max() <= 9
-        ds = ip.load_dataset("mnist", "test", data_dir=tmp_path / "empty", source="tfds")
+        ds = datasets.load_dataset("mnist", "test", data_dir=tmp_path / "empty", source="tfds")
         assert ds.images.shape == (5, 28, 28, 1)
-        ds = ip.load_dataset("celeb_a", "train", data_dir=tmp_path, source="tfds", image_size=32)
+        ds = datasets.load_dataset("celeb_a", "train", data_dir=tmp_path, source="tfds", image_size=32)
         assert ds.images.shape == (5, 32, 32, 3) and ds.labels is None
         # the mock draws 0..255 for binarized_mnist, whose real values are 0/1: caught
         with pytest.raises(DataError, match="want 0/1"):
-            ip.load_dataset("binarized_mnist", "test", data_dir=tmp_path, source="tfds")
+            datasets.load_dataset("binarized_mnist", "test", data_dir=tmp_path, source="tfds")
 
 
 def test_tfds_not_prepared_is_data_error(tmp_path):
-    raises_data_error(tmp_path, ip.load_dataset, "mnist", "train", tmp_path, source="tfds")
+    raises_data_error(tmp_path, datasets.load_dataset, "mnist", "train", tmp_path, source="tfds")
 
 
 def _has_tensorflow() -> bool:
@@ -320,7 +323,7 @@ def test_not_prepared_and_offline_is_one_data_error_at_once(tmp_path, monkeypatc
     monkeypatch.setattr(socket, "create_connection", offline)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     t0 = time.monotonic()
-    message = raises_data_error("downloading it failed", ip.load_dataset, "mnist", "train")
+    message = raises_data_error("downloading it failed", datasets.load_dataset, "mnist", "train")
     assert time.monotonic() - t0 < 30
     assert "https://storage.googleapis.com/cvdf-datasets/mnist/train-images-idx3-ubyte.gz" in message
     assert "vae-jax prepare" in message and "--data-dir" in message
@@ -329,7 +332,9 @@ def test_not_prepared_and_offline_is_one_data_error_at_once(tmp_path, monkeypatc
 @needs_tf
 def test_prepare_tfds_missing_files(tmp_path):
     write_mnist(tmp_path / "manual")  # train files only
-    message = raises_data_error(tmp_path / "manual", ip.prepare_tfds, "mnist", tmp_path / "manual", tmp_path / "tfds")
+    message = raises_data_error(
+        tmp_path / "manual", tfds_data.prepare_tfds, "mnist", tmp_path / "manual", tmp_path / "tfds"
+    )
     assert "t10k-images-idx3-ubyte.gz" in message and "train-images" not in message
 
 
@@ -337,18 +342,18 @@ def test_prepare_tfds_missing_files(tmp_path):
 def test_prepare_tfds_checksum_mismatch(tmp_path):
     write_mnist(tmp_path, split="train")
     write_mnist(tmp_path, split="test")
-    message = raises_data_error(tmp_path, ip.prepare_tfds, "mnist", tmp_path, tmp_path / "tfds")
+    message = raises_data_error(tmp_path, tfds_data.prepare_tfds, "mnist", tmp_path, tmp_path / "tfds")
     assert "checksum" in message
 
 
 @needs_tf
 def test_prepare_tfds_never_downloads(tmp_path, monkeypatch):
     """A file that the manual dir lookup does not find is a DataError, not a download."""
-    tfds = ip._tfds()
+    tfds = tfds_data._tfds()
     write_mnist(tmp_path, split="train")
     write_mnist(tmp_path, split="test")
     monkeypatch.setattr(tfds.download.DownloadManager, "_get_manually_downloaded_path", lambda self, url_info: None)
-    message = raises_data_error(tmp_path, ip.prepare_tfds, "mnist", tmp_path, tmp_path / "tfds")
+    message = raises_data_error(tmp_path, tfds_data.prepare_tfds, "mnist", tmp_path, tmp_path / "tfds")
     assert "https://" in message
 
 
@@ -358,7 +363,7 @@ def test_prepare_tfds_never_downloads(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def mnist_files():
     folder = real_data("mnist")
-    return {split: ip.load_dataset("mnist", split, folder.parent) for split in ("train", "test")}
+    return {split: datasets.load_dataset("mnist", split, folder.parent) for split in ("train", "test")}
 
 
 def test_real_mnist(mnist_files):
@@ -375,7 +380,7 @@ def test_real_binarized_mnist():
     data_dir = real_data("binarized_mnist").parent
     sizes = {}
     for split in ("train", "valid", "test"):
-        ds = ip.load_dataset("binarized_mnist", split, data_dir)
+        ds = datasets.load_dataset("binarized_mnist", split, data_dir)
         assert ds.images.shape[1:] == (28, 28, 1) and ds.labels is None
         assert np.array_equal(np.unique(ds.images), [0.0, 1.0])
         sizes[split] = len(ds)
@@ -390,10 +395,10 @@ def test_real_prepare_tfds_mnist_matches_idx(tmp_path, mnist_files):
     tfds stores examples shuffled, so the splits are compared as multisets of (label, image).
     """
     folder = real_data("mnist")
-    prepared = ip.prepare_tfds("mnist", folder, tmp_path)
+    prepared = tfds_data.prepare_tfds("mnist", folder, tmp_path)
     assert (prepared / "dataset_info.json").is_file()
     for split, expected in mnist_files.items():
-        got = ip.load_dataset("mnist", split, tmp_path)  # auto-detected as a tfds data_dir
+        got = datasets.load_dataset("mnist", split, tmp_path)  # auto-detected as a tfds data_dir
         assert got.images.shape == expected.images.shape and got.labels.dtype == np.int32
 
         def rows(ds):
@@ -401,7 +406,7 @@ def test_real_prepare_tfds_mnist_matches_idx(tmp_path, mnist_files):
             return sorted(bytes([label]) + row.tobytes() for label, row in zip(ds.labels, pixels, strict=False))
 
         assert rows(got) == rows(expected)
-    assert ip.prepare_tfds("mnist", tmp_path / "unused", tmp_path) == prepared  # reused as is
+    assert tfds_data.prepare_tfds("mnist", tmp_path / "unused", tmp_path) == prepared  # reused as is
 
 
 # ---------------------------------------------------------------------- binarization and batches
@@ -409,28 +414,28 @@ def test_real_prepare_tfds_mnist_matches_idx(tmp_path, mnist_files):
 
 def test_binarize():
     images = np.full((4, 28, 28, 1), 0.3, np.float32)
-    a = ip.binarize(jax.random.key(0), images)
+    a = input_pipeline.binarize(jax.random.key(0), images)
     assert a.dtype == np.float32 and a.shape == images.shape
     assert set(np.unique(a).tolist()) == {0.0, 1.0} and abs(float(a.mean()) - 0.3) < 0.03
-    assert np.array_equal(a, ip.binarize(jax.random.key(0), images))
-    assert not np.array_equal(a, ip.binarize(jax.random.key(1), images))
+    assert np.array_equal(a, input_pipeline.binarize(jax.random.key(0), images))
+    assert not np.array_equal(a, input_pipeline.binarize(jax.random.key(1), images))
 
 
 def test_epoch_permutation():
-    p = ip.epoch_permutation(jax.random.key(0), 1000)
+    p = input_pipeline.epoch_permutation(jax.random.key(0), 1000)
     assert p.dtype == np.int32 and sorted(np.asarray(p).tolist()) == list(range(1000))
-    assert np.array_equal(p, ip.epoch_permutation(jax.random.key(0), 1000))
-    assert not np.array_equal(p, ip.epoch_permutation(jax.random.key(1), 1000))
-    assert np.array_equal(ip.epoch_permutation(jax.random.key(0), 5, shuffle=False), np.arange(5))
+    assert np.array_equal(p, input_pipeline.epoch_permutation(jax.random.key(0), 1000))
+    assert not np.array_equal(p, input_pipeline.epoch_permutation(jax.random.key(1), 1000))
+    assert np.array_equal(input_pipeline.epoch_permutation(jax.random.key(0), 5, shuffle=False), np.arange(5))
     with pytest.raises(DataError):
-        ip.epoch_permutation(jax.random.key(0), 0)
+        input_pipeline.epoch_permutation(jax.random.key(0), 0)
 
 
 def test_batch_slices():
-    slices = ip.batch_slices(60000, 128)
+    slices = input_pipeline.batch_slices(60000, 128)
     assert len(slices) == 469 and slices[0] == (0, 128) and slices[-1] == (59904, 60000)
-    assert ip.batch_slices(256, 128) == [(0, 128), (128, 256)]
-    assert ip.batch_slices(3, 128) == [(0, 3)]
+    assert input_pipeline.batch_slices(256, 128) == [(0, 128), (128, 256)]
+    assert input_pipeline.batch_slices(3, 128) == [(0, 3)]
     for bad in [(0, 128), (10, 0)]:
         with pytest.raises(DataError):
-            ip.batch_slices(*bad)
+            input_pipeline.batch_slices(*bad)

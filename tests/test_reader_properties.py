@@ -17,7 +17,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vae_jax import input_pipeline as ip
+from vae_jax import datasets, readers
 from vae_jax.errors import DataError
 from vae_torch_ref import data as torch_data
 
@@ -67,7 +67,7 @@ def _check_dataset(ds):
 
 @SETTINGS
 @given(
-    which=st.sampled_from(sorted(f for pair in ip._IDX_FILES.values() for f in pair)),
+    which=st.sampled_from(sorted(f for pair in readers._IDX_FILES.values() for f in pair)),
     content=idx_files() | st.binary(max_size=2000),
     how=HOW,
 )
@@ -75,7 +75,7 @@ def test_load_dataset_mnist_only_raises_data_error(which, content, how):
     """One of the 4 MNIST files replaced; both splits loaded through load_dataset from the folder."""
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        for (images, labels), n in zip(ip._IDX_FILES.values(), (3, 2), strict=False):
+        for (images, labels), n in zip(readers._IDX_FILES.values(), (3, 2), strict=False):
             for name, array in ((images, rng.integers(0, 256, (n, 28, 28))), (labels, rng.integers(0, 10, n))):
                 raw = (
                     struct.pack(f">I{array.ndim}I", 0x800 | array.ndim, *array.shape) + array.astype(np.uint8).tobytes()
@@ -84,7 +84,7 @@ def test_load_dataset_mnist_only_raises_data_error(which, content, how):
         Path(tmp, f"{which}.gz").write_bytes(encode(content, how))
         for split in ("train", "test"):
             try:
-                ds = ip.load_dataset("mnist", split, tmp, source="files")
+                ds = datasets.load_dataset("mnist", split, tmp, source="files")
             except DataError as e:
                 assert "\n" not in str(e)
             else:
@@ -107,7 +107,7 @@ def test_load_dataset_binarized_only_raises_data_error(lengths, seed, noise, at,
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "binarized_mnist_test.amat.gz").write_bytes(encode(text, how))
         try:
-            ds = ip.load_dataset("binarized_mnist", "test", tmp, source="files")
+            ds = datasets.load_dataset("binarized_mnist", "test", tmp, source="files")
         except DataError as e:
             assert "\n" not in str(e)
         else:
@@ -127,7 +127,7 @@ def test_torch_reference_read_idx_only_raises_value_error_and_agrees(content, ho
             return
         assert got.dtype == np.uint8
         try:
-            want = ip.read_idx(path)
+            want = readers.read_idx(path)
         except DataError:
             return  # vae_jax is stricter (e.g. images of 0 rows or columns)
         assert got.shape == want.shape and np.array_equal(got, want)

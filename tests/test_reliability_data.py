@@ -17,8 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import run
-from vae_jax import input_pipeline as ip
-from vae_jax import onednn_conv
+from vae_jax import onednn_conv, readers
 
 TINY = ["--test-limit", "20", "--epochs", "1", "--batch-size", "50", "--no-progress", "--no-figures"]
 
@@ -46,15 +45,15 @@ def celeba_root(tmp_path_factory):
     """A tiny CelebA layout: img_align_celeba/000001.jpg ... (small JPEGs of varied colour) and
     list_eval_partition.txt ("000001.jpg 0", the splits in the original's order)."""
     root = tmp_path_factory.mktemp("celeba") / "celeba"
-    (root / ip.CELEBA_IMAGES).mkdir(parents=True)
+    (root / readers.CELEBA_IMAGES).mkdir(parents=True)
     rng = np.random.default_rng(0)
     lines = []
     for part, n in SPLITS.items():
         for _ in range(n):
             name = f"{len(lines) + 1:06d}.jpg"
-            Image.fromarray(rng.integers(0, 256, (22, 18, 3), np.uint8)).save(root / ip.CELEBA_IMAGES / name)
+            Image.fromarray(rng.integers(0, 256, (22, 18, 3), np.uint8)).save(root / readers.CELEBA_IMAGES / name)
             lines.append(f"{name} {part}")
-    (root / ip.CELEBA_PARTITION).write_text("\n".join(lines) + "\n")
+    (root / readers.CELEBA_PARTITION).write_text("\n".join(lines) + "\n")
     return root
 
 
@@ -74,19 +73,19 @@ def celeba_train(data, work, *extra):
 
 @pytest.mark.parametrize("extra_line, where", [("000003.jpg 0", "(train) and line"), ("000003.jpg 2", "(test)")])
 def test_a_partition_naming_a_file_twice_or_in_two_splits_is_refused(celeba, tmp_path, capsys, extra_line, where):
-    with (celeba / ip.CELEBA_PARTITION).open("a") as f:
+    with (celeba / readers.CELEBA_PARTITION).open("a") as f:
         f.write(extra_line + "\n")
     code, err, _ = run(celeba_train(celeba, tmp_path / "run"), capsys)
-    one_line(code, err, "000003.jpg", "more than once", ip.CELEBA_PARTITION, where, "test set", "CelebA download")
+    one_line(code, err, "000003.jpg", "more than once", readers.CELEBA_PARTITION, where, "test set", "CelebA download")
     assert not (tmp_path / "run" / "config.json").exists()
 
 
 @pytest.mark.slow
 def test_a_partition_with_a_bom_and_crlf_line_ends_is_read_as_the_plain_one(celeba, tmp_path, capsys):
-    partition = celeba / ip.CELEBA_PARTITION
-    plain = {split: ip.celeba_files(celeba, split) for split in ("train", "valid", "test")}
+    partition = celeba / readers.CELEBA_PARTITION
+    plain = {split: readers.celeba_files(celeba, split) for split in ("train", "valid", "test")}
     partition.write_bytes(b"\xef\xbb\xbf" + partition.read_bytes().replace(b"\n", b"\r\n"))
-    assert {split: ip.celeba_files(celeba, split) for split in plain} == plain
+    assert {split: readers.celeba_files(celeba, split) for split in plain} == plain
     code, err, _ = run(celeba_train(celeba, tmp_path / "run"), capsys)
     assert code == 0 and err == [], err
     assert summary(tmp_path / "run")["steps"] == 1  # the 30 training images: one batch of 50
@@ -131,7 +130,7 @@ def test_special_files_named_as_images_are_skipped_with_one_warning(tmp_path, ca
 def test_a_damaged_celeba_image_names_the_kept_checkpoint_and_the_command_that_continues(celeba, tmp_path, capsys):
     work = tmp_path / "run"
     assert run(celeba_train(celeba, work, "--batch-size", "10", "--data-mode", "stream"), capsys)[0] == 0  # 3 steps
-    image = celeba / ip.CELEBA_IMAGES / "000007.jpg"  # a training image
+    image = celeba / readers.CELEBA_IMAGES / "000007.jpg"  # a training image
     intact = image.read_bytes()
     image.write_bytes(intact[:200])  # cut short, as by a failed copy
     code, err, _ = run(["train", "--workdir", work, "--resume", "--epochs", "2"], capsys)

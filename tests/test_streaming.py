@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vae_jax import cli, train
-from vae_jax import input_pipeline as ip
+from vae_jax import cli, datasets, input_pipeline, readers, train
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
 
@@ -50,18 +49,18 @@ def _trainer(cfg, shape):
 
 def _epoch_batches(ds, cfg, mode, epoch=1, **kw):
     cfg = train.Config(**{**cfg.__dict__, "data_mode": mode, **kw})
-    feed = train.Feed(ds, _trainer(cfg, ds.image_shape), cfg)
+    feed = input_pipeline.Feed(ds, _trainer(cfg, ds.image_shape), cfg)
     assert feed.streamed == (mode == "stream")
     order = train.epoch_order(cfg.seed, epoch, len(ds))
     return list(feed.host_batches(order, cfg.batch_size))
 
 
 def test_the_split_of_the_original_layout_in_the_partition_order(celeba):
-    sizes = {split: len(ip.load_dataset("celeb_a", split, celeba)) for split in ("train", "valid", "test")}
+    sizes = {split: len(datasets.load_dataset("celeb_a", split, celeba)) for split in ("train", "valid", "test")}
     assert sizes == {"train": 96, "valid": 12, "test": 12}  # 120 scaled from 162,770 / 19,867 / 19,962
-    files = ip.celeba_files(celeba, "test")
+    files = readers.celeba_files(celeba, "test")
     assert [f.name for f in files] == [f"{i:06d}.jpg" for i in range(109, 121)]
-    ds = ip.load_dataset("celeb_a", "test", celeba)
+    ds = datasets.load_dataset("celeb_a", "test", celeba)
     assert ds.image_shape == (64, 64, 3) and not ds.has_labels
     assert ds.source[0][0].dtype == np.uint8  # records stay uint8 until the step
     assert ds.images.dtype == np.float32 and ds.images.shape == (12, 64, 64, 3)
@@ -69,7 +68,7 @@ def test_the_split_of_the_original_layout_in_the_partition_order(celeba):
 
 @pytest.mark.parametrize("dataset", ["digits", "celeb_a"])
 def test_memory_and_stream_give_identical_batches(celeba, dataset):
-    ds = ip.load_dataset(dataset, "train", None if dataset == "digits" else celeba).take(90)
+    ds = datasets.load_dataset(dataset, "train", None if dataset == "digits" else celeba).take(90)
     cfg = train.Config(model="vae" if dataset == "digits" else "celeba_vae", batch_size=32, seed=3)
     memory = _epoch_batches(ds, cfg, "memory", epoch=2)
     for streamed in (
@@ -84,15 +83,15 @@ def test_memory_and_stream_give_identical_batches(celeba, dataset):
 
 
 def test_auto_mode_chooses_by_size():
-    ds = ip.load_dataset("digits", "train")
+    ds = datasets.load_dataset("digits", "train")
     cfg = train.Config()
-    assert not train.Feed(ds, _trainer(cfg, ds.image_shape), cfg).streamed
-    small_limit = train.MEMORY_BYTES
+    assert not input_pipeline.Feed(ds, _trainer(cfg, ds.image_shape), cfg).streamed
+    small_limit = input_pipeline.MEMORY_BYTES
     try:
-        train.MEMORY_BYTES = ds.nbytes - 1
-        assert train.Feed(ds, _trainer(cfg, ds.image_shape), cfg).streamed
+        input_pipeline.MEMORY_BYTES = ds.nbytes - 1
+        assert input_pipeline.Feed(ds, _trainer(cfg, ds.image_shape), cfg).streamed
     finally:
-        train.MEMORY_BYTES = small_limit
+        input_pipeline.MEMORY_BYTES = small_limit
 
 
 def _run(work, *args):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.helpers import tensorboard_events, tensorboard_scalars
-from vae_jax import cli, train, trainer
+from vae_jax import cli, input_pipeline, train, trainer
 from vae_jax.errors import CheckpointError, ConfigError
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
@@ -92,11 +92,11 @@ def test_last_partial_batch_compiles_once(tmp_path):
 
     model = train.build_model(cfg, (28, 28, 1), rngs=nnx.Rngs(0))
     tr = train.Trainer(model, cfg)
-    ds_train, ds_test = train.load_data(cfg)
-    feeds = (train.Feed(ds_train, tr, cfg), train.Feed(ds_test, tr, cfg))
+    ds_train, _ = train.load_data(cfg)
+    feed, spe = input_pipeline.Feed(ds_train, tr, cfg), train.steps_per_epoch(cfg, ds_train)
     state = tr.init_state
     for epoch in (1, 2, 3):
-        state, _ = train.train_epoch(tr, state, feeds, cfg, epoch)
+        state = train.train_part(tr, state, feed, cfg, epoch, 0, spe)
     assert tr.train_step._cache_size() == 2  # a full batch (64) and the last partial one (22)
     assert int(state["step"]) == 3 * 3
 
@@ -225,9 +225,9 @@ def test_config_errors_name_the_option():
 
 def test_end_to_end_on_tfds_mock_data(tmp_path):
     """train.py on tfds.testing.mock_data, as Flax's examples test their trainers."""
-    from vae_jax import input_pipeline
+    from vae_jax import tfds_data
 
-    tfds = input_pipeline._tfds()
+    tfds = tfds_data._tfds()
     (tmp_path / "tfds" / "mnist" / "3.0.1").mkdir(parents=True)
     (tmp_path / "tfds" / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
     with tfds.testing.mock_data(num_examples=96):

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from tests.helpers import tensorboard_scalars
-from vae_jax import convert, input_pipeline, train
+from vae_jax import convert, datasets, train
 from vae_jax.config import Config
 from vae_jax.preflight import build_model
 from vae_jax.trainer import Trainer
@@ -18,7 +18,7 @@ from vae_jax.trainer import Trainer
 @pytest.mark.parametrize("model", ["vae", "cvae"])
 def test_k_steps_in_one_dispatch_equal_k_calls_of_the_step(model):
     config = Config(model=model, batch_size=20)
-    ds = input_pipeline.load_dataset("digits", "train").take(200)
+    ds = datasets.load_dataset("digits", "train").take(200)
     net = build_model(config, ds.image_shape, rngs=nnx.Rngs(params=jax.random.key(0)))
     trainer = Trainer(net, config, steps_per_epoch=10)
     images, labels = trainer.put(ds.stored_arrays())

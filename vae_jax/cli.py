@@ -9,7 +9,6 @@ for the traceback).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
@@ -20,7 +19,7 @@ from pathlib import Path
 from vae_jax import __version__, configs
 from vae_jax.config import KINDS, TFDS_DATASETS, Config, option_name
 from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_failure
-from vae_jax.files import atomic_dir, atomic_write, lock_run_dir, unlock_run_dir
+from vae_jax.files import atomic_dir, atomic_write, writer_lock_if_inside
 
 
 def _number(kind):
@@ -39,6 +38,9 @@ def _number(kind):
 
     parse.__name__ = kind
     return parse
+
+
+_positive_int, _nonneg_int = _number("positive_int"), _number("nonneg_int")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,11 +118,17 @@ def _one_line(e) -> str:
 
 
 def _parser():
-    _positive_int, _nonneg_int = _number("positive_int"), _number("nonneg_int")
     p = _Parser(prog="vae-jax", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"vae-jax {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_SubParser)
+    _train_parser(sub)
+    _run_readers_parsers(sub)
+    _data_parsers(sub)
+    _torch_parsers(sub)
+    return p
 
+
+def _train_parser(sub):
     t = sub.add_parser("train", help="train a model (default: the chapter's VAE on the embedded digits)")
     t.add_argument("--workdir", default=None, help="run directory (default runs/<model>_<dataset>_seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
@@ -147,6 +155,10 @@ def _parser():
     t.add_argument("--num-processes", type=_positive_int, default=None, help="multi-process: number of processes")
     t.add_argument("--process-id", type=_nonneg_int, default=None, help="multi-process: this process's index")
 
+
+def _run_readers_parsers(sub):
+    """eval, plot, export: the commands that read a trained run."""
+    step_help = "the checkpoint of this step (default: the latest)"
     e = sub.add_parser("eval", help="test ELBO and importance-sampled NLL of a trained run")
     e.add_argument("--workdir", required=True)
     e.add_argument("--data-dir", default=None)
@@ -158,7 +170,7 @@ def _parser():
     e.add_argument("--seed", type=_nonneg_int, default=0, help="the key of the samples (the ELBO's z, the NLL's)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar (there is none in a log)")
     e.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
-    e.add_argument("--step", type=_nonneg_int, default=None, help="the checkpoint of this step (default: the latest)")
+    e.add_argument("--step", type=_nonneg_int, default=None, help=step_help)
 
     pl = sub.add_parser("plot", help="the chapter's figures for a trained run")
     pl.add_argument("--workdir", required=True)
@@ -166,15 +178,18 @@ def _parser():
     pl.add_argument("--out", default=None, help="output folder (default <workdir>/plots); must not exist")
     pl.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     pl.add_argument("--seed", type=_nonneg_int, default=0)
-    pl.add_argument("--step", type=_nonneg_int, default=None, help="the checkpoint of this step (default: the latest)")
+    pl.add_argument("--step", type=_nonneg_int, default=None, help=step_help)
 
     x = sub.add_parser("export", help="write a trained run's weights as a torch .pt state_dict")
     x.add_argument("--workdir", required=True)
     x.add_argument(
         "--out", required=True, help="the .pt file to write, and its sizes as .json beside it (neither may exist)"
     )
-    x.add_argument("--step", type=_nonneg_int, default=None, help="the checkpoint of this step (default: the latest)")
+    x.add_argument("--step", type=_nonneg_int, default=None, help=step_help)
 
+
+def _data_parsers(sub):
+    """prepare (a tfds dataset) and experiment (the chapter's exercises)."""
     pr = sub.add_parser("prepare", help="prepare a tfds dataset offline from a folder of the original files")
     pr.add_argument("--dataset", default="mnist", help=f"the tfds dataset: one of {', '.join(TFDS_DATASETS)}")
     pr.add_argument("--manual-dir", required=True, help="folder holding the original files")
@@ -197,6 +212,9 @@ def _parser():
     )
     ex.add_argument("--seed", type=_nonneg_int, default=0)
 
+
+def _torch_parsers(sub):
+    """import, parity, compare: runs and checkpoints between vae-jax and PyTorch."""
     im = sub.add_parser("import", help="make a run directory from a PyTorch checkpoint (.pt state_dict)")
     im.add_argument("file", help="the .pt file: a state_dict, or a dict holding one under 'state_dict', ...")
     im.add_argument("--workdir", required=True, help="the run directory to make (new or empty)")
@@ -217,7 +235,6 @@ def _parser():
     cp = sub.add_parser("compare", help="runs of vae-jax or scripts/train_torch.py on one figure and one table")
     cp.add_argument("runs", nargs="+", metavar="RUN", help="run directories; differences are from the first")
     cp.add_argument("--out", default=None, help="new folder for compare.png and compare.md (must not exist)")
-    return p
 
 
 def _given_options(argv, command) -> set[str]:
@@ -257,21 +274,6 @@ def _check_plot_out(out: Path, workdir: Path, *, force: bool) -> None:
             f"plot --out {out} is a run directory (or holds one) -- choose another --out, e.g. "
             f"{workdir / 'plots'}; nothing was deleted"
         )
-
-
-@contextlib.contextmanager
-def _writer_lock_if_inside(out: Path, workdir: Path):
-    """Writing inside a run directory (plot's default <workdir>/plots) takes the run's writer lock for
-    the time of the write: never beside a live `train` of that run, which owns the folder."""
-    real, run = os.path.realpath(out), os.path.realpath(workdir)
-    if not real.startswith(run.rstrip(os.sep) + os.sep):
-        yield
-        return
-    lock_run_dir(workdir)
-    try:
-        yield
-    finally:
-        unlock_run_dir(workdir)
 
 
 def _train_config(args):
@@ -356,9 +358,9 @@ def _parity(args):
 
 
 def _prepare(args):
-    from vae_jax import input_pipeline
+    from vae_jax import tfds_data
 
-    input_pipeline.prepare_tfds(args.dataset, args.manual_dir, args.data_dir)
+    tfds_data.prepare_tfds(args.dataset, args.manual_dir, args.data_dir)
     print(f"prepared {args.dataset} in {args.data_dir}")
     return 0
 
@@ -449,7 +451,7 @@ def _plot(args):
     _check_plot_out(out, Path(args.workdir), force=args.force)
     _, test_ds = train.load_data(dataclasses.replace(config, data_dir=args.data_dir or config.data_dir))
     history = read_metrics(Path(args.workdir))
-    with _writer_lock_if_inside(out, Path(args.workdir)), atomic_dir(out, replace=args.force, what="--out") as tmp:
+    with writer_lock_if_inside(out, Path(args.workdir)), atomic_dir(out, replace=args.force, what="--out") as tmp:
         paths = evaluate.make_figures(model, test_ds, history, tmp, key=jax.random.key(args.seed))
     print("\n".join(str(out / Path(p).name) for p in paths.values()))
     return 0

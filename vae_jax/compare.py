@@ -56,10 +56,10 @@ def _num_train(path: Path, config: dict) -> int | None:
             n = None
         if isinstance(n, int):
             return n
-    from vae_jax import input_pipeline
+    from vae_jax import datasets
 
     try:
-        ds = input_pipeline.load_dataset(config["dataset"], "train", config.get("data_dir"))
+        ds = datasets.load_dataset(config["dataset"], "train", config.get("data_dir"))
         return len(ds.take(config.get("train_limit")))
     except (VaeJaxError, OSError, KeyError, TypeError):
         return None

@@ -9,7 +9,7 @@ import math
 
 from vae_jax.errors import ConfigError
 
-# The registries' names (models.REGISTRY, input_pipeline's readers, losses.recon_loss), listed here
+# The registries' names (models.REGISTRY, datasets.load_dataset, losses.recon_loss), listed here
 # so that the options can offer them without importing JAX; tests/test_cli.py checks that they agree.
 MODEL_NAMES = ("ae", "vae", "cvae", "conv_vae", "conv_vae28", "celeba_vae")
 DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "celeb_a", "image_folder")

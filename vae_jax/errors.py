@@ -12,6 +12,15 @@ class DataError(VaeJaxError, ValueError):
     """Bad, missing or corrupted data."""
 
 
+class ReadError(DataError):
+    """Data that failed while being read for a step (a damaged image, a data worker that died): the
+    run so far is kept. args: (problem, fix), so it crosses from a worker process intact; training
+    adds how to continue (vae_jax.train)."""
+
+    def __str__(self) -> str:
+        return " — ".join(self.args)
+
+
 class ConversionError(VaeJaxError, ValueError):
     """A state_dict that does not fit the model."""
 

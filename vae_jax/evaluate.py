@@ -1,4 +1,5 @@
-"""Evaluation: importance-sampled log-likelihood (IWAE bound) and the chapter's figures."""
+"""Evaluation: importance-sampled log-likelihood (IWAE bound), the chapter's figures, and what the
+exercises measure of a trained model (the posterior, active units, reconstruction scores)."""
 
 from __future__ import annotations
 
@@ -171,3 +172,44 @@ def make_figures(model, test_ds, history, outdir, *, key, n_scatter=5000, batch_
     if history:
         out["loss_curves"] = figures.save_loss_curves(history, outdir / "loss_curves.png")
     return {k: str(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# what the exercises measure of a trained model (vae_jax.experiments)
+
+ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): unit d is active when Cov_x(E_q[z_d]) > 0.01
+
+
+def posterior(model, x, y, batch_size=1000):
+    """(mu, logvar) of q(z|x) for every image, as numpy arrays."""
+    mus, lvs = [], []
+    for a in range(0, x.shape[0], batch_size):
+        xin, cond = model_inputs(model, x[a : a + batch_size], y[a : a + batch_size])
+        mu, lv = model.encode(xin, *cond)
+        mus.append(np.asarray(mu))
+        lvs.append(np.asarray(lv))
+    return np.concatenate(mus), np.concatenate(lvs)
+
+
+def kl_per_dim(mu, logvar):
+    """Mean over the test set of KL(q(z_d|x) || N(0, 1)) for each latent dimension d: (D,)."""
+    return np.mean(0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar), axis=0)
+
+
+def active_units(mu, threshold=ACTIVE_THRESHOLD):
+    """Number of dims whose posterior mean varies over the data: Var_x(E_q[z_d]) > threshold."""
+    return int(np.sum(np.var(mu, axis=0) > threshold))
+
+
+def recon_scores(model, x, y, key, batch_size=1000):
+    """Per-sample means over the test set of the Bernoulli NLL (nats) and the squared error of
+    decode(z), z ~ q(z|x) drawn once from `key`, plus the KL: both models on one scale."""
+    bce = sse = kl = 0.0
+    for i, a in enumerate(range(0, x.shape[0], batch_size)):
+        xin, cond = model_inputs(model, x[a : a + batch_size], y[a : a + batch_size])
+        logits, mu, lv = model.forward_logits(xin, jax.random.fold_in(key, i), *cond)
+        bce += float(jnp.sum(losses.reconstruction_per_sample(logits, xin, "bce_logits")))
+        sse += float(jnp.sum(losses.reconstruction_per_sample(jax.nn.sigmoid(logits), xin, "gaussian")))
+        kl += float(jnp.sum(losses.kl_divergence_gaussian(mu, lv)))
+    n = x.shape[0]
+    return {"bce": bce / n, "sse": sse / n, "kl": kl / n}

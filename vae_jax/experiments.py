@@ -24,17 +24,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
-from vae_jax import checkpoints, evaluate, figures, input_pipeline, losses, models, train
+from vae_jax import checkpoints, evaluate, figures, models, train
+from vae_jax.classifier import accuracy, train_classifier
 from vae_jax.configs.exercises import SIZES
 from vae_jax.errors import ConfigError
 from vae_jax.files import atomic_write
 
 BETAS = (0.5, 1.0, 2.0, 4.0)
 LATENT_DIMS = (2, 10, 20, 50, 100)
-ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): unit d is active when Cov_x(E_q[z_d]) > 0.01
 
 
 @dataclasses.dataclass
@@ -87,42 +85,7 @@ class Context:
 
 
 # ----------------------------------------------------------------------------------------------
-# measurements shared by the experiments
-
-
-def posterior(model, x, y, batch_size=1000):
-    """(mu, logvar) of q(z|x) for every image, as numpy arrays."""
-    mus, lvs = [], []
-    for a in range(0, x.shape[0], batch_size):
-        xin, cond = models.model_inputs(model, x[a : a + batch_size], y[a : a + batch_size])
-        mu, lv = model.encode(xin, *cond)
-        mus.append(np.asarray(mu))
-        lvs.append(np.asarray(lv))
-    return np.concatenate(mus), np.concatenate(lvs)
-
-
-def kl_per_dim(mu, logvar):
-    """Mean over the test set of KL(q(z_d|x) || N(0, 1)) for each latent dimension d: (D,)."""
-    return np.mean(0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar), axis=0)
-
-
-def active_units(mu, threshold=ACTIVE_THRESHOLD):
-    """Number of dims whose posterior mean varies over the data: Var_x(E_q[z_d]) > threshold."""
-    return int(np.sum(np.var(mu, axis=0) > threshold))
-
-
-def recon_scores(model, x, y, key, batch_size=1000):
-    """Per-sample means over the test set of the Bernoulli NLL (nats) and the squared error of
-    decode(z), z ~ q(z|x) drawn once from `key`, plus the KL: both models on one scale."""
-    bce = sse = kl = 0.0
-    for i, a in enumerate(range(0, x.shape[0], batch_size)):
-        xin, cond = models.model_inputs(model, x[a : a + batch_size], y[a : a + batch_size])
-        logits, mu, lv = model.forward_logits(xin, jax.random.fold_in(key, i), *cond)
-        bce += float(jnp.sum(losses.reconstruction_per_sample(logits, xin, "bce_logits")))
-        sse += float(jnp.sum(losses.reconstruction_per_sample(jax.nn.sigmoid(logits), xin, "gaussian")))
-        kl += float(jnp.sum(losses.kl_divergence_gaussian(mu, lv)))
-    n = x.shape[0]
-    return {"bce": bce / n, "sse": sse / n, "kl": kl / n}
+# helpers shared by the experiments
 
 
 def decoder_fn(model, y=None):
@@ -207,8 +170,8 @@ def beta_vae(ctx):
     for beta in BETAS:
         model, cfg, hist = ctx.train(f"beta{beta:g}", beta=beta)
         x, y, test_ds = ctx.test_data(cfg)
-        mu, lv = posterior(model, x, y)
-        kld = kl_per_dim(mu, lv)
+        mu, lv = evaluate.posterior(model, x, y)
+        kld = evaluate.kl_per_dim(mu, lv)
         kls[f"β={beta:g}"] = kld
         f = hist[-1]
         rows.append(
@@ -217,7 +180,7 @@ def beta_vae(ctx):
                 "test_recon": f["test_recon"],
                 "test_kl": f["test_kl"],
                 "neg_elbo": true_elbo(f),
-                "active_units": active_units(mu),
+                "active_units": evaluate.active_units(mu),
                 "latent_dim": int(mu.shape[1]),
             }
         )
@@ -258,41 +221,6 @@ def beta_vae(ctx):
 # 2. conditional VAE, scored by a small classifier
 
 
-class Classifier(nnx.Module):
-    """MLP 784-256-10."""
-
-    def __init__(self, input_dim=784, hidden=256, num_classes=10, *, rngs):
-        self.fc1 = nnx.Linear(input_dim, hidden, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, num_classes, rngs=rngs)
-
-    def __call__(self, x):
-        return self.fc2(jax.nn.relu(self.fc1(x.reshape(x.shape[0], -1))))
-
-
-def train_classifier(train_x, train_y, *, epochs, seed, batch_size=128, lr=1e-3):
-    model = Classifier(int(np.prod(train_x.shape[1:])), rngs=nnx.Rngs(seed))
-    opt = nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, opt, xb, yb):
-        def loss_fn(m):
-            return optax.softmax_cross_entropy_with_integer_labels(m(xb), yb).mean()
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        opt.update(model, grads)
-        return loss
-
-    for epoch in range(epochs):
-        order = input_pipeline.epoch_permutation(jax.random.key(seed * 1000 + epoch), train_x.shape[0])
-        for a, b in input_pipeline.batch_slices(len(order), batch_size):
-            step(model, opt, train_x[order[a:b]], train_y[order[a:b]])
-    return model
-
-
-def accuracy(classifier, x, y):
-    return float(jnp.mean(jnp.argmax(classifier(x), -1) == y))
-
-
 # (sub-run name, training overrides, label). The layers are the chapter's CVAE in every variant;
 # only the latent size and the KL weight beta (training choices) change. With the chapter's 20-d
 # latent and beta = 1 the encoder, which sees the image, also writes the class into z, and the
@@ -305,6 +233,7 @@ CVAE_VARIANTS = (
     ("latent2", dict(latent_dim=2, beta=1.0), "latent 2, β=1"),
 )
 CVAE_TARGET = 0.95  # the bar: share of generated digits the classifier labels as requested
+CLASS_PAIRS = ((0, 1), (1, 7), (3, 8), (4, 9), (5, 6), (2, 3))  # the class interpolations: (from, to)
 
 
 def generated_predictions(model, classifier, labels, z):
@@ -315,81 +244,20 @@ def generated_predictions(model, classifier, labels, z):
 
 def cvae(ctx):
     train_ds, test_ds = train.load_data(ctx.config(model="cvae"))
-    tx, ty = train.device_arrays(train_ds)
-    x, y = train.device_arrays(test_ds)
-    shape = image_shape_of(test_ds)
+    (tx, ty), (x, y) = train.device_arrays(train_ds), train.device_arrays(test_ds)
     clf = train_classifier(tx, ty, epochs=ctx.opts["classifier_epochs"], seed=ctx.seed)
     clf_acc = accuracy(clf, x, y)
     key = train.purpose_key(ctx.seed, train.KeyPurpose.CVAE_SAMPLES)
-    per_class, cols = ctx.opts["per_class"], ctx.opts["class_cols"]
-    labels = np.repeat(np.arange(10), per_class)
-    yy = np.repeat(np.arange(10), cols)
-    pairs_cls = [(0, 1), (1, 7), (3, 8), (4, 9), (5, 6), (2, 3)]
-    eye = np.eye(10, dtype=np.float32)
+    shape = image_shape_of(test_ds)
     rows, per_class_rows, finals, out = [], [], {}, {}
     for name, overrides, label in CVAE_VARIANTS:
         model, cfg, hist = ctx.train(name, model="cvae", **overrides)
-        D = model.latent_dim
-        # the score: per_class samples of every class, z ~ N(0, I) (the prior, as a user samples)
-        z = np.asarray(jax.random.normal(key, (labels.shape[0], D)))
-        pred, _ = generated_predictions(model, clf, labels, z)
-        ok = pred == labels
-        by_class = ok.reshape(10, per_class).mean(axis=1)
-        worst = int(np.argmin(by_class))
+        ok, by_class = class_scores(model, clf, key, ctx.opts["per_class"])
         f = finals[name] = hist[-1]
-        rows.append(
-            {
-                "variant": name,
-                "latent_dim": D,
-                "beta": cfg.beta,
-                "epochs": f["epoch"],
-                "test_recon": f["test_recon"],
-                "test_kl": f["test_kl"],
-                "neg_elbo": true_elbo(f),
-                "n": int(labels.shape[0]),
-                "classified_as_requested": float(ok.mean()),
-                "worst_class": worst,
-                "worst_class_acc": float(by_class[worst]),
-            }
-        )
+        rows.append(_cvae_row(name, model, cfg, f, ok, by_class))
         per_class_rows.append({"variant": name, **{str(c): float(by_class[c]) for c in range(10)}})
-        # grid: row c = class c, the same z's in every row (same style, different class)
-        zg = np.tile(np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (cols, D))), (10, 1))
-        gpred, gimg = generated_predictions(model, clf, yy, zg)
-        out[f"class_grid_{name}"] = figures.save_class_grid(
-            gimg,
-            gpred,
-            ctx.workdir / f"class_grid_{name}.png",
-            image_shape=shape,
-            ncols=cols,
-            row_accuracy=by_class,
-            title=(
-                f"CVAE {label}: row = label y, column = one z ~ N(0, I) (the same z down a column)\n"
-                f"{ok.mean():.1%} of {labels.shape[0]} samples classified as y; right: per label, over "
-                f"{per_class} samples; red: the classifier's label where it is not y"
-            ),
-        )
-        # class interpolation at fixed z: interpolate [z, onehot(a)] -> [z, onehot(b)] (z part constant)
-        zp = np.asarray(jax.random.normal(jax.random.fold_in(key, 2), (len(pairs_cls), D)))
-        pairs = np.stack(
-            [
-                np.stack([np.concatenate([zp[i], eye[a]]), np.concatenate([zp[i], eye[b]])])
-                for i, (a, b) in enumerate(pairs_cls)
-            ]
-        )
-
-        def decode_joint(v, model=model, D=D):
-            v = jnp.asarray(v, jnp.float32)
-            return np.asarray(model.decode(v[:, :D], v[:, D:]))
-
-        out[f"class_interpolation_{name}"] = figures.save_interpolation(
-            decode_joint,
-            pairs,
-            ctx.workdir / f"class_interpolation_{name}.png",
-            num_steps=10,
-            mode="linear",
-            image_shape=shape,
-        )
+        out[f"class_grid_{name}"] = _class_grid(ctx, name, label, model, clf, key, ok, by_class, shape)
+        out[f"class_interpolation_{name}"] = _class_interpolation(ctx, name, model, key, shape)
     write_table(
         per_class_rows,
         ctx.workdir,
@@ -397,27 +265,103 @@ def cvae(ctx):
         title="Share of generated digits classified as requested, per requested class",
     )
     passing = [r["variant"] for r in rows if r["classified_as_requested"] >= CVAE_TARGET]
-    statement = (
+    extra = {
+        "classifier_test_accuracy": clf_acc,
+        "target": CVAE_TARGET,
+        "meets_target": passing,
+        "per_class": per_class_rows,
+        "final": finals,
+    }
+    return rows, _cvae_statement(ctx, clf_acc, rows, passing), out, extra
+
+
+def class_scores(model, classifier, key, per_class):
+    """(ok, share per class): `per_class` samples of every class, z ~ N(0, I) (the prior, as a user
+    samples), and for each whether the classifier labels it as requested."""
+    labels = np.repeat(np.arange(10), per_class)
+    z = np.asarray(jax.random.normal(key, (labels.shape[0], model.latent_dim)))
+    pred, _ = generated_predictions(model, classifier, labels, z)
+    ok = pred == labels
+    return ok, ok.reshape(10, per_class).mean(axis=1)
+
+
+def _cvae_row(name, model, cfg, f, ok, by_class):
+    """The table's row of one variant: its final test terms and how its samples were classified."""
+    worst = int(np.argmin(by_class))
+    return {
+        "variant": name,
+        "latent_dim": model.latent_dim,
+        "beta": cfg.beta,
+        "epochs": f["epoch"],
+        "test_recon": f["test_recon"],
+        "test_kl": f["test_kl"],
+        "neg_elbo": true_elbo(f),
+        "n": int(ok.shape[0]),
+        "classified_as_requested": float(ok.mean()),
+        "worst_class": worst,
+        "worst_class_acc": float(by_class[worst]),
+    }
+
+
+def _class_grid(ctx, name, label, model, classifier, key, ok, by_class, shape):
+    """The grid of a variant: row c = class c, the same z's in every row (same style, different class),
+    the classifier's label in red where it is not the requested one."""
+    cols, per_class = ctx.opts["class_cols"], ctx.opts["per_class"]
+    z = np.tile(np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (cols, model.latent_dim))), (10, 1))
+    pred, images = generated_predictions(model, classifier, np.repeat(np.arange(10), cols), z)
+    return figures.save_class_grid(
+        images,
+        pred,
+        ctx.workdir / f"class_grid_{name}.png",
+        image_shape=shape,
+        ncols=cols,
+        row_accuracy=by_class,
+        title=(
+            f"CVAE {label}: row = label y, column = one z ~ N(0, I) (the same z down a column)\n"
+            f"{ok.mean():.1%} of {ok.shape[0]} samples classified as y; right: per label, over "
+            f"{per_class} samples; red: the classifier's label where it is not y"
+        ),
+    )
+
+
+def _class_interpolation(ctx, name, model, key, shape):
+    """Class interpolation at fixed z, a row per pair of CLASS_PAIRS: [z, onehot(a)] -> [z, onehot(b)]
+    (the z part constant)."""
+    D, eye = model.latent_dim, np.eye(10, dtype=np.float32)
+    zp = np.asarray(jax.random.normal(jax.random.fold_in(key, 2), (len(CLASS_PAIRS), D)))
+    pairs = np.stack(
+        [
+            np.stack([np.concatenate([zp[i], eye[a]]), np.concatenate([zp[i], eye[b]])])
+            for i, (a, b) in enumerate(CLASS_PAIRS)
+        ]
+    )
+
+    def decode_joint(v):
+        v = jnp.asarray(v, jnp.float32)
+        return np.asarray(model.decode(v[:, :D], v[:, D:]))
+
+    return figures.save_interpolation(
+        decode_joint,
+        pairs,
+        ctx.workdir / f"class_interpolation_{name}.png",
+        num_steps=10,
+        mode="linear",
+        image_shape=shape,
+    )
+
+
+def _cvae_statement(ctx, clf_acc, rows, passing):
+    """The sentence under the table, drawn from the numbers."""
+    per_class = ctx.opts["per_class"]
+    return (
         f"The classifier (MLP 784-256-10, {ctx.opts['classifier_epochs']} epochs) scores "
-        f"{clf_acc:.1%} on the real test images. Of {labels.shape[0]} CVAE samples "
+        f"{clf_acc:.1%} on the real test images. Of {10 * per_class} CVAE samples "
         f"(z ~ N(0, I), {per_class} per class) it labels as the requested class: "
         + ", ".join(
             f"{r['classified_as_requested']:.1%} ({r['variant']}, test KL {r['test_kl']:.1f} nats)" for r in rows
         )
         + f". At or above {CVAE_TARGET:.0%}: {', '.join(passing) if passing else 'none'}. "
-        "Interpolation rows: " + ", ".join(f"{a}→{b}" for a, b in pairs_cls) + " (fixed z, one-hot interpolated)."
-    )
-    return (
-        rows,
-        statement,
-        out,
-        {
-            "classifier_test_accuracy": clf_acc,
-            "target": CVAE_TARGET,
-            "meets_target": passing,
-            "per_class": per_class_rows,
-            "final": finals,
-        },
+        "Interpolation rows: " + ", ".join(f"{a}→{b}" for a, b in CLASS_PAIRS) + " (fixed z, one-hot interpolated)."
     )
 
 
@@ -431,7 +375,7 @@ def kl_annealing(ctx):
     rows, series = [], {}
     for name, (model, cfg, hist) in runs.items():
         x, y, _ = ctx.test_data(cfg)
-        mu, _lv = posterior(model, x, y)
+        mu, _lv = evaluate.posterior(model, x, y)
         f = hist[-1]
         rows.append(
             {
@@ -441,7 +385,7 @@ def kl_annealing(ctx):
                 "final_test_kl": f["test_kl"],
                 "final_neg_elbo": true_elbo(f),
                 "final_logged_test_loss": f["test_loss"],
-                "active_units": active_units(mu),
+                "active_units": evaluate.active_units(mu),
             }
         )
         series[name] = (
@@ -478,7 +422,7 @@ def mse_vs_bce(ctx):
     x = y = test_ds = None
     for name, (model, cfg, hist) in runs.items():
         x, y, test_ds = ctx.test_data(cfg)
-        s = recon_scores(model, x, y, key)
+        s = evaluate.recon_scores(model, x, y, key)
         f = hist[-1]
         final = f["test_recon"]
         within = next(m["epoch"] for m in hist if abs(m["test_recon"] - final) <= 0.05 * abs(final))
@@ -536,7 +480,7 @@ def latent_sweep(ctx):
     for d in LATENT_DIMS:
         model, cfg, hist = ctx.train(f"latent{d}", latent_dim=d)
         x, y, test_ds = ctx.test_data(cfg)
-        mu, _lv = posterior(model, x, y)
+        mu, _lv = evaluate.posterior(model, x, y)
         f = hist[-1]
         nll = iwae(ctx, model, x, y, cfg)
         rows.append(
@@ -546,7 +490,7 @@ def latent_sweep(ctx):
                 "test_kl": f["test_kl"],
                 "neg_elbo": true_elbo(f),
                 "iwae_nll": nll,
-                "active_units": active_units(mu),
+                "active_units": evaluate.active_units(mu),
             }
         )
         out[f"samples_latent{d}"] = figures.save_sample_grid(

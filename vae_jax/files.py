@@ -84,6 +84,21 @@ def unlock_run_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def writer_lock_if_inside(out: Path, workdir: Path):
+    """Writing inside a run directory (plot's default <workdir>/plots) takes the run's writer lock for
+    the time of the write: never beside a live `train` of that run, which owns the folder."""
+    real, run = os.path.realpath(out), os.path.realpath(workdir)
+    if not real.startswith(run.rstrip(os.sep) + os.sep):
+        yield
+        return
+    lock_run_dir(workdir)
+    try:
+        yield
+    finally:
+        unlock_run_dir(workdir)
+
+
 def _flock_holder(folder: Path):
     """The pid holding a flock on `folder`, from /proc/locks (Linux), or None."""
     try:

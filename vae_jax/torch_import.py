@@ -439,13 +439,13 @@ def _check(rows, what: str, where: str):
 def check_run(workdir, data_dir=None, log=print) -> int:
     """`vae-jax parity --workdir W`: a run's weights exported to the chapter's torch class, compared on
     the first test images of its data (random inputs in [0, 1] when they cannot be read)."""
-    from vae_jax import input_pipeline, train
+    from vae_jax import datasets, train
     from vae_jax.errors import DataError
 
     model, config, image_shape = train.restore_run(workdir)
     config.data_dir = data_dir or config.data_dir
     try:
-        test_ds = input_pipeline.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir)
+        test_ds = datasets.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir)
     except DataError as e:
         test_ds = None
         log(f"the run's data cannot be read ({str(e)[:120]}): random inputs instead")

@@ -7,7 +7,6 @@ run continues exactly where the checkpoint left off.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import enum
 import math
@@ -21,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vae_jax import __version__, evaluate, input_pipeline, onednn_conv
+from vae_jax import __version__, datasets, evaluate, input_pipeline, onednn_conv
 from vae_jax.config import Config
-from vae_jax.errors import ConfigError, DataError
+from vae_jax.errors import ConfigError, DataError, ReadError
 from vae_jax.files import atomic_dir, check_replaceable
 from vae_jax.preflight import build_model, check_figures_fit, check_memory, check_model_fits
 from vae_jax.trainer import Trainer, loss_terms, to_host, zero_sums  # noqa: F401 -- train.loss_terms, as callers use it
@@ -48,11 +47,6 @@ class KeyPurpose(enum.IntEnum):
 def purpose_key(seed: int, purpose: KeyPurpose):
     """The run's key for one purpose: fold_in(key(seed), purpose)."""
     return jax.random.fold_in(jax.random.key(seed), purpose)
-
-
-# --data-mode auto keeps a split whole on the device up to this size (as stored, uint8): MNIST's
-# 60000 images are 47 MB; CelebA's train split at 64x64 is 2.0 GB and streams.
-MEMORY_BYTES = 64 * 2**20
 
 
 def resolved_sizes(config: Config, model) -> Config:
@@ -81,73 +75,6 @@ def kl_weight_for(config: Config, epoch: int) -> float:
     if config.kl_anneal_epochs <= 0:
         return 1.0
     return min(1.0, epoch / config.kl_anneal_epochs)
-
-
-class Feed:
-    """One split on its way to the step: whole on the device ('memory': the step gathers its batch by
-    index) or streamed ('stream': a Grain pipeline decodes the next batches on the host and they are
-    transferred while the step runs). --data-mode auto streams splits over MEMORY_BYTES."""
-
-    def __init__(self, ds, trainer, config: Config):
-        self.ds, self.trainer, self.config = ds, trainer, config
-        self.streamed = config.data_mode == "stream" or (config.data_mode == "auto" and ds.nbytes > MEMORY_BYTES)
-        self.arrays = None if self.streamed else trainer.put(ds.stored_arrays())
-
-    def step(self, train: bool):
-        tr = self.trainer
-        if train:
-            return tr.batch_train_step if self.streamed else tr.train_step
-        return tr.batch_eval_step if self.streamed else tr.eval_step
-
-    def host_batches(self, order, batch_size, start=0, stop=None):
-        """(images, labels) numpy batches [start, stop) of `order`, this process's rows, as the step sees them."""
-        rows = self.trainer.batch_rows
-        if self.streamed:
-            return input_pipeline.stream_batches(
-                self.ds, order, batch_size, start=start, stop=stop, rows=rows, workers=self.config.data_workers
-            )
-        return (
-            input_pipeline.read_batch(self.ds.source, order[a:b][rows(b - a)])
-            for a, b in input_pipeline.batch_slices(len(order), batch_size)[start:stop]
-        )
-
-    def blocks(self, order, batch_size, start, stop, k: int):
-        """(i, n, the step's data arguments) for batches [start, stop) of `order`: k consecutive full
-        batches at a time (n = k; Trainer.train_steps takes them in one dispatch) while k are left, the
-        data on the device; the rest, a batch of another size (the last) or streamed data one at a
-        time (n = 1)."""
-        if self.streamed or k == 1:
-            for i, args in enumerate(self.batches(order, batch_size, start, stop), start):
-                yield i, 1, args
-            return
-        assert self.arrays is not None  # put on the device when not streamed
-        slices = input_pipeline.batch_slices(len(order), batch_size)
-        stop = len(slices) if stop is None else stop
-        i = start
-        while i < stop:
-            full = i + k <= stop and all(b - a == batch_size for a, b in slices[i : i + k])
-            n = k if full else 1  # two shapes to compile, whatever the cuts: k steps, or one
-            idx = order[slices[i][0] : slices[i + n - 1][1]]
-            yield i, n, (*self.arrays, *self.trainer.put_batch((idx if n == 1 else idx.reshape(n, -1),), len(idx)))
-            i += n
-
-    def batches(self, order, batch_size, start=0, stop=None):
-        """The step's data arguments for batches [start, stop) of `order` (a host int array)."""
-        tr = self.trainer
-        slices = input_pipeline.batch_slices(len(order), batch_size)[start:stop]
-        if not self.streamed:
-            assert self.arrays is not None  # put on the device when not streamed
-            for a, b in slices:
-                yield (*self.arrays, *tr.put_batch((order[a:b][tr.batch_rows(b - a)],), b - a))
-            return
-        # device_put is asynchronous: the next batch moves while a step runs
-        ahead: collections.deque[Any] = collections.deque()
-        for (a, b), batch in zip(slices, self.host_batches(order, batch_size, start, stop), strict=False):
-            ahead.append(tr.put_batch(batch, b - a))
-            if len(ahead) > 1:
-                yield ahead.popleft()
-        while ahead:
-            yield ahead.popleft()
 
 
 def epoch_keys(seed: int, epoch: int):
@@ -186,7 +113,15 @@ def _log_step_losses(summaries, config: Config, num_examples: int, before: int, 
 
 
 def train_part(
-    trainer, state, feed: Feed, config: Config, epoch: int, start: int, stop: int, on_first_step=None, summaries=None
+    trainer,
+    state,
+    feed: input_pipeline.Feed,
+    config: Config,
+    epoch: int,
+    start: int,
+    stop: int,
+    on_first_step=None,
+    summaries=None,
 ):
     """Optimizer steps on batches [start, stop) of a 1-based epoch; returns the state.
 
@@ -196,7 +131,7 @@ def train_part(
     kw = kl_weight_for(config, epoch)
     if start == 0:
         state = {**state, "sums": trainer.put(zero_sums())}
-    step_fn, losses = feed.step(train=True), []
+    step_fn, losses = trainer.step_for(feed.streamed, train=True), []
     spe = steps_per_epoch(config, feed.ds)
     bar = None
     if config.progress and jax.process_index() == 0 and sys.stderr.isatty():  # a line per epoch in a log
@@ -226,10 +161,10 @@ def train_part(
     return state
 
 
-def evaluate_split(trainer, state, feed: Feed, config: Config, epoch: int) -> dict[str, float]:
+def evaluate_split(trainer, state, feed: input_pipeline.Feed, config: Config, epoch: int) -> dict[str, float]:
     """Per-sample means of the test ELBO terms, in order, z drawn from the epoch's eval key."""
     key, kw = epoch_keys(config.seed, epoch)[KeyPurpose.EVAL], kl_weight_for(config, epoch)
-    step_fn, sums = feed.step(train=False), None
+    step_fn, sums = trainer.step_for(feed.streamed, train=False), None
     order = np.arange(len(feed.ds), dtype=np.int32)
     for i, args in enumerate(feed.batches(order, config.batch_size)):
         m = step_fn(state, *args, jax.random.fold_in(key, i), kw)
@@ -242,7 +177,9 @@ def evaluate_model(model, config: Config, test_ds) -> dict[str, float]:
     """The test ELBO terms (per sample) of a trained model, with the KL weight of the run's last
     epoch and z drawn from config.seed (`vae-jax eval`)."""
     trainer = Trainer(model, config, steps_per_epoch=1)
-    m = evaluate_split(trainer, trainer.init_state, Feed(test_ds, trainer, config), config, config.epochs)
+    m = evaluate_split(
+        trainer, trainer.init_state, input_pipeline.Feed(test_ds, trainer, config), config, config.epochs
+    )
     return {f"test_{k}": v for k, v in m.items()}
 
 
@@ -272,20 +209,10 @@ def epoch_metrics(trainer, state, feeds, config: Config, epoch: int, train_time:
     }
 
 
-def train_epoch(trainer, state, feeds, config, epoch):
-    """One whole epoch (1-based) of training then evaluation; returns (state, metrics dict)."""
-    t0 = time.perf_counter()
-    spe = steps_per_epoch(config, feeds[0].ds)
-    state = train_part(trainer, state, feeds[0], config, epoch, 0, spe)
-    return state, epoch_metrics(trainer, state, feeds, config, epoch, time.perf_counter() - t0, spe)
-
-
 def load_data(config: Config):
     """(train, test) Datasets for the config; --train-limit/--test-limit select before decoding."""
-    train = input_pipeline.load_dataset(config.dataset, "train", config.data_dir).take(config.train_limit)
-    test = input_pipeline.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir).take(
-        config.test_limit
-    )
+    train = datasets.load_dataset(config.dataset, "train", config.data_dir).take(config.train_limit)
+    test = datasets.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir).take(config.test_limit)
     if train.image_shape != test.image_shape:
         raise ConfigError(
             f"--test-dataset {config.test_dataset} has images of shape {test.image_shape}, "
@@ -298,7 +225,7 @@ def load_data(config: Config):
 def device_arrays(ds):
     """A (small) split whole on the device: float32 images in [0, 1], int32 labels (zeros when none)."""
     images, labels = ds.stored_arrays()
-    return jnp.asarray(input_pipeline.to_float(images), jnp.float32), jnp.asarray(labels, jnp.int32)
+    return jnp.asarray(datasets.to_float(images), jnp.float32), jnp.asarray(labels, jnp.int32)
 
 
 def train_and_evaluate(
@@ -317,7 +244,7 @@ def train_and_evaluate(
     """
     try:
         return _train_and_evaluate(config, workdir, resume=resume, restart=restart, log=log)
-    except input_pipeline.ReadError as e:
+    except ReadError as e:
         raise DataError(f"{e}, then {how_to_continue(workdir)}") from None
 
 
@@ -421,7 +348,10 @@ def _setup(config: Config, workdir: Path, *, resume: bool, restart: bool, log) -
         step = int(to_host(state["step"]))
         if config.init_from and not step:
             state = initial_weights_from(config.init_from, trainer, state, config, image_shape)
-        feeds = (Feed(train_ds, trainer, config), Feed(test_ds, trainer, config))  # 'memory' decodes all now
+        feeds = (
+            input_pipeline.Feed(train_ds, trainer, config),
+            input_pipeline.Feed(test_ds, trainer, config),
+        )  # 'memory' decodes all now
         history = run.read_metrics(upto_epoch=step // spe)
         run.write_config(image_shape, step)  # only once the options, the data and --init-from are known to work
     if step:

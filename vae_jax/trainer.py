@@ -16,6 +16,7 @@ from flax import nnx
 
 from vae_jax import input_pipeline, losses, models
 from vae_jax.config import Config
+from vae_jax.datasets import to_float
 from vae_jax.errors import ConfigError
 
 
@@ -83,6 +84,13 @@ class Trainer:
         self.batch_eval_step = jax.jit(self._eval)
         self.mesh: jax.sharding.Mesh | None = None
 
+    def step_for(self, streamed: bool, *, train: bool):
+        """The jitted step for a feed's batches: a batch streamed from the host, or indices into the
+        split on the device (input_pipeline.Feed)."""
+        if train:
+            return self.batch_train_step if streamed else self.train_step
+        return self.batch_eval_step if streamed else self.eval_step
+
     @property
     def init_state(self):
         """A fresh copy of the initial state (the train step consumes the state it is given)."""
@@ -143,10 +151,10 @@ class Trainer:
 
     def _prepare(self, x, key):
         """(x as float32, eps_key): uint8 pixels -> [0, 1]; dynamic binarization draws from the step's key."""
-        x = input_pipeline.to_float(x)
+        x = to_float(x)
         bin_key, eps_key = jax.random.split(key)
         if self.config.binarize == "dynamic":
-            x = jax.random.bernoulli(bin_key, x).astype(x.dtype)
+            x = input_pipeline.binarize(bin_key, x)
         return x, eps_key
 
     def _step(self, state, x, y, key, kl_weight, eps=None):
