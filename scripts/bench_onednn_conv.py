@@ -24,24 +24,12 @@ import numpy as np
 from vae_jax import layers as L
 from vae_jax import onednn_conv as oc
 
+try:  # the layers' table has one source, bench_tconv.py
+    from scripts.bench_tconv import LAYERS
+except ImportError:  # run as `python scripts/bench_onednn_conv.py`: scripts/ itself is on sys.path
+    from bench_tconv import LAYERS
+
 DN = ("NHWC", "HWIO", "NHWC")
-# (model, layer, kind, cin, cout, input H=W, output_padding, first layer (no input gradient))
-LAYERS = [
-    ("conv_vae28", "encoder_conv.0", "conv", 1, 32, 28, 0, True),
-    ("conv_vae28", "encoder_conv.2", "conv", 32, 64, 14, 0, False),
-    ("conv_vae28", "encoder_conv.4", "conv", 64, 128, 7, 0, False),
-    ("conv_vae28", "decoder_conv.0", "tconv", 128, 64, 3, 1, False),
-    ("conv_vae28", "decoder_conv.2", "tconv", 64, 32, 7, 0, False),
-    ("conv_vae28", "decoder_conv.4", "tconv", 32, 1, 14, 0, False),
-    ("celeba_vae", "encoder.0", "conv", 3, 32, 64, 0, True),
-    ("celeba_vae", "encoder.3", "conv", 32, 64, 32, 0, False),
-    ("celeba_vae", "encoder.6", "conv", 64, 128, 16, 0, False),
-    ("celeba_vae", "encoder.9", "conv", 128, 256, 8, 0, False),
-    ("celeba_vae", "decoder.0", "tconv", 256, 128, 4, 0, False),
-    ("celeba_vae", "decoder.3", "tconv", 128, 64, 8, 0, False),
-    ("celeba_vae", "decoder.6", "tconv", 64, 32, 16, 0, False),
-    ("celeba_vae", "decoder.9", "tconv", 32, 3, 32, 0, False),
-]
 
 
 def jax_fn(form, kind, op, h=0, cout=0):

@@ -26,10 +26,10 @@
 // per channel, mean and var the batch statistics over N, H, W (var biased: divided by N*H*W, as
 // oneDNN computes it); x, y, dx, dy NHWC (N, H, W, C), the rest (C,). Same cache (its own map),
 // mutex and workspace as the convolutions; no reorders (oneDNN's nhwc batch norm is native).
-// Threads: VAE_ONEDNN_BN_THREADS (default 1; 0: OpenMP's default, all cores). oneDNN's jit batch
-// norm synchronizes its threads with a spinning barrier; on a loaded machine (2 cores, load ~4)
-// a call then often took 20 ms instead of 0.2-2 ms (one thread descheduled while the other
-// spins), and one thread measured 6.6x faster than XLA over the CelebA VAE's shapes.
+// Threads: VAE_ONEDNN_BN_THREADS (default 0: OpenMP's default, all cores; N: N threads). oneDNN's
+// jit batch norm synchronizes its threads with a spinning barrier, so on a machine loaded past its
+// cores a call can stall while one thread is descheduled: VAE_ONEDNN_BN_THREADS=1 avoids that
+// (docs/speed.md has the measurements both ways).
 
 #include <array>
 #include <cstdint>
@@ -260,7 +260,7 @@ using BnKey = std::array<int64_t, 7>;
 
 int64_t BnThreads() {  // read on every call (part of the cache key), as LayoutPolicy
   const char* v = std::getenv("VAE_ONEDNN_BN_THREADS");
-  if (!v || !*v) return 1;
+  if (!v || !*v) return 0;
   const long n = std::strtol(v, nullptr, 10);
   return n > 0 ? n : 0;
 }

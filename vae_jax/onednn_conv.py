@@ -420,8 +420,9 @@ def batch_norm_train(x, scale, shift, eps=1e-5):
     and cost nothing. Should a caller differentiate through them anyway, their (exact) terms are
     added to dx in plain JAX.
 
-    oneDNN runs it on VAE_ONEDNN_BN_THREADS threads (default 1; 0: all cores): its multithreaded
-    batch norm spins in a barrier and measured ~20 ms a call instead of ~1 ms on a loaded machine.
+    oneDNN runs it on VAE_ONEDNN_BN_THREADS threads (default 0: all cores): its multithreaded batch
+    norm spins in a barrier, which stalls on a machine loaded past its cores, where
+    VAE_ONEDNN_BN_THREADS=1 is faster (docs/speed.md).
     """
     for a, nd in ((x, 4), (scale, 1), (shift, 1)):
         if a.ndim != nd or a.dtype != jnp.float32:
