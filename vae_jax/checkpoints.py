@@ -11,6 +11,7 @@ import dataclasses
 import gc
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from vae_jax import __version__
 from vae_jax.errors import CheckpointError, ConfigError, ConsoleStderr, machine_failure
@@ -147,8 +149,6 @@ class RunDir:
         self.resume = resume
         self._manager = None
         if jax.process_count() > 1:  # every process has checked the folder before process 0 writes to it
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices(f"vae_jax rundir {self.dir}")
 
     @contextlib.contextmanager
@@ -166,8 +166,6 @@ class RunDir:
 
     def _clear_run(self, dry_run=False):
         """--restart: delete what a run wrote here (only that: anything else refuses the restart)."""
-        import shutil
-
         if not self.config_path.exists():
             raise ConfigError(f"--restart: {self.dir} holds no run (no config.json) -- drop --restart")
         other = foreign_run_entries(self.dir)
@@ -213,7 +211,7 @@ class RunDir:
     @property
     def manager(self):
         if self._manager is None:
-            import orbax.checkpoint as ocp
+            import orbax.checkpoint as ocp  # slow to import: loaded only to read or write checkpoints
 
             # Orbax writes each checkpoint into <epoch>.orbax-checkpoint-tmp and renames it when complete:
             # a process killed while writing leaves only that tmp folder, which latest_step ignores and the
@@ -243,7 +241,7 @@ class RunDir:
     def save(self, step, state):
         """Checkpoint `step` (orbax: into a temporary folder, renamed when complete). A failure of the
         disk is one CheckpointError; what orbax's threads print about it is held back."""
-        import orbax.checkpoint as ocp
+        import orbax.checkpoint as ocp  # slow to import: loaded only to read or write checkpoints
 
         # In a multi-process run a peer that dies during the save's barriers ends this process from
         # JAX's coordination service (a C++ abort): its one log line must stay visible.
@@ -264,7 +262,7 @@ class RunDir:
     def restore(self, init_state, step: int | None = None):
         """(state, number): the latest checkpoint (or that of `step`), or init_state and None when there
         is none (an imported run's weights are checkpoint 0). The run's position is state["step"]."""
-        import orbax.checkpoint as ocp
+        import orbax.checkpoint as ocp  # slow to import: loaded only to read or write checkpoints
 
         # --restart: its old checkpoints are deleted
         epoch = None if self.restart or not self.ckpt_dir.exists() else self.manager.latest_step()
@@ -445,8 +443,6 @@ class _held_stderr:
     stays silenced (see errors.ConsoleStderr): those threads can still print after the block."""
 
     def __enter__(self):
-        import tempfile
-
         sys.stderr.flush()
         self.saved = os.dup(2)
         self.tmp = tempfile.TemporaryFile()

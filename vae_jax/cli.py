@@ -4,6 +4,9 @@ Bad input ends with one line `vae-jax: error: ...` naming the problem and the fi
 A non-finite loss ends with one such line and exit code 3 (the last good checkpoint is kept).
 Anything else unexpected is reported as one line with exit code 1 (a bug: set VAE_JAX_DEBUG=1
 for the traceback).
+
+JAX, and the vae_jax modules that import JAX or numpy, are imported inside the command functions:
+`vae-jax --help` and the first console line come without loading JAX.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import os
 import sys
 from pathlib import Path
 
-from vae_jax import __version__, configs
+from vae_jax import __version__, configs, distributed
 from vae_jax.config import KINDS, TFDS_DATASETS, Config, option_name
+from vae_jax.configs.exercises import EXPERIMENTS, SIZES
 from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_failure
 from vae_jax.files import atomic_dir, atomic_write, writer_lock_if_inside
 
@@ -195,8 +199,6 @@ def _data_parsers(sub):
     pr.add_argument("--manual-dir", required=True, help="folder holding the original files")
     pr.add_argument("--data-dir", required=True, help="tfds data_dir to write")
 
-    from vae_jax.configs.exercises import EXPERIMENTS, SIZES
-
     ex = sub.add_parser(
         "experiment", help="one of the chapter's exercises: train its variants, write tables and figures"
     )
@@ -310,7 +312,7 @@ def _train(args):
     if not args.process_id:  # within a second of the start: what happens next (JAX loads in seconds)
         what = "resuming" if args.resume else "training"
         print(f"{what} {config.model} on {config.dataset} in {workdir}: loading JAX and the data", flush=True)
-    from vae_jax import distributed, train
+    from vae_jax import train
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     _check_platform()
@@ -368,7 +370,7 @@ def _prepare(args):
 def _export(args):
     """The chapter's state_dict, and beside it (same name, .json) the sizes and the run it came from,
     which `vae-jax import` reads."""
-    from vae_jax import __version__, convert, train
+    from vae_jax import convert, train
 
     out = _fresh_path(args.out, "export file", parent_must_exist=True)
     sizes = _fresh_path(out.with_suffix(".json"), "export's sizes file")
@@ -555,8 +557,6 @@ def main(argv=None, *, console=False):
             2,
         )
     except Exception as e:
-        from vae_jax import distributed
-
         line = machine_failure(e)
         if line:
             return fail(f"vae-jax: error: {line}", 2)

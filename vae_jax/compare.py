@@ -16,6 +16,7 @@ import os
 import statistics
 from pathlib import Path
 
+from vae_jax import datasets
 from vae_jax.checkpoints import read_config, read_metrics
 from vae_jax.errors import CheckpointError, ConfigError, VaeJaxError
 from vae_jax.files import atomic_dir
@@ -56,8 +57,6 @@ def _num_train(path: Path, config: dict) -> int | None:
             n = None
         if isinstance(n, int):
             return n
-    from vae_jax import datasets
-
     try:
         ds = datasets.load_dataset(config["dataset"], "train", config.get("data_dir"))
         return len(ds.take(config.get("train_limit")))
@@ -158,6 +157,7 @@ def _series(r: Run, key: str) -> list[tuple[str, str, list]]:
 def figure(runs: list[Run], path) -> Path:
     """Loss, recon and KL per epoch (train solid, test dashed), training seconds per epoch and
     training images per second, one color per run."""
+    # matplotlib (also through vae_jax.figures) is slow to import: only `--out` draws a figure
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 

@@ -16,6 +16,7 @@ order (see vae_jax.layers).
 
 from __future__ import annotations
 
+import io
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from vae_jax.errors import ConversionError
+from vae_jax.files import atomic_write
 from vae_jax.layers import BatchNorm2d
 
 # (flax attribute, torch name, flax->torch, torch->flax)
@@ -89,7 +91,7 @@ def to_numpy_state_dict(model) -> OrderedDict[str, np.ndarray]:
 
 def to_torch_state_dict(model):
     """dict[str, torch.Tensor] with the chapter's keys and shapes; loads strict=True in torch."""
-    import torch
+    import torch  # optional: the [torch] extra
 
     return OrderedDict((k, torch.from_numpy(v.copy())) for k, v in to_numpy_state_dict(model).items())
 
@@ -128,9 +130,7 @@ def load_torch_state_dict(model, state_dict) -> None:
 
 def pt_bytes(model) -> bytes:
     """The model's torch state_dict as the bytes of a `.pt` file (torch.save)."""
-    import io
-
-    import torch
+    import torch  # optional: the [torch] extra
 
     buffer = io.BytesIO()
     torch.save(to_torch_state_dict(model), buffer)
@@ -139,14 +139,12 @@ def pt_bytes(model) -> bytes:
 
 def save_pt(model, path) -> None:
     """Write the model's torch state_dict to a `.pt` file (torch.save), atomically."""
-    from vae_jax.files import atomic_write
-
     atomic_write(path, pt_bytes(model))
 
 
 def load_pt(model, path) -> None:
     """Read a `.pt` state_dict file (torch.load, weights only) into `model`, strictly."""
-    import torch
+    import torch  # optional: the [torch] extra
 
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)

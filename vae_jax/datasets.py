@@ -194,7 +194,7 @@ def _check(images: np.ndarray, labels: np.ndarray | None, where: str) -> None:
 
 
 def _load_digits(split: str):
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # slow to import: only the digits dataset needs it
 
     if split not in ("train", "test"):
         raise split_error("digits", split, ("train", "test"))

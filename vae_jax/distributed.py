@@ -20,16 +20,20 @@ own log lines (C++, fd 2) in an unlinked temporary file, and the parent waits fo
 one line and exit code on, and where the child was killed by a signal without a line writes one
 itself, naming JAX's reason from that log. VAE_JAX_DEBUG=1 leaves all of this out (JAX's log
 lines and aborts then reach the console).
+
+JAX is imported inside the functions: vae_jax.cli imports this module at start-up, before JAX loads.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
 import signal
 import socket
 import sys
+import tempfile
 from typing import NoReturn
 
 from vae_jax.errors import ConfigError, ConsoleStderr
@@ -129,8 +133,6 @@ def _check_port_free(port: int) -> None:
 
 def _supervise(address: str | None, n: int | None, process_id: int | None) -> int:
     """Fork. The child returns the fd on which it says that it joined; the parent waits for it (_watch)."""
-    import tempfile
-
     relay_r, relay_w = os.pipe()  # the child's vae-jax line, passed on by the parent
     joined_r, joined_w = os.pipe()
     log = tempfile.TemporaryFile()  # noqa: SIM115 -- JAX's own log lines (C++, fd 2), open until the exit
@@ -144,8 +146,6 @@ def _supervise(address: str | None, n: int | None, process_id: int | None) -> in
         _watch(child, relay_r, joined_r, log, address, n, process_id)
     os.close(relay_r)
     os.close(joined_r)
-    import ctypes
-
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: end with the parent
     if os.getppid() != parent:
         os._exit(2)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from vae_jax import losses
 from vae_jax.errors import ConfigError
@@ -70,8 +71,6 @@ def iwae_nll(
     n = images.shape[0]
     starts = range(0, n, batch_size)
     if progress and sys.stderr.isatty():  # no bar in a log
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc=f"NLL (k={k})", unit="batch", leave=False, dynamic_ncols=True)
     for bi, a in enumerate(starts):
         x, y = images[a : a + batch_size], labels[a : a + batch_size]
@@ -88,7 +87,7 @@ def iwae_nll(
 def summary_images(model, images, labels, key, n: int = 8) -> dict[str, np.ndarray]:
     """Two HWC pictures for TensorBoard: the first n test images above their reconstructions, and a 4x4
     grid of samples decoded from z ~ N(0, I) drawn with `key` (labels 0, 1, ... for a conditional model)."""
-    from vae_jax.figures import to_images
+    from vae_jax.figures import to_images  # figures loads matplotlib and scipy, slow to import
 
     model.eval()
     x = jnp.asarray(images[:n], jnp.float32)
@@ -115,7 +114,7 @@ def make_figures(model, test_ds, history, outdir, *, key, n_scatter=5000, batch_
     """The chapter's figures for a trained model, as PNGs in outdir; returns {name: path}.
 
     Reads only the first n_scatter test images (encoded batch_size at a time)."""
-    from vae_jax import figures
+    from vae_jax import figures  # loads matplotlib and scipy, slow to import: only a run that draws
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ interrupted write leaves the old state; nothing is created by following a link; 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -59,8 +60,6 @@ def lock_run_dir(folder: Path) -> None:
     """Take the run directory's writer lock for the rest of this process (flock on the directory
     itself: no lock file to leave behind; the OS releases it when the process dies). A second writer
     gets one line naming the process that holds it. Readers (eval, plot, export) never take it."""
-    import fcntl
-
     key = os.path.realpath(folder)
     if key in _LOCKS:
         return

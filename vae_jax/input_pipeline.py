@@ -6,8 +6,13 @@ reading only its rows of every global batch. `Feed` hands the training loop the 
 from __future__ import annotations
 
 import collections
+import gc
+import multiprocessing
 import os
 import re
+import signal
+import threading
+from multiprocessing import resource_tracker
 from typing import Any, Protocol
 
 import jax
@@ -91,7 +96,7 @@ def stream_batches(
     rows of every global batch (`rows(batch_rows)`, see `process_rows`): sharding by process, the
     global batch unchanged.
     """
-    import grain
+    import grain  # slow to import: only a streamed split needs it
 
     order = np.asarray(order)
     slices = batch_slices(len(order), batch_size)[start:stop]
@@ -101,7 +106,7 @@ def stream_batches(
     data = grain.MapDataset.source(index_lists).map(_ReadBatch(ds.source))
     data = data.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=prefetch))
     if workers > 0:
-        from absl import flags
+        from absl import flags  # absl comes with Grain (not a dependency of vae-jax itself)
 
         if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags (defaults suffice)
             flags.FLAGS.mark_as_parsed()
@@ -122,10 +127,6 @@ def _watch_workers() -> None:
     """Once per process: a thread that checks this process's worker processes twice a second, and when
     one was killed (SIGKILL, as by the out-of-memory killer; SIGSEGV, SIGBUS) interrupts the main thread
     with a ReadError (signal SIGUSR1): Grain's iterator may otherwise wait forever for its batch."""
-    import multiprocessing
-    import signal
-    import threading
-
     if _watch or threading.current_thread() is not threading.main_thread():
         return
 
@@ -190,8 +191,6 @@ def _start_quiet_resource_tracker() -> None:
     /dev/null. A worker that is killed leaves the shared memory it had filled; the tracker frees
     it when this process ends, and its report of that (a warning, sometimes tracebacks) would
     follow vae-jax's one line on the console. Nothing if the tracker already runs."""
-    from multiprocessing import resource_tracker
-
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
@@ -204,8 +203,6 @@ def _start_quiet_resource_tracker() -> None:
 
 def _close(batches) -> None:
     """Stop a Grain iterator's threads or worker processes now, and free what they held."""
-    import gc
-
     close = getattr(batches, "close", None)
     if close is not None:
         close()
@@ -213,8 +210,6 @@ def _close(batches) -> None:
 
 
 def signal_name(number: int) -> str:
-    import signal
-
     try:
         return signal.Signals(number).name
     except ValueError:

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vae_jax import onednn_conv
 from vae_jax.errors import ConfigError
 
 # k4 s2 p1 transposed conv of torch == lax.conv_transpose with explicit padding k-1-p = 2 on each
@@ -109,8 +110,6 @@ def default_conv_form(dtype=jnp.float32) -> ConvForm:
     """The form a model gets when none is given: oneDNN's kernels on the CPU when the install built
     them (vae_jax.onednn_conv), the XLA forms otherwise (GPU/TPU, or not built).
     Decided when the model is built, not at import (JAX's backend is not started by importing)."""
-    from vae_jax import onednn_conv
-
     if jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu" and onednn_conv.available():
         return ONEDNN_CONV_FORM
     return DEFAULT_CONV_FORM
@@ -118,8 +117,6 @@ def default_conv_form(dtype=jnp.float32) -> ConvForm:
 
 def named_conv_form(name: str, dtype=jnp.float32) -> ConvForm:
     """The form of `--conv-form NAME`: auto (default_conv_form), onednn, xla (the exact XLA forms), lax."""
-    from vae_jax import onednn_conv
-
     if name == "auto":
         return default_conv_form(dtype)
     why = onednn_conv.unavailable_reason() if name == "onednn" else None
@@ -302,8 +299,6 @@ class OnednnConv(nnx.Conv):
     parameters."""
 
     def __call__(self, inputs, out_sharding=None):
-        from vae_jax import onednn_conv
-
         kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
@@ -316,8 +311,6 @@ class OnednnConvTranspose(nnx.ConvTranspose):
     (a strided conv's backward-data; vae_jax.onednn_conv); same parameters."""
 
     def __call__(self, inputs):
-        from vae_jax import onednn_conv
-
         pad = tuple(tuple(p) for p in cast(Sequence[Sequence[int]], self.padding))
         kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
@@ -401,8 +394,6 @@ class BatchNorm2d(nnx.Module):
         else:
             n = x.size // x.shape[-1]
             if self.impl == "onednn":
-                from vae_jax import onednn_conv
-
                 y, mean, var = onednn_conv.batch_norm_train(x, self.scale[...], self.bias[...], self.eps)
             else:
                 axes = tuple(range(x.ndim - 1))

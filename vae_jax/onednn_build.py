@@ -43,7 +43,7 @@ def installed_file(dist_name: str, suffix: str) -> Path:
 def locate() -> dict[str, Path]:
     """Where the FFI headers, oneDNN's headers and libdnnl.so.3 are. Raises NotFoundError."""
     try:
-        import jax.ffi
+        import jax.ffi  # here: a missing jax is a NotFoundError (this file runs as a plain script)
     except ImportError:
         raise NotFoundError("jax is not installed") from None
     dnnl_hpp = installed_file(DEVEL_DIST, "include/oneapi/dnnl/dnnl.hpp")

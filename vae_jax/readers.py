@@ -9,11 +9,13 @@ damaged or not the original raises `DataError` with one line naming the problem 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import re
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -143,8 +145,6 @@ _ORIGINAL_MD5 = {
 
 def _check_identity(name: str, path: Path) -> None:
     """DataError when an original .gz file of the other dataset (same file names) is given for `name`."""
-    import hashlib
-
     if path.suffix != ".gz":
         return
     other = "fashion_mnist" if name == "mnist" else "mnist"
@@ -209,7 +209,7 @@ class ImageFileSource:
         return len(self.files)
 
     def __getitem__(self, i):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError  # Pillow (matplotlib's dependency): only image datasets need it
 
         path = self.files[i]
         try:
@@ -235,7 +235,7 @@ _8BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"
 
 def square_resize(image, size: int) -> np.ndarray:
     """A PIL image -> center crop to a square -> resize -> uint8 RGB (size, size, 3)."""
-    from PIL import Image
+    from PIL import Image  # Pillow (matplotlib's dependency): only image datasets need it
 
     image = image.convert("RGB")
     w, h = image.size
@@ -247,8 +247,6 @@ def square_resize(image, size: int) -> np.ndarray:
 
 def read_records(source, indices, *, with_labels=False, threads=8):
     """Stack the records at `indices` (decoded in threads: PIL releases the GIL while decoding)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     indices = list(indices)
     if len(indices) > 64 and threads > 1:
         with ThreadPoolExecutor(threads) as pool:

@@ -5,7 +5,8 @@ hyperparameters (TensorBoard's HParams tab), in the run's own event file.
 
     tensorboard --logdir runs/          # every run under runs/, one curve each
 
-Only process 0 of a run writes them. tensorboardX is imported when a writer is made.
+Only process 0 of a run writes them. tensorboardX is imported when a writer is made (it is slow to
+import, and the other processes and --no-tensorboard need none).
 """
 
 from __future__ import annotations

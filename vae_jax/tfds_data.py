@@ -6,10 +6,12 @@ original files (`vae-jax prepare`). tensorflow_datasets is imported only when on
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
 from unittest import mock
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -37,7 +39,7 @@ class TfdsSource:
         ex = self.source[int(i)]
         image = np.asarray(ex["image"])
         if self.name == "celeb_a":
-            from PIL import Image
+            from PIL import Image  # Pillow (matplotlib's dependency): only image datasets need it
 
             image = square_resize(Image.fromarray(image), self.size)
         elif self.name == "binarized_mnist":  # stored as 0/1: the pixel scale of every other source
@@ -123,9 +125,6 @@ def download_and_prepare(name: str, data_dir=None) -> None:
     Offline, one DataError at once (the download hosts are tried first, for 5 s) that says where
     the original files are and how to prepare them without network. Preparing needs TensorFlow.
     """
-    import socket
-    from urllib.parse import urlparse
-
     tfds = _tfds()
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -171,7 +170,7 @@ def prepare_tfds(name: str, manual_dir, data_dir) -> Path:
     Needs TensorFlow to write the dataset.
     """
     tfds = _tfds()
-    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError  # the [tfds] extra
 
     try:
         builder = tfds.builder(name, data_dir=os.fspath(data_dir))

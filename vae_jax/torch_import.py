@@ -13,7 +13,8 @@ The parity check runs the Flax model and the chapter's PyTorch class holding the
 few images (or random inputs in [0, 1] from the seed), with the same injected eps, and compares the
 weights, the forward outputs and the loss with the bounds of vae_jax.tolerances.
 
-torch is an optional extra: it is imported only inside the functions that need it.
+torch is an optional extra: it, and vae_torch_ref (the chapter's PyTorch code), is imported only inside
+the functions that need it.
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ import dataclasses
 import hashlib
 import json
 import math
+import pickle
 import re
 from collections import OrderedDict
 from pathlib import Path
 
+import jax
 import numpy as np
+from flax import nnx
 
-from vae_jax import __version__, convert, models
-from vae_jax.errors import ConfigError, ConversionError
+from vae_jax import __version__, checkpoints, convert, datasets, models, train
+from vae_jax.errors import ConfigError, ConversionError, DataError
 from vae_jax.files import atomic_dir, atomic_write, unlock_run_dir
+from vae_jax.tolerances import error, tol
 
 COMMON_KEYS = ("state_dict", "model_state_dict", "model")  # where a training script keeps the state_dict
 META_KEYS = ("model", "latent_dim", "hidden_dim")  # entries beside it that say what it holds
@@ -84,8 +89,6 @@ def sha256_file(path) -> str:
 
 def _read(path: Path):
     """torch.load(weights_only=True) of `path`, its refusals as one line."""
-    import pickle
-
     import torch
 
     if not path.is_file():
@@ -271,10 +274,6 @@ def mapping_table(mapping) -> str:
 def from_pt(path, model=None, *, rename=(), **sizes):
     """The Flax model (eval mode) holding a .pt file's weights: `model` a registry name (None: the file's
     'model' entry), sizes as `vae-jax import` (latent_dim, hidden_dim; default: from the tensors)."""
-    from flax import nnx
-
-    from vae_jax import train
-
     src = load_source(path, model, rename, **sizes)
     shape = implied_shape(src.model, src.sizes) or (1, 1, int(src.sizes.get("input_dim", 784)))
     config = train.Config(
@@ -341,13 +340,10 @@ def parity_rows(model, config, image_shape, x, y, seed: int) -> list[dict]:
     [0, 1]) with labels y: weights, forward outputs (eps drawn from `seed`, injected into both) and
     the loss of config.recon / config.beta. One row per quantity: quantity, metric, max_error, bound,
     passed."""
-    import jax
     import torch
 
     import vae_torch_ref as R
     import vae_torch_ref.train as RT
-    from vae_jax import train
-    from vae_jax.tolerances import error, tol
     from vae_torch_ref.noise import inject_eps
 
     model.eval()
@@ -413,8 +409,6 @@ def parity_table(rows, what: str) -> str:
 
 def _inputs(config, image_shape, test_ds=None):
     """(x, y, what): the first NUM_IMAGES images of `test_ds`, or random inputs in [0, 1] from the seed."""
-    import jax
-
     if test_ds is not None:
         part = test_ds.take(NUM_IMAGES)
         images = np.asarray(part.images, np.float32).reshape(len(part), *image_shape)
@@ -439,9 +433,6 @@ def _check(rows, what: str, where: str):
 def check_run(workdir, data_dir=None, log=print) -> int:
     """`vae-jax parity --workdir W`: a run's weights exported to the chapter's torch class, compared on
     the first test images of its data (random inputs in [0, 1] when they cannot be read)."""
-    from vae_jax import datasets, train
-    from vae_jax.errors import DataError
-
     model, config, image_shape = train.restore_run(workdir)
     config.data_dir = data_dir or config.data_dir
     try:
@@ -462,8 +453,6 @@ def check_run(workdir, data_dir=None, log=print) -> int:
 def _resolve(src: Loaded, kw: dict, given):
     """(the run's options: kw with the model, sizes and dataset filled in, its image shape, the test
     split of --dataset or None)."""
-    from vae_jax import train
-
     kw = dict(kw, model=src.model, **{k: src.sizes.get(k) for k in ("latent_dim", "hidden_dim")})
     if kw.get("data_dir"):
         kw["data_dir"] = str(Path(kw["data_dir"]).absolute())
@@ -483,10 +472,6 @@ def import_run(path, workdir, kw: dict, given, renames=(), log=print) -> int:
     """`vae-jax import FILE.pt --workdir W`: a run directory holding the file's weights at checkpoint 0
     (the state before step 1, with a fresh Adam state), config.json (the resolved options, image_shape
     and 'source': path and sha256) and import.json (source, key mapping, parity)."""
-    from flax import nnx
-
-    from vae_jax import train
-
     src = load_source(
         path,
         kw["model"],  # None: the file's 'model' entry
@@ -533,8 +518,6 @@ def import_run(path, workdir, kw: dict, given, renames=(), log=print) -> int:
 def _write_run(workdir: Path, model, config, image_shape, source: dict, record: dict) -> None:
     """The run directory, whole or not at all: checkpoint 0 (the model's weights, a fresh Adam state,
     step 0) written with checkpoints.RunDir, config.json (as train writes it, plus 'source'), import.json."""
-    from vae_jax import checkpoints, train
-
     workdir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(workdir, replace=workdir.is_dir()) as tmp:
         run = checkpoints.RunDir(tmp, config)

@@ -19,12 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
-from vae_jax import __version__, datasets, evaluate, input_pipeline, onednn_conv
+from vae_jax import __version__, checkpoints, datasets, evaluate, input_pipeline, layers, onednn_conv
 from vae_jax.config import Config
-from vae_jax.errors import ConfigError, DataError, ReadError
+from vae_jax.errors import CheckpointError, ConfigError, DataError, ReadError, VaeJaxError
 from vae_jax.files import atomic_dir, check_replaceable
 from vae_jax.preflight import build_model, check_figures_fit, check_memory, check_model_fits
+from vae_jax.summaries import Summaries
 from vae_jax.trainer import Trainer, loss_terms, to_host, zero_sums  # noqa: F401 -- train.loss_terms, as callers use it
 
 
@@ -135,8 +137,6 @@ def train_part(
     spe = steps_per_epoch(config, feed.ds)
     bar = None
     if config.progress and jax.process_index() == 0 and sys.stderr.isatty():  # a line per epoch in a log
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=stop - start, initial=0, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
     order = epoch_order(config.seed, epoch, len(feed.ds))
     for i, n, args in feed.blocks(order, config.batch_size, start, stop, config.steps_per_call or 1):
@@ -250,20 +250,16 @@ def train_and_evaluate(
 
 def how_to_continue(workdir) -> str:
     """The command that continues a run after a failure, and what it continues from (read from disk)."""
-    from vae_jax.checkpoints import latest_step_on_disk
-
     workdir = Path(workdir)
     if not (workdir / "config.json").is_file():
         return "run the same command again (nothing of this run was written yet)"
-    step = latest_step_on_disk(workdir)
+    step = checkpoints.latest_step_on_disk(workdir)
     kept = f"the checkpoint of step {step} is kept" if step else "no checkpoint was written yet"
     return f"continue with `vae-jax train --workdir {workdir} --resume` ({kept})"
 
 
 def conv_form_name(model, config: Config | None = None) -> str:
     """'onednn' when the model's convolutions run on oneDNN's kernels, 'lax' when asked for, else 'xla'."""
-    from vae_jax import layers
-
     onednn = (layers.OnednnConv, layers.OnednnConvTranspose)
     if any(isinstance(m, onednn) for _, m in nnx.iter_graph(model)):
         return "onednn"
@@ -290,8 +286,6 @@ class _Run:
 
 
 def _train_and_evaluate(config: Config, workdir, *, resume: bool, restart: bool, log) -> dict[str, Any]:
-    from vae_jax.summaries import Summaries
-
     t_start = time.perf_counter()
     r = _setup(config, Path(workdir), resume=resume, restart=restart, log=log)
     summaries = Summaries(workdir, enabled=r.config.tensorboard and r.dir.primary)
@@ -305,8 +299,6 @@ def _train_and_evaluate(config: Config, workdir, *, resume: bool, restart: bool,
 def _setup(config: Config, workdir: Path, *, resume: bool, restart: bool, log) -> _Run:
     """Everything checked before the first step (options, data, model, memory, figures), the state
     restored or initialised, and config.json written; a failure before that leaves nothing behind."""
-    from vae_jax import checkpoints  # orbax is imported only when a run checkpoints
-
     config.validate()
     if jax.process_count() > 1:
         if config.devices != jax.device_count():
@@ -491,12 +483,8 @@ def initial_weights_from(path, trainer, state, config: Config, image_shape):
     `path`, and a fresh optimizer state: --init-from, to fine-tune a trained model (e.g. with another
     --train-k or learning rate). The source must be the same model on images of the same shape.
     `path` a .pt file: its state_dict (see vae_jax.torch_import), its sha256 into config.init_from_sha256."""
-    from vae_jax import checkpoints
-    from vae_jax.errors import CheckpointError
-
     if Path(path).is_file():  # a torch .pt checkpoint: vae_jax.torch_import
-        from vae_jax import torch_import
-        from vae_jax.errors import VaeJaxError
+        from vae_jax import torch_import  # here: torch_import imports this module
 
         src, src_config, src_shape = build_model(config, image_shape, rngs=nnx.Rngs(0)), config, image_shape
         try:
@@ -539,9 +527,6 @@ def steps_per_epoch(config: Config, train_ds) -> int:
 def restore_run(workdir, step: int | None = None):
     """(model in eval mode, config, image_shape) of the latest checkpoint of a run directory, or of the
     checkpoint of optimizer step `step`."""
-    from vae_jax import checkpoints
-    from vae_jax.errors import CheckpointError
-
     workdir = Path(workdir)
     path = workdir / "config.json"
     if not path.exists():
@@ -580,6 +565,4 @@ def restore_run(workdir, step: int | None = None):
 
 
 def _onednn_here() -> bool:
-    from vae_jax import onednn_conv
-
     return jax.default_backend() == "cpu" and onednn_conv.available()

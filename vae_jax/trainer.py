@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vae_jax import input_pipeline, losses, models
 from vae_jax.config import Config
@@ -101,9 +103,6 @@ class Trainer:
         jax.distributed.initialize()): state and data replicated, each batch's indices split along
         the mesh's 'data' axis, so XLA partitions the step and all-reduces the gradients. The batch
         is the GLOBAL batch: results equal a single-device run up to float summation order."""
-        from jax.sharding import Mesh, NamedSharding
-        from jax.sharding import PartitionSpec as P
-
         have = jax.device_count()
         if devices > have:
             raise ConfigError(
