@@ -144,14 +144,14 @@ def _wait_for(predicate, proc, what, timeout=300):
 _SLOW_STEPS = """
 import sys, time
 from vae_jax import cli, input_pipeline
-batches = input_pipeline.Feed.batches
+blocks = input_pipeline.Feed.blocks
 
-def slow_batches(self, *args, **kwargs):  # 0.5 s after each batch: an epoch of 4 steps takes >= 2 s
-    for batch in batches(self, *args, **kwargs):
-        yield batch
+def slow_blocks(self, *args, **kwargs):  # 0.5 s after each dispatch: an epoch of 4 steps takes >= 2 s
+    for block in blocks(self, *args, **kwargs):
+        yield block
         time.sleep(0.5)
 
-input_pipeline.Feed.batches = slow_batches
+input_pipeline.Feed.blocks = slow_blocks
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the console bar: bars are drawn only on a terminal (tqdm.auto warns in a notebook)
 
 from vae_jax import __version__, checkpoints, datasets, evaluate, input_pipeline, layers, onednn_conv
 from vae_jax.config import Config
