@@ -828,9 +828,8 @@ def plot(report, path):
     plt.close(fig)
 
 
-def write_outputs(report, a):
-    report["targets"] = target_rows(report)
-    text = markdown(report)
+def emit(text, report, a):
+    """A report's markdown to stdout and to --out-md, the report to --out-json (every benchmark script)."""
     print(text)
     if a.out_md:
         with open(a.out_md, "w") as f:
@@ -838,6 +837,11 @@ def write_outputs(report, a):
     if a.out_json:
         with open(a.out_json, "w") as f:
             json.dump(report, f, indent=1)
+
+
+def write_outputs(report, a):
+    report["targets"] = target_rows(report)
+    emit(markdown(report), report, a)
     if a.out_png:
         plot(report, a.out_png)
 

@@ -257,12 +257,7 @@ def markdown(report):
 
 def write_outputs(report, a):
     report["summary"] = summary(report)
-    text = markdown(report)
-    print(text)
-    if a.out_md:
-        Path(a.out_md).write_text(text + "\n")
-    if a.out_json:
-        Path(a.out_json).write_text(json.dumps(report, indent=1))
+    bench.emit(markdown(report), report, a)
 
 
 # ----------------------------------------------------------------------------- main
