@@ -63,7 +63,7 @@ def iwae_nll(
             )
 
         eps = jnp.swapaxes(jax.vmap(draw)(index), 0, 1)
-        logw, _ = losses.importance_log_weights(m.decode_logits, xin, cond, mu, logvar, eps)
+        logw, _ = losses.importance_log_weights(m.decode_logits, xin, cond, mu, logvar, eps, fast=True)
         logw = jnp.where(jnp.arange(chunk)[:, None] < valid, logw, -jnp.inf)  # last chunk may be partial
         return jax.nn.logsumexp(logw, axis=0)
 
