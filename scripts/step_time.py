@@ -4,6 +4,11 @@ at start-up, so each setting is its own process; `scripts/bench.py` is the side-
     python scripts/step_time.py celeba_vae
     XLA_FLAGS=--xla_cpu_experimental_xnn_fusion_type=eltwise,reduce python scripts/step_time.py celeba_vae
     python scripts/step_time.py conv_vae28 --form xla        # the XLA forms instead of the default
+    python scripts/step_time.py celeba_vae --drop relu       # the step without its conv ReLUs
+
+--drop relu / bias / relu,bias times a step that is NOT the model's: the ReLUs of the encoder and
+decoder Sequentials replaced by the identity, or the conv layers' biases removed. Its time is an upper
+bound on what fusing them into the oneDNN primitives (BN+ReLU, conv bias) could win.
 
 Prints one line: the model, the conv form, XLA_FLAGS, min and median ms per step over --epochs
 epochs of --steps steps (batch 128, random data on the device), after one warm-up epoch.
@@ -26,6 +31,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--drop", default="", help="relu, bias or relu,bias: leave them out (an upper bound)")
     a = ap.parse_args(argv)
 
     import jax
@@ -40,7 +46,9 @@ def main(argv=None):
     cfg = T.Config(model=a.model, batch_size=a.batch, progress=False, checkpoint=False, figures=False)
     forms = {"xla": layers.DEFAULT_CONV_FORM, "lax": layers.ConvForm(tconv="lax", conv="lax")}
     kw = {"conv_form": forms[a.form]} if a.form != "default" and a.model.startswith(("conv", "celeba")) else {}
-    trainer = T.Trainer(models.REGISTRY[a.model].build(cfg, shape, rngs=nnx.Rngs(0), **kw), cfg)
+    net = models.REGISTRY[a.model].build(cfg, shape, rngs=nnx.Rngs(0), **kw)
+    drop(net, set(filter(None, a.drop.split(","))))
+    trainer = T.Trainer(net, cfg)
     state, images, labels = trainer.init_state, jnp.asarray(x), jnp.zeros((x.shape[0],), jnp.int32)
 
     def epoch():
@@ -56,9 +64,26 @@ def main(argv=None):
     epoch()
     times = [epoch() for _ in range(a.epochs)]
     print(
-        f"{a.model} form={a.form} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}: "
+        f"{a.model} form={a.form}{' drop=' + a.drop if a.drop else ''} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}: "
         f"ms/step min {min(times):.1f} median {statistics.median(times):.1f}"
     )
+
+
+def drop(net, what):
+    """Leave out the ReLUs of net's Sequentials ('relu') and its conv layers' biases ('bias')."""
+    import jax
+    from flax import nnx
+
+    if what - {"relu", "bias"}:
+        raise SystemExit(f"--drop takes relu and/or bias, got {sorted(what)}")
+    for _, mod in nnx.iter_modules(net):
+        if not isinstance(mod, nnx.Sequential):
+            continue
+        for i, layer in enumerate(mod.layers):
+            if "relu" in what and layer is jax.nn.relu:
+                mod.layers[i] = lambda h: h
+            if "bias" in what and isinstance(layer, (nnx.Conv, nnx.ConvTranspose)):
+                layer.bias = None
 
 
 if __name__ == "__main__":

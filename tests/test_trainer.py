@@ -15,13 +15,24 @@ from vae_jax.preflight import build_model
 from vae_jax.trainer import Trainer
 
 
-@pytest.mark.parametrize("model", ["vae", "cvae"])
-def test_k_steps_in_one_dispatch_equal_k_calls_of_the_step(model):
-    config = Config(model=model, batch_size=20)
+def _data(model):
+    """200 images the model takes: the digits, or random 64x64 RGB ones for the CelebA VAE."""
     ds = datasets.load_dataset("digits", "train").take(200)
-    net = build_model(config, ds.image_shape, rngs=nnx.Rngs(params=jax.random.key(0)))
+    if model != "celeba_vae":
+        return ds.image_shape, ds.stored_arrays()
+    images = np.random.default_rng(0).random((200, 64, 64, 3), dtype=np.float32)
+    return images.shape[1:], (images, np.zeros(200, np.int32))
+
+
+@pytest.mark.parametrize("model", ["vae", "cvae", "conv_vae28", "celeba_vae"])
+def test_k_steps_in_one_dispatch_equal_k_calls_of_the_step(model):
+    """The MLP models, a conv model (oneDNN's kernels where built) and the CelebA VAE (its batch
+    statistics carried through the scan)."""
+    config = Config(model=model, batch_size=20)
+    shape, arrays = _data(model)
+    net = build_model(config, shape, rngs=nnx.Rngs(params=jax.random.key(0)))
     trainer = Trainer(net, config, steps_per_epoch=10)
-    images, labels = trainer.put(ds.stored_arrays())
+    images, labels = trainer.put(arrays)
     idx = np.random.default_rng(0).permutation(200).astype(np.int32).reshape(10, 20)
     key = jax.random.key(7)
 

@@ -128,7 +128,7 @@ class Config:
     steps_per_call: int = option(
         0,
         "memory mode, one device: optimizer steps per dispatch (a lax.scan over K batches; the same numbers as "
-        "K = 1); 0: auto (32 for the MLP models, 1 for the conv models)",
+        "K = 1); 0: auto (32 for the MLP models, 8 for the conv models)",
         kind="nonneg_int",
         metavar="K",
     )
