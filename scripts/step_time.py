@@ -6,6 +6,9 @@ at start-up, so each setting is its own process; `scripts/bench.py` is the side-
     python scripts/step_time.py conv_vae28 --form xla        # the XLA forms instead of the default
     python scripts/step_time.py celeba_vae --drop relu       # the step without its conv ReLUs
 
+--profile N also traces one more epoch with jax.profiler and prints the N ops with the most time per
+step (summed by name) and the shares of oneDNN's calls (ffi_call), YNNPACK's fusions and XLA's own.
+
 --drop relu / bias / relu,bias times a step that is NOT the model's: the ReLUs of the encoder and
 decoder Sequentials replaced by the identity, or the conv layers' biases removed. Its time is an upper
 bound on what fusing them into the oneDNN primitives (BN+ReLU, conv bias) could win.
@@ -17,9 +20,14 @@ epochs of --steps steps (batch 128, random data on the device), after one warm-u
 from __future__ import annotations
 
 import argparse
+import collections
+import gzip
+import json
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +39,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the N ops with most time")
     ap.add_argument("--drop", default="", help="relu, bias or relu,bias: leave them out (an upper bound)")
     a = ap.parse_args(argv)
 
@@ -67,6 +76,33 @@ def main(argv=None):
         f"{a.model} form={a.form}{' drop=' + a.drop if a.drop else ''} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}: "
         f"ms/step min {min(times):.1f} median {statistics.median(times):.1f}"
     )
+    if a.profile:
+        with tempfile.TemporaryDirectory() as folder:
+            jax.profiler.start_trace(folder)
+            epoch()
+            jax.profiler.stop_trace()
+            print_profile(folder, a.steps, a.profile)
+
+
+def print_profile(folder, steps, top):
+    """Op time per step from the trace in `folder`: the `top` ops by name, then the shares by kind."""
+    trace = sorted(Path(folder).glob("**/*.trace.json.gz"))[-1]
+    events = json.load(gzip.open(trace))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    ops = collections.Counter()
+    for e in events:  # the ops XLA ran; not the Python frames ($...), the runtime's or the dispatch's
+        name = e.get("name", "")
+        if e.get("ph") == "X" and "dur" in e and not name.startswith(("$", "Thunk", "Pjit")) and "::" not in name:
+            ops[name] += e["dur"] / 1e3 / steps
+    for name, ms in ops.most_common(top):
+        print(f"{ms:9.2f} ms/step  {name}")
+    kinds = collections.Counter()
+    for name, ms in ops.items():
+        kinds[
+            "oneDNN (ffi_call)" if name.startswith("ffi_call") else "YNNPACK" if name.startswith("ynn") else "XLA"
+        ] += ms
+    total = sum(kinds.values())
+    print("  ".join(f"{k} {v:.1f} ms ({100 * v / total:.0f} %)" for k, v in kinds.most_common()))
 
 
 def drop(net, what):
