@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vae_jax import datasets, input_pipeline, readers, tfds_data
+from vae_jax import datasets, input_pipeline, readers, tfds_data, train
 from vae_jax.errors import DataError
 
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
@@ -439,3 +439,40 @@ def test_batch_slices():
     for bad in [(0, 128), (10, 0)]:
         with pytest.raises(DataError):
             input_pipeline.batch_slices(*bad)
+
+
+class _OnHost:
+    """A Placement that leaves the arrays where they are: Feed.blocks's cuts, without a device."""
+
+    def put(self, tree):
+        return tree
+
+    def put_batch(self, arrays, rows):
+        return arrays
+
+    def batch_rows(self, rows):
+        return slice(None)
+
+
+@pytest.mark.parametrize(
+    "n, start, stop, k, sizes",
+    [
+        (60000, 0, None, 32, [32] * 14 + [20, 1]),  # MNIST by 128: 468 full batches, then one of 96
+        (12800, 0, None, 8, [8] * 12 + [4]),  # 100 full batches, none smaller
+        (60000, 5, 50, 32, [32, 13]),  # a part of an epoch (--checkpoint-every, a resume)
+        (60000, 467, None, 32, [1, 1]),  # a lone full batch, then the last
+        (60000, 0, 3, 1, [1, 1, 1]),
+    ],
+)
+def test_blocks_take_k_full_batches_then_the_rest_of_them_in_one(n, start, stop, k, sizes):
+    cfg = train.Config(data_mode="memory", batch_size=128)
+    ds = datasets.Dataset(datasets.ArraySource(np.zeros((n, 1, 1, 1), np.uint8), None), "zeros", (1, 1, 1), False)
+    order = np.random.default_rng(0).permutation(n).astype(np.int32)
+    blocks = list(input_pipeline.Feed(ds, _OnHost(), cfg).blocks(order, 128, start, stop, k))
+    assert [m for _, m, _ in blocks] == sizes
+    assert [i for i, _, _ in blocks] == [start + sum(sizes[:j]) for j in range(len(sizes))]
+    assert all(np.shape(idx) == ((m, 128) if m > 1 else np.shape(idx)) for _, m, (*_, idx) in blocks)
+    slices = input_pipeline.batch_slices(n, 128)[start:stop]  # every index once, in the epoch's order
+    assert np.array_equal(
+        np.concatenate([np.ravel(idx) for *_, (*_, idx) in blocks]), order[slices[0][0] : slices[-1][1]]
+    )

@@ -260,10 +260,10 @@ class Feed:
         )
 
     def blocks(self, order, batch_size, start, stop, k: int):
-        """(i, n, the step's data arguments) for batches [start, stop) of `order`: k consecutive full
-        batches at a time (n = k; Trainer.train_steps takes them in one dispatch) while k are left, the
-        data on the device; the rest, a batch of another size (the last) or streamed data one at a
-        time (n = 1)."""
+        """(i, n, the step's data arguments) for batches [start, stop) of `order`: up to k consecutive
+        full batches at a time (n > 1: Trainer.train_steps takes them in one dispatch), the data on the
+        device; a batch of another size (the last), a lone full batch or streamed data one at a time
+        (n = 1). An epoch uncut is k at a time, then the rest of its full batches in one dispatch."""
         if self.streamed or k == 1:
             for i, args in enumerate(self.batches(order, batch_size, start, stop), start):
                 yield i, 1, args
@@ -273,8 +273,10 @@ class Feed:
         stop = len(slices) if stop is None else stop
         i = start
         while i < stop:
-            full = i + k <= stop and all(b - a == batch_size for a, b in slices[i : i + k])
-            n = k if full else 1  # two shapes to compile, whatever the cuts: k steps, or one
+            n = 0
+            while n < k and i + n < stop and slices[i + n][1] - slices[i + n][0] == batch_size:
+                n += 1
+            n = max(n, 1)
             idx = order[slices[i][0] : slices[i + n - 1][1]]
             yield i, n, (*self.arrays, *self.placement.put_batch((idx if n == 1 else idx.reshape(n, -1),), len(idx)))
             i += n
