@@ -5,6 +5,7 @@ at start-up, so each setting is its own process; `scripts/bench.py` is the side-
     XLA_FLAGS=--xla_cpu_experimental_xnn_fusion_type=eltwise,reduce python scripts/step_time.py celeba_vae
     python scripts/step_time.py conv_vae28 --form xla        # the XLA forms instead of the default
     python scripts/step_time.py celeba_vae --drop relu       # the step without its conv ReLUs
+    python scripts/step_time.py vae --steps 128 --steps-per-call 32 --profile 20   # as `vae-jax train` runs it
 
 --profile N also traces one more epoch with jax.profiler and prints the N ops with the most time per
 step (summed by name) and the shares of oneDNN's calls (ffi_call), YNNPACK's fusions and XLA's own.
@@ -13,7 +14,10 @@ step (summed by name) and the shares of oneDNN's calls (ffi_call), YNNPACK's fus
 decoder Sequentials replaced by the identity, or the conv layers' biases removed. Its time is an upper
 bound on what fusing them into the oneDNN primitives (BN+ReLU, conv bias) could win.
 
-Prints one line: the model, the conv form, XLA_FLAGS, min and median ms per step over --epochs
+--steps-per-call K dispatches K steps at a time (Trainer.train_steps, a lax.scan), as `vae-jax train`
+does by default (32 for the MLP models, 8 for the conv models); 1, the default here, one step each.
+
+Prints one line: the model, the conv form, K, XLA_FLAGS, min and median ms per step over --epochs
 epochs of --steps steps (batch 128, random data on the device), after one warm-up epoch.
 """
 
@@ -39,9 +43,12 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps-per-call", type=int, default=1, metavar="K", help="K steps per dispatch (lax.scan)")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the N ops with most time")
     ap.add_argument("--drop", default="", help="relu, bias or relu,bias: leave them out (an upper bound)")
     a = ap.parse_args(argv)
+    if a.steps_per_call < 1 or a.steps % a.steps_per_call:
+        ap.error(f"--steps {a.steps} is not a multiple of --steps-per-call {a.steps_per_call}")
 
     import jax
     import jax.numpy as jnp
@@ -62,10 +69,13 @@ def main(argv=None):
 
     def epoch():
         nonlocal state
-        t0, losses = time.perf_counter(), []
-        for i in range(a.steps):
-            idx = jnp.arange(i * a.batch, (i + 1) * a.batch, dtype=jnp.int32)
-            state, m = trainer.train_step(state, images, labels, idx, jax.random.key(i), 1.0)
+        t0, losses, k = time.perf_counter(), [], a.steps_per_call
+        for i in range(0, a.steps, k):
+            idx = jnp.arange(i * a.batch, (i + k) * a.batch, dtype=jnp.int32)
+            if k == 1:
+                state, m = trainer.train_step(state, images, labels, idx, jax.random.key(i), 1.0)
+            else:  # as `vae-jax train --steps-per-call K` runs them
+                state, m = trainer.train_steps(state, images, labels, idx.reshape(k, -1), jax.random.key(0), i, 1.0)
             losses.append(m["loss"])
         jax.block_until_ready(losses)
         return (time.perf_counter() - t0) / a.steps * 1e3
@@ -73,7 +83,7 @@ def main(argv=None):
     epoch()
     times = [epoch() for _ in range(a.epochs)]
     print(
-        f"{a.model} form={a.form}{' drop=' + a.drop if a.drop else ''} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}: "
+        f"{a.model} form={a.form} K={a.steps_per_call}{' drop=' + a.drop if a.drop else ''} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}: "
         f"ms/step min {min(times):.1f} median {statistics.median(times):.1f}"
     )
     if a.profile:

@@ -1,5 +1,6 @@
 """End-to-end training: the embedded default, real MNIST files, resume, figures, export, CLI errors."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -434,3 +435,23 @@ def test_tensorboard_shows_pictures_each_epoch_and_the_runs_options(tmp_path):
     hparams = [v for _, v in events if v.metadata.plugin_data.plugin_name == "hparams"]
     content = b"".join(v.metadata.plugin_data.content for v in hparams)
     assert hparams and b"batch_size" in content and b"test/loss" in content
+
+
+@pytest.mark.parametrize("form", ["xla", "lax", "onednn"])
+def test_auto_steps_per_call_follows_the_model_and_its_conv_form(form):
+    """auto: 32 for the MLP models, 8 for the conv models on oneDNN's kernels, 1 in XLA's conv forms
+    (their steps round differently inside a lax.scan: docs/speed.md); a K given, or several devices, win."""
+    from flax import nnx
+
+    from vae_jax import onednn_conv
+
+    if form == "onednn" and not onednn_conv.available():
+        pytest.skip(f"oneDNN's kernels are not built here: {onednn_conv.unavailable_reason()}")
+    cfg = train.Config(model="conv_vae28", conv_form=form)
+    model = train.build_model(cfg, (28, 28, 1), rngs=nnx.Rngs(0))
+    assert train.conv_form_name(model, cfg) == form
+    assert train.resolved_steps_per_call(cfg, model) == (8 if form == "onednn" else 1)
+    assert train.resolved_steps_per_call(dataclasses.replace(cfg, steps_per_call=4), model) == 4
+    assert train.resolved_steps_per_call(dataclasses.replace(cfg, devices=2), model) == 1
+    mlp = train.Config(model="vae", conv_form=form)
+    assert train.resolved_steps_per_call(mlp, train.build_model(mlp, (28, 28, 1), rngs=nnx.Rngs(0))) == 32

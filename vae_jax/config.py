@@ -128,7 +128,8 @@ class Config:
     steps_per_call: int = option(
         0,
         "memory mode, one device: optimizer steps per dispatch (a lax.scan over K batches; the same numbers as "
-        "K = 1); 0: auto (32 for the MLP models, 8 for the conv models)",
+        "K = 1, but for the conv models in XLA's forms, which round differently in the scan); 0: auto (32 for "
+        "the MLP models, 8 for the conv models on oneDNN's kernels, else 1)",
         kind="nonneg_int",
         metavar="K",
     )

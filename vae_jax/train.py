@@ -64,13 +64,17 @@ def resolved_sizes(config: Config, model) -> Config:
 def resolved_steps_per_call(config: Config, model) -> int:
     """--steps-per-call as it runs: 1 over several devices (the steps place each batch over the mesh);
     auto (0) is 32 for the MLP models (steps so short that a dispatch each costs a large share of the
-    time) and 8 for the conv models (their steps also ran faster in blocks; docs/speed.md). Streamed
-    data takes one step per batch whatever it says."""
+    time), 8 for the conv models on oneDNN's kernels (their steps also ran faster in blocks;
+    docs/speed.md) and 1 for the conv models in XLA's forms, whose steps inside a lax.scan round
+    differently from the same steps one per dispatch. Streamed data takes one step per batch whatever
+    it says."""
     if config.devices > 1:
         return 1
     if config.steps_per_call:
         return int(config.steps_per_call)
-    return 8 if hasattr(model, "input_channels") else 32
+    if not hasattr(model, "input_channels"):
+        return 32
+    return 8 if conv_form_name(model, config) == "onednn" else 1
 
 
 def kl_weight_for(config: Config, epoch: int) -> float:
