@@ -15,7 +15,7 @@ decoder Sequentials replaced by the identity, or the conv layers' biases removed
 bound on what fusing them into the oneDNN primitives (BN+ReLU, conv bias) could win.
 
 --steps-per-call K dispatches K steps at a time (Trainer.train_steps, a lax.scan), as `vae-jax train`
-does by default (32 for the MLP models, 8 for the conv models); 1, the default here, one step each.
+does by default (32 for the MLP models, 8 for the conv models on oneDNN's kernels); 1 here by default.
 
 Prints one line: the model, the conv form, K, XLA_FLAGS, min and median ms per step over --epochs
 epochs of --steps steps (batch 128, random data on the device), after one warm-up epoch.
