@@ -117,8 +117,9 @@ def test_links_in_a_resumed_run_are_replaced_never_written_through(trained, tmp_
     assert run(["train", "--workdir", work, *TINY, "--epochs", "2", "--no-figures", "--resume"], capsys)[0] == 0
     assert outside.read_text() == "the user's file" and not (tmp_path / "nowhere.jsonl").exists()
     assert not (work / "summary.json").is_symlink() and not (work / "metrics.jsonl").is_symlink()
-    # epoch 1's row was only behind the dangling link: the rewritten file holds what the run could read
-    assert [json.loads(x)["epoch"] for x in (work / "metrics.jsonl").read_text().splitlines()] == [2]
+    # epoch 1's row was only behind the dangling link: recomputed from the checkpoint that ends epoch 1
+    rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["restored_from_step"] == 2
     assert json.loads(metrics.splitlines()[0])["epoch"] == 1
 
 
@@ -247,7 +248,7 @@ def test_damaged_numbers_in_config_json_are_one_line(trained, tmp_path, capsys):
     (work / "config.json").write_text(
         json.dumps(cfg).replace(f'"latent_dim": {json.dumps(cfg["latent_dim"])}', '"latent_dim": 1e400')
     )
-    one_line(*run(["export", "--workdir", work, "--out", tmp_path / "m.pt"], capsys)[:2], "is damaged")
+    one_line(*run(["export", "--workdir", work, "--out", tmp_path / "m.pt"], capsys)[:2], "'latent_dim' is Infinity, not an integer", "restore")
 
 
 # ----------------------------------------------------------------------------------- bad image files

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import gc
 import json
+import math
 import os
 import shutil
 import sys
@@ -22,8 +23,18 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from vae_jax import __version__
+from vae_jax.config import KINDS, Config
 from vae_jax.errors import CheckpointError, ConfigError, ConsoleStderr, machine_failure
-from vae_jax.files import atomic_write, foreign_entries, lock_run_dir, unlock_run_dir
+from vae_jax.files import (
+    atomic_write,
+    check_outside_owned,
+    checksum_failure,
+    foreign_entries,
+    json_text,
+    lock_run_dir,
+    unlock_run_dir,
+    write_checksums,
+)
 
 # Options that may change when a run is resumed (all others are the run's, from its config.json).
 RESUMABLE = {
@@ -97,6 +108,69 @@ def read_config(path: Path) -> dict:
     return saved
 
 
+# The settings outside the options that change a run's numbers, and how the environment sets them; a run
+# written before they were recorded ran with the defaults.
+ENVIRONMENT: dict[str, tuple[str, object]] = {
+    "jax_enable_x64": ("JAX_ENABLE_X64", False),
+    "jax_default_matmul_precision": ("JAX_DEFAULT_MATMUL_PRECISION", None),
+    "xla_flags": ("XLA_FLAGS", []),
+}
+NUMERICS_NEUTRAL_FLAGS = ("--xla_force_host_platform_device_count", "--xla_dump")  # devices, debugging
+
+
+def numerics_environment() -> dict:
+    """{setting: value} of ENVIRONMENT in this process: JAX's x64 and default matmul precision, and the
+    XLA_FLAGS that may change numbers (all but NUMERICS_NEUTRAL_FLAGS)."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(NUMERICS_NEUTRAL_FLAGS)]
+    return {
+        "jax_enable_x64": bool(getattr(jax.config, "jax_enable_x64")),  # noqa: B009 -- untyped in jax's stubs
+        "jax_default_matmul_precision": getattr(jax.config, "jax_default_matmul_precision"),  # noqa: B009
+        "xla_flags": flags,
+    }
+
+
+def environment_differences(saved: dict) -> list[str]:
+    """'VAR: the run had X, this process has Y' for each setting of ENVIRONMENT that differs from the run's."""
+    ran, now = saved.get("environment") or {}, numerics_environment()
+    out = []
+    for key, (var, default) in ENVIRONMENT.items():
+        before = ran.get(key, default)
+        if before != now[key]:
+            out.append(f"{var}: the run had {json.dumps(before)} ({key}), this process has {json.dumps(now[key])}")
+    return out
+
+
+def check_saved_config(saved: dict, path) -> dict:
+    """`saved` (a run's config.json) when it holds every option of the run with a value of its type
+    and range, else a CheckpointError naming the key: a resume or a reader never fills in a default
+    for a deleted key, nor runs with 20.5 latent dimensions."""
+    fix = f"restore {path} from the run's original, or train again in another --workdir"
+    for f in dataclasses.fields(Config):
+        if f.name not in saved:
+            raise CheckpointError(f"{path} has no {f.name!r} (the run's --{f.name.replace('_', '-')}) -- {fix}")
+        v, kind = saved[f.name], str(f.type)
+        if v is None and "None" in kind:
+            continue
+        ok = {
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "float": isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+            "str": isinstance(v, str),
+            "bool": isinstance(v, bool),
+        }[kind.split(" |")[0]]
+        if ok and "kind" in f.metadata:
+            cast, in_range, what = KINDS[f.metadata["kind"]]
+            ok, kind = in_range(cast(v)), what
+        if not ok:
+            raise CheckpointError(f"{path}: {f.name!r} is {json.dumps(v)}, not {_what(kind)} -- {fix}")
+    return saved
+
+
+def _what(kind: str) -> str:
+    names = {"int": "an integer", "float": "a finite number", "str": "a string", "bool": "true or false"}
+    base = names.get(kind.split(" |")[0], kind)
+    return f"{base} or null" if "None" in kind else base
+
+
 class RunDir:
     """read_only: only read an existing run (export/eval/plot): nothing is created or written."""
 
@@ -112,6 +186,7 @@ class RunDir:
         self.primary = jax.process_index() == 0
         created = not read_only and self.primary and not os.path.lexists(self.dir)
         if not read_only and self.primary:
+            check_outside_owned(self.dir, "workdir")
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 fd, probe = tempfile.mkstemp(dir=self.dir, prefix=".write-probe-")  # O_EXCL | O_NOFOLLOW
@@ -133,7 +208,7 @@ class RunDir:
                 raise CheckpointError(
                     f"nothing to resume in {self.dir}: no config.json -- drop --resume to start a new run"
                 )
-            self._saved = read_config(self.config_path)
+            self._saved = check_saved_config(read_config(self.config_path), self.config_path)
             sizes = {k: self._saved[k] for k in ("latent_dim", "hidden_dim") if self._saved.get(k) is not None}
             # sizes left to the default (None) are the run's: its config.json holds the ones it used
             self.config = config = dataclasses.replace(
@@ -194,6 +269,7 @@ class RunDir:
                 "-- use the same data or another --workdir"
             )
         cfg = dict(dataclasses.asdict(self.config), image_shape=list(image_shape), vae_jax_version=__version__)
+        cfg["environment"] = numerics_environment()
         parts = list(saved.get("parts") or ([_part(saved, 0, resumed=False)] if self.resume else []))
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         cfg["parts"] = [*parts, _part(cfg, step, resumed=self.resume, started=now)]
@@ -201,6 +277,12 @@ class RunDir:
         self.parts = cfg["parts"]
 
     def _check_same_config(self, saved):
+        env = [] if self.read_only else environment_differences(saved)
+        if env:
+            raise CheckpointError(
+                f"cannot resume {self.dir}: {'; '.join(env)} -- run it with the settings it was trained with "
+                "(they change the numbers), or train in another --workdir"
+            )
         differ = config_differences(saved, self.config)
         if differ:
             raise CheckpointError(
@@ -231,6 +313,38 @@ class RunDir:
                 ) from None
         return self._manager
 
+    def checkpoints_in_words(self) -> str:
+        """What checkpoints/ holds when it has no complete checkpoint: for the line that refuses a resume."""
+        if not self.ckpt_dir.is_dir():
+            return "it has no checkpoints/ folder"
+        names = sorted(p.name for p in self.ckpt_dir.iterdir())
+        unfinished = [n for n in names if "orbax-checkpoint-tmp" in n]
+        if unfinished:
+            return f"checkpoints/ holds no complete checkpoint, only the unfinished {unfinished[0]}"
+        return "checkpoints/ is empty" if not names else f"checkpoints/ holds no checkpoint ({names[0]}, ...)"
+
+    def check_intact(self, step: int) -> None:
+        """CheckpointError when checkpoint `step` differs from the checksums written with it, naming it
+        and the last good checkpoint before it."""
+        failure = checksum_failure(self.ckpt_dir / str(step))
+        if failure is None:
+            return
+        good = self.last_good_step(below=step)
+        then = (
+            f"the last good checkpoint is step {good}: move {self.ckpt_dir / str(step)} out of the run to "
+            f"resume from it (eval, plot and export take --step {good})"
+            if good is not None
+            else "no earlier checkpoint is kept: restore the folder or train again with --restart"
+        )
+        raise CheckpointError(f"checkpoint {step} in {self.ckpt_dir} is damaged ({failure}) -- {then}")
+
+    def last_good_step(self, below: int | None = None) -> int | None:
+        """The newest checkpoint (before `below`) whose files match their checksums, or None."""
+        if not self.ckpt_dir.exists():
+            return None
+        steps = sorted((s for s in self.manager.all_steps() if below is None or s < below), reverse=True)
+        return next((s for s in steps if checksum_failure(self.ckpt_dir / str(s)) is None), None)
+
     def latest_step(self) -> int:
         """The number of the latest checkpoint (its optimizer step; the epoch in runs from before
         checkpoints inside an epoch), 0 when there is none."""
@@ -250,6 +364,8 @@ class RunDir:
             with _quiet_unraisable(), held:
                 self.manager.save(step, args=ocp.args.StandardSave(state))
                 self.manager.wait_until_finished()
+                if self.primary:  # every process's files are in the folder once the save has finished
+                    write_checksums(self.ckpt_dir / str(step))
         except Exception as e:
             line = machine_failure(e)
             if line is None:
@@ -276,6 +392,7 @@ class RunDir:
             epoch = step
         if epoch is None:
             return init_state, None
+        self.check_intact(epoch)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, init_state)
         where = f"checkpoint {self.ckpt_dir}/{epoch}"
         try:
@@ -312,29 +429,40 @@ class RunDir:
             state = dict(state, sums=sums)
         return state, epoch
 
-    def read_metrics(self, upto_epoch: int):
-        """Metrics of the epochs up to the restored checkpoint's last whole epoch; later lines (a crash)
-        are dropped, and the file is rewritten without them."""
+    def read_metrics(self, upto_epoch: int, *, at_epoch_end: bool) -> tuple[list[dict], int | None]:
+        """(rows, missing): the metrics of epochs 1 .. upto_epoch (the restored checkpoint's whole epochs),
+        and the epoch upto_epoch when its row alone is lost (a last line cut short) and the checkpoint
+        ends that epoch, for the caller to recompute; any other gap is a CheckpointError. Later rows (a
+        crash) are left out, and leave the file at the next write."""
         if self.restart:  # its old metrics are deleted with the rest of the run
             self._rows = []
-            return []
+            return [], None
         rows = [r for r in read_metrics(self.metrics_path) if int(r["epoch"]) <= upto_epoch]
-        if self.primary and self.metrics_path.exists():
-            atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        have = {int(r["epoch"]) for r in rows}
+        gaps = [e for e in range(1, upto_epoch + 1) if e not in have]
         self._rows = list(rows)
-        return rows
+        if not gaps:
+            return rows, None
+        if gaps == [upto_epoch] and at_epoch_end:
+            return rows, upto_epoch
+        raise CheckpointError(
+            f"cannot resume {self.dir}: {self.metrics_path.name} has no row for epoch {gaps[0]}"
+            f"{f' (and {len(gaps) - 1} more)' if len(gaps) > 1 else ''}, which its checkpoint has trained, and "
+            "the checkpoint cannot restore it -- restore metrics.jsonl from a copy, or train again with "
+            "--restart; nothing was changed"
+        )
 
     def append_metrics(self, m):
         """One more row: the whole file is written anew (atomically; never appended through a link)."""
         if not self.primary:
             return
         self._rows = [*getattr(self, "_rows", []), m]
-        atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self._rows))
+        atomic_write(self.metrics_path, "".join(json_text(r, indent=None) + "\n" for r in self._rows))
 
     def write_summary(self, summary):
         if not self.primary:
             return
-        atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+        atomic_write(self.dir / "summary.json", json_text(summary) + "\n")
 
 
 def _part(options: dict, step: int, *, resumed: bool, started: str | None = None) -> dict:
@@ -476,11 +604,3 @@ class _quiet_unraisable:
         gc.collect()  # finalize the abandoned coroutines while the hook is silenced
         sys.unraisablehook = self.hook
         return False
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from vae_jax import __version__, configs, distributed
 from vae_jax.config import KINDS, TFDS_DATASETS, Config, option_name
 from vae_jax.configs.exercises import EXPERIMENTS, SIZES
 from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_failure
-from vae_jax.files import atomic_dir, atomic_write, writer_lock_if_inside
+from vae_jax.files import atomic_dir, atomic_write, check_outside_owned, json_text, writer_lock_if_inside
 
 
 def _number(kind):
@@ -227,6 +226,12 @@ def _torch_parsers(sub):
         metavar="OLD=NEW",
         help="rename the file's key (or dotted key prefix) OLD to the chapter's NEW; repeatable",
     )
+    im.add_argument(
+        "--trust-order",
+        action="store_true",
+        help="accept a mapping of the file's keys by order that their names contradict (a logvar layer "
+        "to the chapter's mu)",
+    )
     _add_config_options(im, skip=("init_from", "init_from_sha256"))  # the run's options, as train's
     im.set_defaults(model=None)  # the file's 'model' entry
 
@@ -257,6 +262,7 @@ def _fresh_path(path, what, *, parent_must_exist=False):
     path = Path(path)
     if os.path.lexists(path):  # a dangling link too: nothing is written through it
         raise ConfigError(f"{what} {path} already exists -- choose another path; nothing was overwritten")
+    check_outside_owned(path, what)
     if parent_must_exist and not path.parent.is_dir():
         raise ConfigError(
             f"cannot write {what} {path}: the folder {path.parent} does not exist -- create it or choose another path"
@@ -267,6 +273,7 @@ def _fresh_path(path, what, *, parent_must_exist=False):
 def _check_plot_out(out: Path, workdir: Path, *, force: bool) -> None:
     """plot --out: a new path, or with --force a folder of figures vae-jax wrote -- never a run directory
     or a folder above one, nor anything holding the user's files (files.check_replaceable)."""
+    check_outside_owned(out, "plot folder")
     if not force:
         _fresh_path(out, "plot folder")
         return
@@ -293,7 +300,9 @@ def _train_config(args):
     if args.resume and (Path(workdir) / "config.json").is_file():
         from vae_jax import checkpoints
 
-        kw = checkpoints.resumed_options(checkpoints.read_config(Path(workdir) / "config.json"), kw, given)
+        path = Path(workdir) / "config.json"
+        saved = checkpoints.check_saved_config(checkpoints.read_config(path), path)
+        kw = checkpoints.resumed_options(saved, kw, given)
     for k in ("data_dir", "init_from"):  # stored absolute: eval/plot/resume work from any folder
         if kw.get(k) and k in given:
             kw[k] = os.path.abspath(kw[k])
@@ -331,6 +340,8 @@ def _train(args):
 def _compare(args):
     from vae_jax import compare
 
+    if args.out:
+        check_outside_owned(args.out, "compare folder")
     print(compare.compare_runs(args.runs, args.out), end="")
     if args.out:
         print(f"wrote {Path(args.out) / 'compare.png'} and {Path(args.out) / 'compare.md'}")
@@ -350,7 +361,9 @@ def _import(args):
     from vae_jax import torch_import
 
     options, named = _config_options(args), _given_options(args.argv, "import")
-    return torch_import.import_run(args.file, args.workdir, options, named, renames=args.rename)
+    return torch_import.import_run(
+        args.file, args.workdir, options, named, renames=args.rename, trust_order=args.trust_order
+    )
 
 
 def _parity(args):
@@ -374,7 +387,8 @@ def _export(args):
 
     out = _fresh_path(args.out, "export file", parent_must_exist=True)
     sizes = _fresh_path(out.with_suffix(".json"), "export's sizes file")
-    model, config, image_shape = train.restore_run(args.workdir, args.step)
+    step = _step_to_read(args)
+    model, config, image_shape = train.restore_run(args.workdir, step)
     atomic_write(out, convert.pt_bytes(model), replace=False)
     meta = dict(
         model=config.model,
@@ -383,12 +397,19 @@ def _export(args):
         image_shape=list(image_shape),
         dataset=config.dataset,
         run=str(Path(args.workdir).absolute()),
-        step=args.step,
+        step=step,
         vae_jax_version=__version__,
     )
-    atomic_write(sizes, json.dumps(meta, indent=2) + "\n", replace=False)
+    atomic_write(sizes, json_text(meta) + "\n", replace=False)
     print(f"wrote {out} ({type(model).__name__} state_dict, torch keys) and {sizes} (its sizes)")
     return 0
+
+
+def _step_to_read(args) -> int:
+    """The checkpoint eval and export read, recorded in what they write: --step, else the newest there."""
+    from vae_jax.checkpoints import latest_step_on_disk
+
+    return args.step if args.step is not None else latest_step_on_disk(args.workdir)
 
 
 def _eval(args):
@@ -398,7 +419,8 @@ def _eval(args):
 
     from vae_jax import evaluate, train
 
-    model, config, _ = train.restore_run(args.workdir, args.step)
+    step = _step_to_read(args)
+    model, config, _ = train.restore_run(args.workdir, step)
     out = _fresh_path(
         args.out or Path(args.workdir) / f"eval_k{args.iwae_k}_seed{args.seed}.json",
         "evaluation file",
@@ -424,9 +446,9 @@ def _eval(args):
             recon=config.recon,
             progress=not args.no_progress,
         )
-    result.update(num_test=len(test_ds), step=args.step)
-    print(json.dumps(result) if args.json else _eval_table(result, config))  # before the file: never lost
-    atomic_write(out, json.dumps(result, indent=2) + "\n", replace=False)
+    result.update(num_test=len(test_ds), step=step)
+    print(json_text(result, indent=None) if args.json else _eval_table(result, config))  # before the file
+    atomic_write(out, json_text(result) + "\n", replace=False)
     return 0
 
 

@@ -37,13 +37,14 @@ class Run:
     def framework(self) -> str:
         return self.config.get("framework", "jax")
 
-    def epoch_time(self) -> float:
+    def epoch_time(self) -> float | None:
         """Training seconds per epoch: the median of the epochs after the first (all when one)."""
-        times = [float(r["train_time_s"]) for r in self.rows]
-        return statistics.median(times[1:] or times)
+        times = [float(r["train_time_s"]) for r in self.rows if r["train_time_s"] is not None]  # None: recomputed
+        return statistics.median(times[1:] or times) if times else None
 
     def throughput(self) -> float | None:
-        return self.num_train / self.epoch_time() if self.num_train else None
+        t = self.epoch_time()
+        return self.num_train / t if self.num_train and t else None
 
 
 def _num_train(path: Path, config: dict) -> int | None:
@@ -73,7 +74,12 @@ def load_run(path) -> Run:
     if not rows:
         raise CheckpointError(f"{path} holds no finished epoch (no metrics.jsonl rows) -- {FIX}")
     for r in rows:
-        missing = [k for k in ("train_loss", "test_loss", "train_time_s") if not isinstance(r.get(k), (int, float))]
+        time_lost = r.get("train_time_s", 0) is None and "restored_from_step" in r  # a row recomputed on resume
+        missing = [
+            k
+            for k in ("train_loss", "test_loss", "train_time_s")
+            if not isinstance(r.get(k), (int, float)) and not (k == "train_time_s" and time_lost)
+        ]
         if missing:
             where = f"{path / 'metrics.jsonl'} epoch {r['epoch']}"
             raise CheckpointError(f"{where} has no number for {missing[0]} -- {FIX}")
@@ -148,10 +154,10 @@ def _series(r: Run, key: str) -> list[tuple[str, str, list]]:
         return [
             (f" {s}", style, [row.get(f"{s}_{key}") for row in r.rows]) for s, style in (("train", "-"), ("test", "--"))
         ]
-    secs = [float(row["train_time_s"]) for row in r.rows]
+    secs = [None if row["train_time_s"] is None else float(row["train_time_s"]) for row in r.rows]
     if key == "time":
         return [("", "-", secs)]
-    return [("", "-", [r.num_train / s if r.num_train and s > 0 else None for s in secs])]
+    return [("", "-", [r.num_train / s if r.num_train and s else None for s in secs])]
 
 
 def figure(runs: list[Run], path) -> Path:

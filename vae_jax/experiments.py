@@ -29,7 +29,9 @@ from vae_jax import checkpoints, evaluate, figures, models, train
 from vae_jax.classifier import accuracy, train_classifier
 from vae_jax.configs.exercises import SIZES
 from vae_jax.errors import ConfigError
-from vae_jax.files import atomic_write
+from vae_jax.files import atomic_write, check_outside_owned, json_text
+
+MARKER = ".vae-jax-experiment"  # in an experiment's folder: the experiment's name (the folder is its own)
 
 BETAS = (0.5, 1.0, 2.0, 4.0)
 LATENT_DIMS = (2, 10, 20, 50, 100)
@@ -70,9 +72,10 @@ class Context:
         """Train (or resume / reuse) the sub-run <workdir>/<variant>; (model, config, history)."""
         run_dir = self.workdir / variant
         cfg = self.config(**overrides)
-        resume = (run_dir / "config.json").exists()
+        started = (run_dir / "config.json").exists()  # and stopped: resumed, or again when it has no checkpoint
+        resume = started and any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*"))
         self.log(f"[{variant}] {'resuming' if resume else 'training'} in {run_dir}")
-        train.train_and_evaluate(cfg, run_dir, resume=resume, log=self.log)
+        train.train_and_evaluate(cfg, run_dir, resume=resume, restart=started and not resume, log=self.log)
         model, cfg, _ = train.restore_run(run_dir)
         model.eval()
         history = checkpoints.read_metrics(run_dir)
@@ -534,6 +537,38 @@ EXPERIMENTS = {
 }
 
 
+def _claim(workdir: Path, name: str) -> None:
+    """Make `workdir` the folder of experiment `name`: a new or empty folder gets MARKER; one that holds
+    anything else must be this experiment's (its MARKER, or the summary.json of one written before the
+    marker) -- never a run directory or the user's files."""
+    check_outside_owned(workdir, "experiment folder")
+    if (workdir / "config.json").exists():
+        raise ConfigError(
+            f"experiment folder {workdir} is a run directory -- choose a new folder for the experiment; "
+            "nothing was changed"
+        )
+    if workdir.is_dir() and any(workdir.iterdir()):
+        if _owner(workdir) != name:
+            raise ConfigError(
+                f"experiment folder {workdir} holds files that are not experiment {name}'s -- choose a new "
+                "(or empty) folder, or the one this experiment wrote before; nothing was changed"
+            )
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write(workdir / MARKER, name + "\n")
+
+
+def _owner(workdir: Path) -> str | None:
+    """The experiment whose folder `workdir` is (its MARKER, or an older folder's summary.json), else None."""
+    try:
+        if (workdir / MARKER).is_file():
+            return (workdir / MARKER).read_text().strip()
+        summary = json.loads((workdir / "summary.json").read_text())
+        return summary.get("experiment") if isinstance(summary, dict) else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
 def run_experiment(name, workdir, *, dataset="digits", data_dir=None, size="reduced", seed=0, log=print):
     """Run one experiment into workdir; returns its summary (also written to summary.json)."""
     if name not in EXPERIMENTS:
@@ -541,7 +576,7 @@ def run_experiment(name, workdir, *, dataset="digits", data_dir=None, size="redu
     if size not in SIZES:
         raise ConfigError(f"unknown size {size!r}: use one of {', '.join(SIZES)}")
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    _claim(workdir, name)
     ctx = Context(workdir, dataset, data_dir, size, seed, log)
     fn, title = EXPERIMENTS[name]
     rows, statement, figs, extra = fn(ctx)
@@ -558,6 +593,6 @@ def run_experiment(name, workdir, *, dataset="digits", data_dir=None, size="redu
         "figures": {k: str(v) for k, v in figs.items()},
         **extra,
     }
-    atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    atomic_write(workdir / "summary.json", json_text(summary) + "\n")
     log(f"{title}\n{table}\n{statement}\nwrote {workdir}")
     return summary

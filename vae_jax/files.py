@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -51,6 +54,65 @@ def atomic_write(path, data, *, replace: bool = True) -> Path:
         finally:
             os.close(dfd)
     return path
+
+
+def json_text(obj, indent: int | None = 2) -> str:
+    """Standard JSON of a record (what vae-jax writes to files and prints): a non-finite float becomes
+    null (no NaN or Infinity tokens, which other readers reject); numpy scalars and paths as values."""
+
+    def plain(o):
+        if isinstance(o, dict):
+            return {k: plain(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [plain(v) for v in o]
+        if hasattr(o, "item") and getattr(o, "shape", None) == ():  # a numpy or JAX scalar
+            o = o.item()
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        return str(o) if isinstance(o, Path) else o
+
+    return json.dumps(plain(obj), indent=indent, allow_nan=False)
+
+
+def sha256_file(path) -> str:
+    """The hex sha256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+CHECKSUMS = ".vae-jax-sha256"  # in a folder written whole (a checkpoint's step): {relative path: sha256}
+
+
+def write_checksums(folder) -> None:
+    """CHECKSUMS in `folder`: the sha256 of every file under it, written atomically once it is complete."""
+    folder = Path(folder)
+    sums = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    sums.pop(CHECKSUMS, None)
+    atomic_write(folder / CHECKSUMS, json.dumps(sums, indent=1) + "\n")
+
+
+def checksum_failure(folder) -> str | None:
+    """What in `folder` differs from its CHECKSUMS ('the sha256 of X differs', 'X is missing'), or None
+    when every file matches -- or when the folder has none (written before checksums were)."""
+    folder = Path(folder)
+    try:
+        sums = json.loads((folder / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return f"its {CHECKSUMS} is damaged"
+    if not isinstance(sums, dict):
+        return f"its {CHECKSUMS} is damaged"
+    for name, want in sums.items():
+        try:
+            if sha256_file(folder / name) != want:
+                return f"the sha256 of {name} differs from the one written with it"
+        except OSError:
+            return f"{name} is missing"
+    return None
 
 
 _LOCKS: dict[str, int] = {}  # run directory -> the open descriptor whose flock this process holds
@@ -110,6 +172,25 @@ def _flock_holder(folder: Path):
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+# The folders vae-jax owns inside a run directory: it replaces or prunes what is in them (old checkpoints,
+# event files, figures), so nothing of the user's may be written there.
+OWNED_FOLDERS = ("checkpoints", "tensorboard", "figures", "plots")
+
+
+def check_outside_owned(path, what: str) -> None:
+    """ConfigError when `path` lies inside a folder a run directory's vae-jax owns (OWNED_FOLDERS of a
+    folder that holds config.json): what is written there would be deleted with an old checkpoint or
+    a replaced folder of figures."""
+    real = Path(os.path.realpath(path))
+    for folder in real.parents:
+        run = folder.parent
+        if folder.name in OWNED_FOLDERS and (run / "config.json").is_file():
+            raise ConfigError(
+                f"{what} {path} is inside {folder.name}/ of the run {run}, a folder vae-jax owns (it deletes "
+                f"old checkpoints and replaces figures there) -- choose a path outside it, e.g. beside {run}"
+            )
 
 
 MANIFEST = ".vae-jax-files"  # in a folder vae-jax writes whole (figures, plots): the names it wrote

@@ -19,12 +19,15 @@ the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
+import itertools
 import json
 import math
+import os
 import pickle
 import re
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 
@@ -34,7 +37,7 @@ from flax import nnx
 
 from vae_jax import __version__, checkpoints, convert, datasets, models, train
 from vae_jax.errors import ConfigError, ConversionError, DataError
-from vae_jax.files import atomic_dir, atomic_write, unlock_run_dir
+from vae_jax.files import atomic_write, json_text, sha256_file, unlock_run_dir
 from vae_jax.tolerances import error, tol
 
 COMMON_KEYS = ("state_dict", "model_state_dict", "model")  # where a training script keeps the state_dict
@@ -77,14 +80,6 @@ class Loaded:
     @property
     def source(self) -> dict:
         return {"path": str(self.path), "sha256": self.sha256, "format": "torch state_dict"}
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read(path: Path):
@@ -182,6 +177,12 @@ def _renamed(keys, renames) -> list[str]:
         if not sep or not old:
             raise ConfigError(f"--rename {r!r}: expected OLD=NEW (a key or a key prefix of the file)")
         rules.append((old.rstrip("."), new.rstrip(".")))
+    for old, new in rules:
+        if not any(k == old or k.startswith(old + ".") for k in keys):
+            raise ConfigError(
+                f"--rename {old}={new}: the file has no key {old!r} (nor keys under {old + '.'!r}) -- "
+                f"rename one of its layers: {_layers(keys)}"
+            )
     out = []
     for k in keys:
         rule = next(((o, n) for o, n in rules if k == o or k.startswith(o + ".")), None)
@@ -222,10 +223,44 @@ def _pairs(keys, chapter, path, name):
     return {**{k: k for k in keys if k in chapter}, **dict(zip(rest_src, rest_ch, strict=True))}
 
 
-def load_source(path, model=None, renames=(), *, default=None, **sizes) -> Loaded:
+# The words of a key that say what a layer is for: a mapping by order that pairs a key with a chapter key
+# whose word of the same group differs (logvar_head -> encoder_fc_mu) contradicts the keys' own names.
+ROLE_WORDS = {
+    "mu": ("head", "mu"),
+    "mean": ("head", "mu"),
+    "logvar": ("head", "logvar"),
+    "log_var": ("head", "logvar"),
+    "var": ("head", "logvar"),
+    "sigma": ("head", "logvar"),
+    "enc": ("side", "encoder"),
+    "encoder": ("side", "encoder"),
+    "dec": ("side", "decoder"),
+    "decoder": ("side", "decoder"),
+}
+
+
+def _roles(key: str) -> dict:
+    """{group: role} that a key's words name ('logvar_head.weight' -> {'head': 'logvar'})."""
+    words = re.split(r"[^a-z0-9]+|_", key.lower())
+    words += ["_".join(p) for p in itertools.pairwise(words)]  # log_var
+    return dict(ROLE_WORDS[w] for w in words if w in ROLE_WORDS)
+
+
+def _contradictions(moved) -> list[str]:
+    """'src -> chapter' for each pair of a mapping by order whose names say different roles."""
+    out = []
+    for src, chapter in moved:
+        a, b = _roles(src), _roles(chapter)
+        if any(a[g] != b[g] for g in a.keys() & b.keys()):
+            out.append(f"{src} -> {chapter}")
+    return out
+
+
+def load_source(path, model=None, renames=(), *, default=None, trust_order=False, **sizes) -> Loaded:
     """A .pt file's weights in the chapter's keys for `model` (None: the file's 'model' entry, else
     `default`), with `sizes` (latent_dim, hidden_dim; None or missing: the file's entries, else the
-    tensors' shapes)."""
+    tensors' shapes). A mapping by order that contradicts the keys' names (a logvar layer to the
+    chapter's mu) is refused unless trust_order."""
     tensors, meta, under, digest = read_pt(path)
     path = Path(path).absolute()
     name = model_name(model, meta, path, default)
@@ -246,6 +281,13 @@ def load_source(path, model=None, renames=(), *, default=None, **sizes) -> Loade
             + (" ..." if len(bad) > 4 else "")
             + f" (sizes this order gives: {', '.join(f'{k} {v}' for k, v in sizes.items())}) -- map the keys "
             "out of order with `vae-jax import --rename OLD=NEW` (or check --model and its sizes)"
+        )
+    contradict = [] if trust_order else _contradictions(moved)
+    if contradict:
+        raise ConversionError(
+            f"{path}: mapping its keys by order gives {'; '.join(contradict[:3])}, which their names "
+            "contradict -- map them with `vae-jax import --rename OLD=NEW`, or pass --trust-order if the "
+            "order is right"
         )
     sd = OrderedDict((c, by_chapter[c]) for c in expected)
     mapping = [(s, c, tuple(tensors[s].shape)) for s, c in sorted(moved, key=lambda m: list(expected).index(m[1]))]
@@ -468,7 +510,7 @@ def _resolve(src: Loaded, kw: dict, given):
     return dict(kw, dataset=_DATASET_OF_SHAPE[shape]), shape, None
 
 
-def import_run(path, workdir, kw: dict, given, renames=(), log=print) -> int:
+def import_run(path, workdir, kw: dict, given, renames=(), log=print, trust_order=False) -> int:
     """`vae-jax import FILE.pt --workdir W`: a run directory holding the file's weights at checkpoint 0
     (the state before step 1, with a fresh Adam state), config.json (the resolved options, image_shape
     and 'source': path and sha256) and import.json (source, key mapping, parity)."""
@@ -476,6 +518,7 @@ def import_run(path, workdir, kw: dict, given, renames=(), log=print) -> int:
         path,
         kw["model"],  # None: the file's 'model' entry
         renames,
+        trust_order=trust_order,
         latent_dim=kw["latent_dim"],
         hidden_dim=kw["hidden_dim"],
     )
@@ -517,9 +560,13 @@ def import_run(path, workdir, kw: dict, given, renames=(), log=print) -> int:
 
 def _write_run(workdir: Path, model, config, image_shape, source: dict, record: dict) -> None:
     """The run directory, whole or not at all: checkpoint 0 (the model's weights, a fresh Adam state,
-    step 0) written with checkpoints.RunDir, config.json (as train writes it, plus 'source'), import.json."""
-    workdir.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(workdir, replace=workdir.is_dir()) as tmp:
+    step 0) written with checkpoints.RunDir, config.json (as train writes it, plus 'source'), import.json;
+    built beside `workdir`, then renamed onto it while this process holds its writer lock (an import
+    started at the same time into the same folder is refused, never replaced)."""
+    claim = checkpoints.RunDir(workdir, config)  # creates it, takes its lock, refuses one that holds anything
+    tmp = workdir.parent / f".{workdir.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        tmp.mkdir()
         run = checkpoints.RunDir(tmp, config)
         try:
             run.save(0, train.Trainer(model, config, steps_per_epoch=1).init_state)
@@ -529,5 +576,15 @@ def _write_run(workdir: Path, model, config, image_shape, source: dict, record: 
         cfg = dict(
             dataclasses.asdict(config), image_shape=list(image_shape), source=source, vae_jax_version=__version__
         )
+        cfg["environment"] = checkpoints.numerics_environment()
+        atomic_write(tmp / "import.json", json_text(record) + "\n")
         atomic_write(tmp / "config.json", json.dumps(cfg, indent=2) + "\n")
-        atomic_write(tmp / "import.json", json.dumps(record, indent=2) + "\n")
+        os.rename(tmp, workdir)  # onto the empty folder, at once (ENOTEMPTY if anything appeared in it)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if claim.created:
+            with contextlib.suppress(OSError):
+                workdir.rmdir()
+        raise
+    finally:
+        unlock_run_dir(workdir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import math
 import sys
 import time
@@ -258,9 +259,10 @@ def how_to_continue(workdir) -> str:
     workdir = Path(workdir)
     if not (workdir / "config.json").is_file():
         return "run the same command again (nothing of this run was written yet)"
+    if not any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
+        return f"train it again with `vae-jax train --workdir {workdir} --restart` (no checkpoint was written yet)"
     step = checkpoints.latest_step_on_disk(workdir)
-    kept = f"the checkpoint of step {step} is kept" if step else "no checkpoint was written yet"
-    return f"continue with `vae-jax train --workdir {workdir} --resume` ({kept})"
+    return f"continue with `vae-jax train --workdir {workdir} --resume` (the checkpoint of step {step} is kept)"
 
 
 def conv_form_name(model, config: Config | None = None) -> str:
@@ -292,7 +294,11 @@ class _Run:
 
 def _train_and_evaluate(config: Config, workdir, *, resume: bool, restart: bool, log) -> dict[str, Any]:
     t_start = time.perf_counter()
-    r = _setup(config, Path(workdir), resume=resume, restart=restart, log=log)
+    try:
+        r = _setup(config, Path(workdir), resume=resume, restart=restart, log=log)
+    except _NothingToTrain as done:
+        log(done.args[0])
+        return done.args[1]
     summaries = Summaries(workdir, enabled=r.config.tensorboard and r.dir.primary)
     options = {**dataclasses.asdict(r.config), "image_shape": str(r.train_ds.image_shape)}
     summaries.hparams(options, ("test/loss", "train/loss"))
@@ -341,15 +347,29 @@ def _setup(config: Config, workdir: Path, *, resume: bool, restart: bool, log) -
         trainer = Trainer(model, config, steps_per_epoch=spe)
         if config.devices > 1:
             trainer.shard(config.devices)
-        state, _ = run.restore(trainer.put(trainer.init_state))  # restored with the state's sharding
+        state, found = run.restore(trainer.put(trainer.init_state))  # restored with the state's sharding
+        if resume and found is None:
+            raise CheckpointError(
+                f"cannot resume {workdir}: {run.checkpoints_in_words()} -- train it again from step 0 with "
+                "--restart and the options in its config.json; nothing was changed"
+            )
         step = int(to_host(state["step"]))
+        _check_steps_left(run, config, step, spe)
         if config.init_from and not step:
             state = initial_weights_from(config.init_from, trainer, state, config, image_shape)
         feeds = (
             input_pipeline.Feed(train_ds, trainer, config),
             input_pipeline.Feed(test_ds, trainer, config),
         )  # 'memory' decodes all now
-        history = run.read_metrics(upto_epoch=step // spe)
+        history, lost = run.read_metrics(upto_epoch=step // spe, at_epoch_end=step % spe == 0)
+        if lost:  # its line was cut short: the checkpoint ends that epoch and holds its train sums
+            row = epoch_metrics(trainer, state, feeds, config, lost, 0.0, spe)
+            history.append(dict(row, train_time_s=None, restored_from_step=step))
+            run.append_metrics(history[-1])
+            log(
+                f"metrics.jsonl: the row of epoch {lost} was cut short; recomputed from the checkpoint of step "
+                f"{step} (its train time is unknown: null)"
+            )
         run.write_config(image_shape, step)  # only once the options, the data and --init-from are known to work
     if step:
         log(f"resumed from step {step} (epoch {step // spe + 1}, batch {step % spe} of {spe}) in {workdir}")
@@ -360,11 +380,44 @@ def _setup(config: Config, workdir: Path, *, resume: bool, restart: bool, log) -
     return _Run(run, config, log, train_ds, test_ds, root, trainer, spe, feeds, state, step, history)
 
 
+class _NothingToTrain(Exception):  # noqa: N818 -- not an error: the answer of a finished run
+    """A resume of a finished run: nothing is trained or written. args: (the line, the run's summary)."""
+
+
+def last_step(config: Config, spe: int) -> int:
+    """The optimizer step a run (or this part of it) ends at: --epochs, or --max-steps when sooner."""
+    return config.epochs * spe if not config.max_steps else min(config.epochs * spe, config.max_steps)
+
+
+def _check_steps_left(run, config: Config, step: int, spe: int) -> None:
+    """A resume asking for fewer steps than the checkpoint has trained is refused; one that has nothing
+    left to train on a finished run (its summary.json at this step) changes nothing (_NothingToTrain)."""
+    last, epochs = last_step(config, spe), f"{step // spe} epochs" + (f" and {step % spe} steps" if step % spe else "")
+    if step > last:
+        what = f"--epochs {config.epochs}" if last == config.epochs * spe else f"--max-steps {config.max_steps}"
+        raise CheckpointError(
+            f"cannot resume {run.dir}: its checkpoint has trained {step} steps ({epochs}), more than {what} "
+            f"asks for -- pass --epochs {-(-step // spe)} or more (and no smaller --max-steps); nothing was changed"
+        )
+    summary = run.dir / "summary.json"
+    if run.resume and step == last and summary.is_file():
+        try:
+            done = json.loads(summary.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return  # a damaged summary: the finish is done again
+        if isinstance(done, dict) and done.get("steps") == step:
+            raise _NothingToTrain(
+                f"nothing to train: {run.dir} has trained the {step} steps ({epochs}) that --epochs "
+                f"{config.epochs} asks for -- pass a larger --epochs to train more; nothing was changed",
+                done,
+            )
+
+
 def _fit(r: _Run, summaries, t_start: float) -> dict[str, Any] | None:
     """The optimizer steps up to --epochs (or --max-steps), cut at epoch ends and --checkpoint-every;
     returns the last evaluation (None when there was nothing left to train)."""
     config, spe = r.config, r.spe
-    last = config.epochs * spe if not config.max_steps else min(config.epochs * spe, config.max_steps)
+    last = last_step(config, spe)
     final, epoch_time, first_step = None, 0.0, []
 
     def first_step_done(loss):
@@ -406,8 +459,8 @@ def _fit(r: _Run, summaries, t_start: float) -> dict[str, Any] | None:
 
 
 def _after_divergence(r: _Run) -> str:
-    kept = r.dir.latest_step() if r.config.checkpoint else 0
-    if kept:
+    kept = r.dir.last_good_step() if r.config.checkpoint else None
+    if kept is not None:
         where = f"the last good checkpoint (step {kept}) in {r.dir.dir}"
         return f"{where} is kept: continue from it with --resume and a lower --lr"
     return "no checkpoint was written: start again here with --restart"
@@ -538,7 +591,7 @@ def restore_run(workdir, step: int | None = None):
         raise CheckpointError(
             f"no run in {workdir}: config.json is missing -- pass the --workdir of a `vae-jax train` run"
         )
-    saved = checkpoints.read_config(path)
+    saved = checkpoints.check_saved_config(checkpoints.read_config(path), path)
     fields = {f.name for f in dataclasses.fields(Config)}
     try:
         image_shape = tuple(int(d) for d in saved.pop("image_shape"))
