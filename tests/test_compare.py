@@ -92,3 +92,33 @@ def test_out_is_never_overwritten(tmp_path, capsys, torch_runs):
     assert code == 0 and not err, err
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [".vae-jax-files", "compare.md", "compare.png"]
     assert json.loads((torch_runs[0] / "config.json").read_text())["framework"] == "torch"
+
+
+def _fake_run(folder, framework, seed, test_loss):
+    """A run directory as compare reads it: one epoch's metrics and the config's setting."""
+    folder.mkdir(parents=True)
+    row = {"epoch": 1, "train_loss": test_loss + 1, "test_loss": test_loss, "train_time_s": 1.0}
+    (folder / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    config = {"model": "vae", "dataset": "digits", "seed": seed, "framework": framework, "train_limit": 10}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "torch_losses, verdict",
+    [((101.0, 103.0, 102.0), "may be seed noise"), ((110.0, 110.5, 111.0), "unlikely to be seed noise")],
+)
+def test_seeds_per_framework_show_their_spread_and_whether_the_gap_is_real(tmp_path, torch_losses, verdict):
+    jax_runs = [_fake_run(tmp_path / f"j{s}", "jax", s, v) for s, v in enumerate((100.0, 102.0, 104.0))]
+    torch_runs = [_fake_run(tmp_path / f"t{s}", "torch", s, v) for s, v in enumerate(torch_losses)]
+    md = compare.compare_runs([*jax_runs, *torch_runs])
+    spread = _rows(md, "### Seed spread")
+    assert spread["jax"][:3] == ["3", "102.0000", "2.0000"]
+    assert float(spread["torch"][1]) == pytest.approx(sum(torch_losses) / 3, abs=1e-4)
+    gap = sum(torch_losses) / 3 - 102.0
+    assert f"torch - jax: {gap:+.4f} nats" in md and verdict in md
+
+
+def test_one_run_per_framework_shows_no_seed_spread(tmp_path):
+    runs = [_fake_run(tmp_path / "j", "jax", 0, 100.0), _fake_run(tmp_path / "t", "torch", 0, 101.0)]
+    assert "Seed spread" not in compare.compare_runs(runs)

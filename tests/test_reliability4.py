@@ -11,7 +11,7 @@ import jax
 import pytest
 
 from tests.helpers import TINY, console, one_line, run, snapshot
-from vae_jax import files
+from vae_jax import cli, files
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this module out
 
@@ -20,9 +20,6 @@ pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` leaves this m
 def trained(tmp_path_factory):
     """A run of 2 epochs of 2 steps: checkpoints 2 and 4."""
     work = tmp_path_factory.mktemp("r4") / "run"
-    assert run.__module__  # tests.helpers.run takes capsys; this fixture calls the CLI directly
-    from vae_jax import cli
-
     assert cli.main(["train", "--workdir", str(work), *TINY, "--epochs", "2", "--no-figures"]) == 0
     return work
 
@@ -99,7 +96,8 @@ def test_two_imports_into_one_new_workdir_one_wins_the_other_is_refused(trained,
     target = tmp_path / "w"
     args = ["import", pt, "--workdir", target, "--dataset", "digits", "--test-limit", "20"]
     procs = [subprocess.Popen(console(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
-    results = [(p.wait(timeout=280), p.stderr.read().strip().splitlines()) for p in procs]
+    outputs = [p.communicate(timeout=280) for p in procs]
+    results = [(p.returncode, err.strip().splitlines()) for p, (_, err) in zip(procs, outputs, strict=True)]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     loser = next(err for code, err in results if code == 2)
@@ -153,7 +151,7 @@ def test_a_row_lost_before_the_last_is_refused(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("change", "words"),
+    "change, words",
     [
         ({"latent_dim": 20.5}, ["'latent_dim' is 20.5, not an integer"]),
         ({"epochs": "ten"}, ["'epochs' is \"ten\", not an integer"]),
@@ -201,7 +199,10 @@ def test_checkpoints_carry_checksums_and_a_damaged_one_names_the_last_good(train
         assert sums and all(len(v) == 64 for v in sums.values())
     _flip_a_byte_of_the_largest_array(work / "checkpoints" / "4")
     before = snapshot(work)
-    for args in (["eval", "--workdir", work, "--iwae-k", "2"], ["train", "--workdir", work, "--resume", "--epochs", "3"]):
+    for args in (
+        ["eval", "--workdir", work, "--iwae-k", "2"],
+        ["train", "--workdir", work, "--resume", "--epochs", "3"],
+    ):
         code, err, _ = run(args, capsys)
         one_line(code, err, "checkpoint 4 in", "is damaged", "the last good checkpoint is step 2", "--step 2")
     assert snapshot(work) == before
@@ -222,20 +223,22 @@ def test_a_damaged_only_checkpoint_says_none_is_kept(trained, tmp_path, capsys):
 
 
 def _renamed_pt(trained, tmp_path, capsys, renames: dict) -> Path:
-    """The run's export with its keys renamed (a layout of the user's own)."""
+    """The run's export in the chapter class's order, its layers renamed (a layout of the user's own)."""
     import torch
 
     pt = tmp_path / "chapter.pt"
     assert run(["export", "--workdir", trained, "--out", pt], capsys)[0] == 0
     sd = torch.load(pt, weights_only=True)
-    out = tmp_path / "mine.pt"
-    torch.save({renames.get(k.rpartition(".")[0], k.rpartition(".")[0]) + "." + k.rpartition(".")[2]: v for k, v in sd.items()}, out)
-    return out
+    layers = ("encoder_fc1", "encoder_fc_mu", "encoder_fc_logvar", "decoder_fc1", "decoder_fc2")
+    mine = {f"{renames.get(n, n)}.{p}": sd[f"{n}.{p}"] for n in layers for p in ("weight", "bias")}
+    torch.save(mine, tmp_path / "mine.pt")
+    return tmp_path / "mine.pt"
 
 
 def test_rename_of_a_key_the_file_lacks_is_refused(trained, tmp_path, capsys):
     pt = _renamed_pt(trained, tmp_path, capsys, {})
-    code, err, _ = run(["import", pt, "--workdir", tmp_path / "w", "--rename", "nosuch=encoder_fc1"], capsys)
+    args = ["import", pt, "--model", "vae", "--workdir", tmp_path / "w", "--rename", "nosuch=encoder_fc1"]
+    code, err, _ = run(args, capsys)
     one_line(code, err, "--rename nosuch=encoder_fc1", "has no key 'nosuch'", "encoder_fc1")
     assert not (tmp_path / "w").exists()
 
@@ -243,7 +246,7 @@ def test_rename_of_a_key_the_file_lacks_is_refused(trained, tmp_path, capsys):
 def test_a_mapping_by_order_that_contradicts_the_names_is_refused_unless_trusted(trained, tmp_path, capsys):
     # the file lists its heads as logvar_head then mu_head, holding mu's and logvar's weights in that order
     pt = _renamed_pt(trained, tmp_path, capsys, {"encoder_fc_mu": "logvar_head", "encoder_fc_logvar": "mu_head"})
-    args = ["import", pt, "--test-limit", "20"]
+    args = ["import", pt, "--model", "vae", "--test-limit", "20"]
     code, err, _ = run([*args, "--workdir", tmp_path / "w"], capsys)
     one_line(code, err, "logvar_head.weight -> encoder_fc_mu.weight", "--rename", "--trust-order")
     assert not (tmp_path / "w").exists()
@@ -275,7 +278,7 @@ def test_the_matmul_precision_is_recorded_and_a_resume_under_another_is_refused(
     assert env == {"jax_enable_x64": False, "jax_default_matmul_precision": "highest", "xla_flags": []}
     before = snapshot(work)
     code, err, _ = run(["train", "--workdir", work, "--resume", "--epochs", "2"], capsys)
-    one_line(code, err, "JAX_DEFAULT_MATMUL_PRECISION: the run had \"highest\"", "this process has null")
+    one_line(code, err, 'JAX_DEFAULT_MATMUL_PRECISION: the run had "highest"', "this process has null")
     assert snapshot(work) == before
     with jax.default_matmul_precision("highest"):
         assert run(["train", "--workdir", work, "--resume", "--epochs", "2", "--no-figures"], capsys)[0] == 0

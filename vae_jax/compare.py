@@ -134,7 +134,45 @@ def table(runs: list[Run]) -> str:
             cells = [_diff(r.rows[-1].get(k), base.rows[-1].get(k)) for k in FINAL]
             cells += [_ratio(r.epoch_time(), base.epoch_time()), _ratio(r.throughput(), base.throughput())]
             lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    lines += seed_spread(runs)
     return "\n".join(lines) + "\n"
+
+
+def seed_spread(runs: list[Run], key: str = "test_loss") -> list[str]:
+    """Markdown: with two or more runs of a framework (seeds), each framework's mean, sample standard
+    deviation and range of the last epoch's `key`; with two such frameworks, whether the difference of
+    their means lies within the seeds' spread: within 2 standard errors (Welch's, sqrt(s1^2/n1 + s2^2/n2))
+    it may be seed noise, beyond them it is unlikely to be. [] with fewer runs."""
+    groups: dict[str, list[float]] = {}
+    for r in runs:
+        if isinstance(r.rows[-1].get(key), (int, float)):
+            groups.setdefault(r.framework, []).append(float(r.rows[-1][key]))
+    seeds = {f: v for f, v in groups.items() if len(v) >= 2}
+    if not seeds:
+        return []
+    lines = [
+        "",
+        f"### Seed spread ({key.replace('_', ' ')}, last epoch)",
+        "",
+        "| framework | runs | mean | sd | min | max |",
+    ]
+    lines.append("|---|---|---|---|---|---|")
+    for f, v in seeds.items():
+        lines.append(
+            f"| {f} | {len(v)} | {statistics.mean(v):.4f} | {statistics.stdev(v):.4f} | {min(v):.4f} | {max(v):.4f} |"
+        )
+    if len(seeds) == 2:
+        (fa, a), (fb, b) = seeds.items()
+        d = statistics.mean(b) - statistics.mean(a)
+        se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+        verdict = (
+            "within 2 standard errors of the seeds' spread: it may be seed noise"
+            if abs(d) <= 2 * se
+            else "beyond 2 standard errors of the seeds' spread: unlikely to be seed noise"
+        )
+        ratio = f"{abs(d) / se:.1f}" if se > 0 else "inf"
+        lines += ["", f"{fb} - {fa}: {d:+.4f} nats ({ratio} standard errors, se {se:.4f}), {verdict}."]
+    return lines
 
 
 def _diff(a, b) -> str:
