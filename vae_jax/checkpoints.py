@@ -43,6 +43,7 @@ RESUMABLE = {
     "tensorboard",
     "lr",
     "conv_form",  # the machine's: a resume on one without oneDNN passes --conv-form xla
+    "model_source",  # a model of one's own's file and sha256: recorded again by each part
 }  # a lower --lr resumes a run that diverged from its last good checkpoint
 
 

@@ -13,7 +13,8 @@ Each model has the chapter's constructor arguments, defaults and attribute names
 Randomness enters only through explicit `jax.random` keys (or an injected `eps`). MLP models take
 (B, D); conv models take and return NHWC. The torch-compatible layers, the NCHW flatten order and
 the conv forms (`ConvForm`) are in `vae_jax.layers`. `REGISTRY` says how each model is built from
-a training config and the data's image shape.
+a training config and the data's image shape; `model_spec` resolves a run's model name, the chapter's
+or one's own (vae_jax.user_models).
 """
 
 from __future__ import annotations
@@ -329,3 +330,14 @@ REGISTRY = {
     "celeba_vae": ModelSpec(CelebAVAE, _conv),
 }
 MODELS = {name: spec.cls for name, spec in REGISTRY.items()}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """How the model `name` (a run's config.model) is built: a registered name's ModelSpec, or a model
+    of one's own, path/to/file.py:ClassName or package.module:ClassName (vae_jax.user_models). The one
+    place a run's model class is resolved; a missing file, module or class is one ConfigError line."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    from vae_jax import user_models  # it imports this module
+
+    return user_models.spec(name)
