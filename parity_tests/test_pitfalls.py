@@ -100,7 +100,8 @@ def test_linear_out_in_vs_in_out():
 def test_conv2d_oihw_vs_hwio(form, cls):
     torch.manual_seed(1)
     jm, tm = _pair(
-        layers.Conv2d(3, 5, rngs=nnx.Rngs(0), conv_form=form), torch.nn.Conv2d(3, 5, kernel_size=4, stride=2, padding=1)
+        layers.Conv2d(3, 5, 4, stride=2, padding=1, rngs=nnx.Rngs(0), conv_form=form),
+        torch.nn.Conv2d(3, 5, kernel_size=4, stride=2, padding=1),
     )
     assert type(jm.layer) is cls
     assert jm.layer.kernel.shape == (4, 4, 3, 5) and tuple(tm.layer.weight.shape) == (5, 3, 4, 4)
@@ -134,7 +135,9 @@ def test_conv_transpose2d_flip(output_padding, out_hw, form, cls):
     (2, 2) [(2, 3)] and the kernel (in, out, kh, kw) -> (kh, kw, in, out) SPATIALLY FLIPPED."""
     torch.manual_seed(2)
     jm, tm = _pair(
-        layers.ConvTranspose2d(6, 4, output_padding=output_padding, rngs=nnx.Rngs(0), conv_form=form),
+        layers.ConvTranspose2d(
+            6, 4, 4, stride=2, padding=1, output_padding=output_padding, rngs=nnx.Rngs(0), conv_form=form
+        ),
         torch.nn.ConvTranspose2d(6, 4, kernel_size=4, stride=2, padding=1, output_padding=output_padding),
     )
     assert type(jm.layer) is cls

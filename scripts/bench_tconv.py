@@ -51,9 +51,11 @@ ALT = {"conv": "s2d", "tconv": "subpixel"}
 
 def make_step(kind, impl, cin, cout, op, first):
     if kind == "conv":
-        layer = L.Conv2d(cin, cout, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv=impl))
+        layer = L.Conv2d(cin, cout, 4, stride=2, padding=1, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv=impl))
     else:
-        layer = L.ConvTranspose2d(cin, cout, output_padding=op, rngs=nnx.Rngs(0), conv_form=L.ConvForm(tconv=impl))
+        layer = L.ConvTranspose2d(
+            cin, cout, 4, stride=2, padding=1, output_padding=op, rngs=nnx.Rngs(0), conv_form=L.ConvForm(tconv=impl)
+        )
     graphdef, params = nnx.split(layer, nnx.Param)
 
     def loss(params, x, g):

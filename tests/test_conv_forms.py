@@ -42,9 +42,18 @@ def test_conv_s1_matmul_equals_lax_convolution(kh, kw, pad):
 
 @pytest.mark.parametrize("cin,cout,h,op", [(5, 3, 7, 0), (5, 3, 3, 1), (4, 6, 8, 0), (2, 1, 14, 0), (3, 2, 4, 1)])
 def test_subpixel_equals_conv_transpose(cin, cout, h, op, s1_impl):
-    a = L.ConvTranspose2d(cin, cout, output_padding=op, rngs=nnx.Rngs(0), conv_form=L.ConvForm(tconv="lax"))
+    a = L.ConvTranspose2d(
+        cin, cout, 4, stride=2, padding=1, output_padding=op, rngs=nnx.Rngs(0), conv_form=L.ConvForm(tconv="lax")
+    )
     b = L.ConvTranspose2d(
-        cin, cout, output_padding=op, rngs=nnx.Rngs(0), conv_form=L.ConvForm(tconv="subpixel", s1=s1_impl)
+        cin,
+        cout,
+        4,
+        stride=2,
+        padding=1,
+        output_padding=op,
+        rngs=nnx.Rngs(0),
+        conv_form=L.ConvForm(tconv="subpixel", s1=s1_impl),
     )
     assert isinstance(b, L.SubPixelConvTranspose) and b.conv_form.s1 == s1_impl
     ya, _ = _assert_same_layer(a, b, (2, h, h, cin))
@@ -53,8 +62,8 @@ def test_subpixel_equals_conv_transpose(cin, cout, h, op, s1_impl):
 
 @pytest.mark.parametrize("cin,cout,h", [(1, 4, 28), (3, 5, 14), (4, 6, 7), (2, 3, 64), (2, 3, 8), (2, 3, 5)])
 def test_space_to_depth_equals_conv(cin, cout, h, s1_impl):
-    a = L.Conv2d(cin, cout, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv="lax"))
-    b = L.Conv2d(cin, cout, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv="s2d", s1=s1_impl))
+    a = L.Conv2d(cin, cout, 4, stride=2, padding=1, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv="lax"))
+    b = L.Conv2d(cin, cout, 4, stride=2, padding=1, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv="s2d", s1=s1_impl))
     assert isinstance(b, L.SpaceToDepthConv) and b.conv_form.s1 == s1_impl
     _assert_same_layer(a, b, (2, h, h, cin))
 
@@ -83,8 +92,10 @@ def _grads(layer, x):
 def test_convert_maps_subclasses():
     class Both(nnx.Module):
         def __init__(self):
-            self.t = L.ConvTranspose2d(5, 3, rngs=nnx.Rngs(0), conv_form=L.ConvForm(tconv="subpixel"))
-            self.c = L.Conv2d(2, 3, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv="s2d"))
+            self.t = L.ConvTranspose2d(
+                5, 3, 4, stride=2, padding=1, rngs=nnx.Rngs(0), conv_form=L.ConvForm(tconv="subpixel")
+            )
+            self.c = L.Conv2d(2, 3, 4, stride=2, padding=1, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv="s2d"))
 
     sd = convert.to_numpy_state_dict(Both())
     assert {k: v.shape for k, v in sd.items()} == {
@@ -116,8 +127,8 @@ def test_conv_form_is_static_and_hashable():
     assert L.ConvForm() == L.ConvForm("auto", "auto", "matmul") and hash(L.ConvForm()) == hash(L.ConvForm())
     with pytest.raises(dataclasses.FrozenInstanceError):
         L.ConvForm().s1 = "lax"
-    a = L.Conv2d(2, 3, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv="s2d"))
-    b = L.Conv2d(2, 3, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv="s2d", s1="lax"))
+    a = L.Conv2d(2, 3, 4, stride=2, padding=1, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv="s2d"))
+    b = L.Conv2d(2, 3, 4, stride=2, padding=1, rngs=nnx.Rngs(0), conv_form=L.ConvForm(conv="s2d", s1="lax"))
     (ga, sa), (gb, sb) = nnx.split(a), nnx.split(b)
     assert {path for path, _ in nnx.to_flat_state(sa)} == {("kernel",), ("bias",)}  # no Variable for the form
     assert ga != gb  # ... but it is in the graphdef, which jit keys on

@@ -54,6 +54,7 @@ RESUMABLE = {
     "tensorboard",
     "lr",
     "conv_form",  # the machine's: a resume on one without oneDNN passes --conv-form xla
+    "model_source",  # a model of one's own's file and sha256: recorded again by each part
 }  # a lower --lr resumes a run that diverged from its last good checkpoint
 
 
@@ -140,12 +141,17 @@ def environment_differences(saved: dict) -> list[str]:
     return out
 
 
+ADDED_LATER = ("model_source",)  # options newer than the schema's check: a run without them has the default
+
+
 def check_saved_config(saved: dict, path) -> dict:
     """`saved` (a run's config.json) when it holds every option of the run with a value of its type
     and range, else a CheckpointError naming the key: a resume or a reader never fills in a default
     for a deleted key, nor runs with 20.5 latent dimensions."""
     fix = f"restore {path} from the run's original, or train again in another --workdir"
     for f in dataclasses.fields(Config):
+        if f.name not in saved and f.name in ADDED_LATER:
+            continue
         if f.name not in saved:
             raise CheckpointError(f"{path} has no {f.name!r} (the run's --{f.name.replace('_', '-')}) -- {fix}")
         v, kind = saved[f.name], str(f.type)
@@ -156,6 +162,7 @@ def check_saved_config(saved: dict, path) -> dict:
             "float": isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
             "str": isinstance(v, str),
             "bool": isinstance(v, bool),
+            "dict": isinstance(v, dict),
         }[kind.split(" |")[0]]
         if ok and "kind" in f.metadata:
             cast, in_range, what = KINDS[f.metadata["kind"]]
@@ -166,7 +173,13 @@ def check_saved_config(saved: dict, path) -> dict:
 
 
 def _what(kind: str) -> str:
-    names = {"int": "an integer", "float": "a finite number", "str": "a string", "bool": "true or false"}
+    names = {
+        "int": "an integer",
+        "float": "a finite number",
+        "str": "a string",
+        "bool": "true or false",
+        "dict": "an object",
+    }
     base = names.get(kind.split(" |")[0], kind)
     return f"{base} or null" if "None" in kind else base
 

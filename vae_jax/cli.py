@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from vae_jax import __version__, configs, distributed
-from vae_jax.config import KINDS, TFDS_DATASETS, Config, option_name
+from vae_jax.config import KINDS, TFDS_DATASETS, Config, ModelChoices, absolute_model_spec, model_label, option_name
 from vae_jax.configs.exercises import EXPERIMENTS, SIZES
 from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_failure
 from vae_jax.files import atomic_dir, atomic_write, check_outside_owned, json_text, writer_lock_if_inside
@@ -102,7 +102,8 @@ def _add_config_options(parser, skip=()):
         if "kind" in meta:
             kw["type"] = _number(meta["kind"])
         if "choices" in meta:
-            kw["choices"] = list(meta["choices"])
+            choices = meta["choices"]  # config.ModelChoices as it is: it also admits a model spec
+            kw["choices"] = choices if isinstance(choices, ModelChoices) else list(choices)
         if "metavar" in meta:
             kw["metavar"] = meta["metavar"]
         parser.add_argument(name, default=f.default, **kw)
@@ -296,7 +297,9 @@ def _train_config(args):
     preset = args.config or configs.for_dataset(given.get("dataset", kw["dataset"]))
     if preset and not args.resume:
         kw = {**kw, **configs.get_config(preset), **given}
-    workdir = args.workdir or f"runs/{kw['model']}_{kw['dataset']}_seed{kw['seed']}"
+    if "model" in given:  # a model file's path stored absolute: eval/plot/resume work from any folder
+        kw["model"] = given["model"] = absolute_model_spec(kw["model"])
+    workdir = args.workdir or f"runs/{model_label(kw['model'])}_{kw['dataset']}_seed{kw['seed']}"
     if args.resume and (Path(workdir) / "config.json").is_file():
         from vae_jax import checkpoints
 
@@ -400,6 +403,8 @@ def _export(args):
         step=step,
         vae_jax_version=__version__,
     )
+    if config.model_source:  # a model of one's own: its file, class, sha256, constructor arguments
+        meta["model_source"] = config.model_source
     atomic_write(sizes, json_text(meta) + "\n", replace=False)
     print(f"wrote {out} ({type(model).__name__} state_dict, torch keys) and {sizes} (its sizes)")
     return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 
 from vae_jax.errors import ConfigError
 
@@ -20,6 +22,35 @@ LR_SCHEDULES = ("constant", "cosine")
 DATA_MODES = ("auto", "memory", "stream")
 BINARIZE_KINDS = ("none", "dynamic")  # dynamic: Bernoulli draws of the pixels from the step's key
 FLOAT32_MAX = 3.4028234663852886e38  # float(numpy.finfo(numpy.float32).max)
+# A model of one's own (vae_jax.user_models): path/to/file.py:ClassName or package.module:ClassName
+MODEL_SPEC = re.compile(r"^(?:.+\.py|[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*):[A-Za-z_]\w*$")
+MODEL_SPEC_FORMS = "path/to/file.py:ClassName or package.module:ClassName"
+
+
+def is_model_spec(name) -> bool:
+    """Whether `name` names a model of one's own (a file or module, a colon, a class)."""
+    return isinstance(name, str) and bool(MODEL_SPEC.match(name))
+
+
+def absolute_model_spec(name: str) -> str:
+    """A file spec with its path made absolute (config.json's: eval, plot, resume work from any folder)."""
+    if is_model_spec(name) and name.rpartition(":")[0].endswith(".py"):
+        where, _, cls = name.rpartition(":")
+        return f"{os.path.abspath(os.path.expanduser(where))}:{cls}"
+    return name
+
+
+class ModelChoices(list):
+    """The registry's model names as argparse's choices, which also admit a model spec (`in`)."""
+
+    def __contains__(self, name) -> bool:
+        return list.__contains__(self, name) or is_model_spec(name)
+
+
+def model_label(name: str) -> str:
+    """A short name of a model for folders: the registry's name, or a spec's class name."""
+    return name.rpartition(":")[2] if is_model_spec(name) else name
+
 
 # What an option's value must be: kind -> (cast, ok(value), what is expected). `vae-jax train`
 # parses its options with them and Config.validate() checks them again (config.json, Python callers).
@@ -51,7 +82,13 @@ def option_name(field: dataclasses.Field) -> str:
 
 @dataclasses.dataclass
 class Config:
-    model: str = option("vae", "model", choices=MODEL_NAMES, what="model")
+    model: str = option(
+        "vae",
+        f"model: one of {', '.join(MODEL_NAMES)}, or your own as {MODEL_SPEC_FORMS} (docs/your_model.md)",
+        choices=ModelChoices(MODEL_NAMES),
+        what="model",
+        metavar="MODEL",
+    )
     dataset: str = option("digits", "dataset (digits is embedded: no download)", names=DATASETS, what="dataset")
     test_dataset: str | None = option(
         None,
@@ -145,6 +182,9 @@ class Config:
     )
     tensorboard: bool = option(True, "no event files in <workdir>/tensorboard", flag="--no-tensorboard")
     checkpoint: bool = True  # not an option: tests and experiments turn checkpoints off
+    # not an option: a model of one's own's file or module, class, sha256 and constructor arguments
+    # (vae_jax.user_models.source), recorded by train
+    model_source: dict | None = None
     figures: bool = option(True, "skip the figures at the end", flag="--no-figures")
     progress: bool = option(True, "no progress bars", flag="--no-progress")
 
@@ -153,7 +193,10 @@ class Config:
         for f in fields:  # names first (None only where it is the default): from the registries
             valid, v = f.metadata.get("choices", f.metadata.get("names")), getattr(self, f.name)
             if valid is not None and v not in valid:
-                raise ConfigError(f"unknown {f.metadata['what']} {v!r}: use one of {', '.join(valid)}")
+                own = f", or your own as {MODEL_SPEC_FORMS}" if f.name == "model" else ""
+                raise ConfigError(f"unknown {f.metadata['what']} {v!r}: use one of {', '.join(valid)}{own}")
+        if self.model_source is not None and not isinstance(self.model_source, dict):
+            raise ConfigError(f"model_source must be a JSON object, got {type(self.model_source).__name__}")
         for f in fields:  # then numbers: the kind of each
             v = getattr(self, f.name)
             if "kind" in f.metadata:

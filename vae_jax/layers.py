@@ -1,24 +1,29 @@
-"""torch-compatible layers for the chapter's models, and the exact forms the conv layers compute in.
+"""torch-semantics layers for the chapter's models and for ports of one's own, and the exact forms
+the conv layers compute in.
 
-Each layer has torch's parameters under Flax's names, so `vae_jax.convert` maps a torch
-state_dict onto it with per-layer transposes:
+Each layer takes torch's arguments and has torch's parameters under Flax's names, so
+`vae_jax.convert` maps a torch state_dict onto it with per-layer transposes:
 
-  Linear           nnx.Linear with torch's init
-  Conv2d           torch Conv2d(cin, cout, kernel_size=4, stride=2, padding=1), NHWC
-  ConvTranspose2d  torch ConvTranspose2d(cin, cout, kernel_size=4, stride=2, padding=1[,
-                   output_padding=1]), NHWC, kernel spatially flipped relative to torch's
+  Linear           torch Linear(in_features, out_features, bias): nnx.Linear with torch's init
+  Conv2d           torch Conv2d(cin, cout, kernel_size, stride, padding, dilation, groups, bias), NHWC
+  ConvTranspose2d  torch ConvTranspose2d(cin, cout, kernel_size, stride, padding, output_padding,
+                   groups=1, bias, dilation), NHWC, kernel spatially flipped relative to torch's
   BatchNorm2d      torch BatchNorm2d semantics (momentum, unbiased running variance, eps 1e-5,
-                   num_batches_tracked) on the channel (last) axis
+                   num_batches_tracked) on the channel (last) axis; BatchNorm1d is the same class
 
-Initialisation follows torch's defaults (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and
-biases, BatchNorm scale 1 and bias 0), so that both frameworks start from the same distribution.
+The chapter's layers are these called with the chapter's arguments (Conv2d(cin, cout, 4, stride=2,
+padding=1), ...). Initialisation follows torch's defaults (`torch_uniform`: U(-1/sqrt(fan_in),
+1/sqrt(fan_in)) for weights and biases, BatchNorm scale 1 and bias 0), so that both frameworks start
+from the same distribution.
 
 `nchw_flatten` / `nchw_unflatten` move NHWC activations to and from torch's (C, H, W) flatten
 order, so the fully connected layers next to a conv stack take torch's fc weights unpermuted.
 
-Conv forms. The k4 s2 p1 layers can compute the same linear map in more than one form (same
+Conv forms. The conv layers can compute the same linear map in more than one form (same
 parameters, float summation order aside); a `ConvForm`, a frozen (hashable) dataclass passed to
-the layer's constructor and kept on the layer as a static attribute, says which:
+the layer's constructor (or set for a whole model by `conv_form_scope`) and kept on the layer as a
+static attribute, says which. The sub-pixel and space-to-depth forms are for the chapter's k4 s2 p1
+only, oneDNN's for any kernel, stride and padding without dilation; the others are XLA's own:
 
   tconv  "lax":      nnx.ConvTranspose (XLA's transposed convolution)
          "subpixel": SubPixelConvTranspose (stride-1 3x3 conv to 4*cout channels + depth-to-space)
@@ -46,6 +51,8 @@ library is built and ConvForm() otherwise. The measurements: docs/speed.md, scri
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -125,7 +132,12 @@ def named_conv_form(name: str, dtype=jnp.float32) -> ConvForm:
     return {"onednn": ONEDNN_CONV_FORM, "xla": DEFAULT_CONV_FORM, "lax": ConvForm(tconv="lax", conv="lax")}[name]
 
 
-def _torch_uniform(fan_in: int):
+def torch_uniform(fan_in: int):
+    """torch's default init of Linear and Conv weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    Weights: kaiming_uniform_(a=sqrt(5)), bound gain * sqrt(3 / fan_in) with gain sqrt(2 / (1 + 5)),
+    which is 1/sqrt(fan_in); biases: the same bound. An init function (key, shape, dtype) for Flax.
+    """
     bound = 1.0 / math.sqrt(fan_in)
 
     def init(key, shape, dtype=jnp.float32):
@@ -134,9 +146,17 @@ def _torch_uniform(fan_in: int):
     return init
 
 
-def Linear(din, dout, *, rngs, param_dtype=jnp.float32):
-    init = _torch_uniform(din)
-    return nnx.Linear(din, dout, kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs)
+_torch_uniform = torch_uniform  # the name it had
+
+
+def Linear(in_features, out_features, bias=True, *, rngs, param_dtype=jnp.float32):
+    """torch.nn.Linear(in_features, out_features, bias) with torch's default initialisation: nnx.Linear,
+    kernel (in, out) (torch's weight transposed), bias (out,)."""
+    init = torch_uniform(in_features)
+    kw: dict = {} if bias else dict(use_bias=False)
+    return nnx.Linear(
+        in_features, out_features, kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs, **kw
+    )
 
 
 def conv_s1(x, kernel, padding, *, precision=None, preferred_element_type=None, impl="matmul"):
@@ -295,73 +315,191 @@ class SpaceToDepthConv(nnx.Conv):
 
 
 class OnednnConv(nnx.Conv):
-    """nnx.Conv (k4 s2 p1, float32) computed by oneDNN's convolution (vae_jax.onednn_conv); same
-    parameters."""
+    """nnx.Conv (float32, equal strides, no dilation or groups) computed by oneDNN's convolution
+    (vae_jax.onednn_conv); same parameters."""
 
     def __call__(self, inputs, out_sharding=None):
         kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-        y = onednn_conv.conv2d(inputs, kernel, 2, ((1, 1), (1, 1)))
+        stride = cast(Sequence[int], self.strides)[0]
+        y = onednn_conv.conv2d(inputs, kernel, stride, cast(tuple, self.padding))
         return y if bias is None else y + bias
 
 
 class OnednnConvTranspose(nnx.ConvTranspose):
-    """nnx.ConvTranspose (k4 s2, padding _TCONV_PAD or _TCONV_PAD_OUT1, float32) computed by oneDNN
-    (a strided conv's backward-data; vae_jax.onednn_conv); same parameters."""
+    """nnx.ConvTranspose (float32, equal strides, no dilation, explicit padding of 0 .. k-1 on each
+    side, output_padding included) computed by oneDNN (a strided conv's backward-data;
+    vae_jax.onednn_conv); same parameters."""
 
     def __call__(self, inputs):
-        pad = tuple(tuple(p) for p in cast(Sequence[Sequence[int]], self.padding))
         kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-        y = onednn_conv.conv2d_transpose(inputs, kernel, 2, _TCONV_PAD, output_padding=int(pad == _TCONV_PAD_OUT1))
+        stride = cast(Sequence[int], self.strides)[0]
+        y = onednn_conv.conv2d_transpose(inputs, kernel, stride, cast(tuple, self.padding))
         return y if bias is None else y + bias
 
 
-def Conv2d(cin, cout, *, rngs, param_dtype=jnp.float32, conv_form: ConvForm = DEFAULT_CONV_FORM):
-    """torch Conv2d(cin, cout, kernel_size=4, stride=2, padding=1) in NHWC.
+def _pair(v, what: str) -> tuple[int, int]:
+    """torch's int-or-pair argument as a pair of ints."""
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(i, int) for i in pair):
+        raise ValueError(f"{what}={v!r}: use an int or a pair of ints")
+    return cast(tuple[int, int], pair)
 
-    conv_form.conv "lax": nnx.Conv; "s2d" or "auto": SpaceToDepthConv (which decides "auto" per
-    input shape). Same parameters whichever.
+
+def _conv_padding(padding, k, stride, dilation) -> tuple[tuple[int, int], tuple[int, int]]:
+    """torch Conv2d's padding (int, pair, "valid", "same") as explicit ((lo, hi), (lo, hi))."""
+    if padding == "valid":
+        return ((0, 0), (0, 0))
+    if padding == "same":
+        if stride != (1, 1):
+            raise ValueError("padding='same' is for stride 1 (as in torch)")
+        total = [d * (kk - 1) for d, kk in zip(dilation, k, strict=True)]
+        return ((total[0] // 2, total[0] - total[0] // 2), (total[1] // 2, total[1] - total[1] // 2))
+    ph, pw = _pair(padding, "padding")
+    return ((ph, ph), (pw, pw))
+
+
+_FORM_SCOPE: contextvars.ContextVar[ConvForm | None] = contextvars.ContextVar("vae_jax_conv_form", default=None)
+
+
+@contextlib.contextmanager
+def conv_form_scope(form: ConvForm):
+    """Layers built inside the block without a `conv_form` (or BatchNorm2d without `impl`) take `form`:
+    how vae-jax's --conv-form reaches the layers of a model that does not pass it on."""
+    token = _FORM_SCOPE.set(form)
+    try:
+        yield form
+    finally:
+        _FORM_SCOPE.reset(token)
+
+
+def current_conv_form(dtype=jnp.float32) -> ConvForm:
+    """The form of a layer built without one: conv_form_scope's, else default_conv_form(dtype)."""
+    return _FORM_SCOPE.get() or default_conv_form(dtype)
+
+
+def _chapter(k, stride, pad, dilation) -> bool:
+    """Whether the arguments are the chapter's k4 s2 p1, the only ones of the s2d and sub-pixel forms."""
+    return k == (4, 4) and stride == (2, 2) and pad == ((1, 1), (1, 1)) and dilation == (1, 1)
+
+
+def Conv2d(
+    in_channels,
+    out_channels,
+    kernel_size,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    bias=True,
+    *,
+    rngs,
+    param_dtype=jnp.float32,
+    conv_form: ConvForm | None = None,
+):
+    """torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+    in NHWC, with torch's default initialisation (`torch_uniform`, fan_in = in_channels / groups * kh * kw).
+
+    Kernel (kh, kw, in_channels / groups, out_channels) (HWIO; torch's is OIHW), bias (out_channels,).
+    padding: an int, a pair, "valid" or "same" (stride 1), zeros. Which form computes it (the
+    parameters are the same whichever): conv_form.conv "onednn": OnednnConv where oneDNN takes the
+    arguments (float32, equal strides, no dilation, groups 1), nnx.Conv elsewhere; "lax": nnx.Conv;
+    "s2d" or "auto": SpaceToDepthConv for the chapter's k4 s2 p1 (which decides "auto" per input
+    shape), nnx.Conv elsewhere. conv_form None: `current_conv_form(param_dtype)`.
     """
-    init = _torch_uniform(cin * 16)
-    kw = dict(kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs)
-    if conv_form.conv == "lax":
-        return nnx.Conv(cin, cout, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), **kw)
-    if conv_form.conv == "onednn":
-        return OnednnConv(cin, cout, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), **kw)
-    return SpaceToDepthConv(cin, cout, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), conv_form=conv_form, **kw)
+    k, s, d = _pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(dilation, "dilation")
+    pad = _conv_padding(padding, k, s, d)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels {in_channels} and out_channels {out_channels}")
+    form = conv_form or current_conv_form(param_dtype)
+    init = torch_uniform(in_channels // groups * k[0] * k[1])
+    kw: dict = dict(padding=pad, kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs)
+    if d != (1, 1) or groups != 1 or not bias:
+        kw.update(kernel_dilation=d, feature_group_count=groups, use_bias=bias)
+    if form.conv == "onednn" and s[0] == s[1] and d == (1, 1) and groups == 1 and _f32(param_dtype):
+        return OnednnConv(in_channels, out_channels, k, strides=s, **kw)
+    if form.conv in ("s2d", "auto") and _chapter(k, s, pad, d) and groups == 1:
+        return SpaceToDepthConv(in_channels, out_channels, k, strides=s, conv_form=form, **kw)
+    return nnx.Conv(in_channels, out_channels, k, strides=s, **kw)
 
 
 def ConvTranspose2d(
-    cin, cout, *, output_padding=0, rngs, param_dtype=jnp.float32, conv_form: ConvForm = DEFAULT_CONV_FORM
+    in_channels,
+    out_channels,
+    kernel_size,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    bias=True,
+    dilation=1,
+    *,
+    rngs,
+    param_dtype=jnp.float32,
+    conv_form: ConvForm | None = None,
 ):
-    """torch ConvTranspose2d(cin, cout, kernel_size=4, stride=2, padding=1) in NHWC.
+    """torch.nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding, output_padding,
+    groups=1, bias, dilation) in NHWC, with torch's default initialisation (torch computes a transposed
+    conv's fan_in from weight.size(1) = out_channels: fan_in = out_channels * kh * kw).
 
-    Kernel layout (kh, kw, cin, cout), spatially flipped relative to torch's (cin, cout, kh, kw).
-    torch computes fan_in of a transposed conv from weight.size(1) = cout, so does this init.
-    conv_form.tconv_for(cout) "lax": nnx.ConvTranspose; "subpixel": SubPixelConvTranspose. Same
-    parameters whichever.
+    Kernel (kh, kw, in_channels, out_channels), spatially flipped relative to torch's (in, out, kh, kw)
+    (vae_jax.convert flips it). Output size (H - 1) * stride - 2 * padding + dilation * (k - 1) +
+    output_padding + 1, as torch's: lax.conv_transpose with explicit padding dilation * (k - 1) - padding
+    on each side, output_padding more at the high end. Which form computes it: conv_form.tconv "onednn":
+    OnednnConvTranspose where oneDNN takes the arguments (float32, equal strides, no dilation,
+    0 <= padding - output_padding, padding <= k - 1), nnx.ConvTranspose elsewhere; "subpixel" (or
+    "auto" for out_channels >= 32): SubPixelConvTranspose for the chapter's k4 s2 p1, nnx.ConvTranspose
+    elsewhere; "lax": nnx.ConvTranspose. conv_form None: `current_conv_form(param_dtype)`.
     """
-    init = _torch_uniform(cout * 16)
-    pad = _TCONV_PAD_OUT1 if output_padding else _TCONV_PAD
-    kw = dict(kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs)
-    if conv_form.tconv == "onednn":
-        return OnednnConvTranspose(cin, cout, (4, 4), strides=(2, 2), padding=pad, **kw)
-    if conv_form.tconv_for(cout) == "subpixel":
-        return SubPixelConvTranspose(cin, cout, (4, 4), strides=(2, 2), padding=pad, conv_form=conv_form, **kw)
-    return nnx.ConvTranspose(cin, cout, (4, 4), strides=(2, 2), padding=pad, **kw)
+    if groups != 1:
+        raise ValueError(f"ConvTranspose2d groups={groups}: vae_jax.layers has groups=1 only")
+    k, s, d = _pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(dilation, "dilation")
+    p, op = _pair(padding, "padding"), _pair(output_padding, "output_padding")
+    if any(o >= max(si, di) for o, si, di in zip(op, s, d, strict=True)):
+        raise ValueError(f"output_padding={output_padding!r} must be smaller than stride or dilation (as in torch)")
+    lo = [di * (ki - 1) - pi for di, ki, pi in zip(d, k, p, strict=True)]
+    pad = ((lo[0], lo[0] + op[0]), (lo[1], lo[1] + op[1]))
+    form = conv_form or current_conv_form(param_dtype)
+    init = torch_uniform(out_channels * k[0] * k[1])
+    kw: dict = dict(padding=pad, kernel_init=init, bias_init=init, param_dtype=param_dtype, rngs=rngs)
+    if d != (1, 1) or not bias:
+        kw.update(kernel_dilation=d, use_bias=bias)
+    fits = all(oi <= pi <= ki - 1 for pi, oi, ki in zip(p, op, k, strict=True))
+    if form.tconv == "onednn" and s[0] == s[1] and d == (1, 1) and fits and _f32(param_dtype):
+        return OnednnConvTranspose(in_channels, out_channels, k, strides=s, **kw)
+    chapter = _chapter(k, s, ((p[0], p[0]), (p[1], p[1])), d) and op[0] == op[1]
+    if chapter and form.tconv_for(out_channels) == "subpixel":
+        return SubPixelConvTranspose(in_channels, out_channels, k, strides=s, conv_form=form, **kw)
+    return nnx.ConvTranspose(in_channels, out_channels, k, strides=s, **kw)
+
+
+def _f32(dtype) -> bool:
+    return jnp.dtype(dtype) == jnp.float32
 
 
 class BatchNorm2d(nnx.Module):
-    """torch.nn.BatchNorm2d semantics on the last (channel) axis.
+    """torch.nn.BatchNorm2d(num_features, eps, momentum) semantics on the last (channel) axis.
 
-    Train mode normalises with the batch's biased variance and updates the running statistics
-    with torch's rule: running = (1 - momentum) * running + momentum * batch, where the batch
-    variance used for running_var is the UNBIASED one (n / (n - 1)); momentum 0.1 (= Flax 0.9),
-    eps 1e-5. `count` is torch's num_batches_tracked. `model.eval()` / `model.train()` switch
-    `use_running_average` as for nnx.BatchNorm.
+    Train mode normalises with the batch's statistics over every axis but the last (batch, height,
+    width) and updates the running statistics with torch's rule: running = (1 - momentum) * running +
+    momentum * batch, where the batch variance used for running_var is the UNBIASED one (n / (n - 1))
+    while the output is normalised with the biased one; momentum 0.1, eps 1e-5. `count` is torch's
+    num_batches_tracked. `model.eval()` / `model.train()` switch `use_running_average` as for
+    nnx.BatchNorm. A port of torch's BatchNorm1d ((B, C) or, channels last, (B, L, C)) uses it too:
+    the statistics are over every axis but the last (`BatchNorm1d` is this class).
+
+    Why not nnx.BatchNorm: its `momentum` is the weight of the OLD running value (0.99 by default;
+    torch's momentum=0.1 is Flax's momentum=0.9), it keeps the BIASED batch variance as the running
+    variance (torch the unbiased: a port's running_var would be off by n / (n - 1)), its variance is
+    E[x^2] - E[x]^2 by default (use_fast_variance; torch's is E[(x - mean)^2]), its eps is named
+    `epsilon` (1e-5 as torch's eps, both added to the variance under the square root), and it has no
+    num_batches_tracked, so a torch state_dict does not map onto it one to one.
+
+    impl: "xla" (jnp) or "onednn" (oneDNN's batch norm, train mode, 4-D float32 input; jnp for others);
+    None: `current_conv_form().norm`.
     """
 
     def __init__(
@@ -373,8 +511,9 @@ class BatchNorm2d(nnx.Module):
         use_running_average=False,
         param_dtype=jnp.float32,
         rngs=None,
-        impl="xla",
+        impl=None,
     ):
+        impl = current_conv_form(param_dtype).norm if impl is None else impl
         if impl not in NORM_FORMS:
             raise ValueError(f"BatchNorm2d impl={impl!r}: use one of {', '.join(NORM_FORMS)}")
         self.impl = impl  # static: "onednn" computes train mode with oneDNN's batch norm
@@ -393,7 +532,7 @@ class BatchNorm2d(nnx.Module):
             mean, var = self.mean[...], self.var[...]
         else:
             n = x.size // x.shape[-1]
-            if self.impl == "onednn":
+            if self.impl == "onednn" and x.ndim == 4 and x.dtype == jnp.float32:
                 y, mean, var = onednn_conv.batch_norm_train(x, self.scale[...], self.bias[...], self.eps)
             else:
                 axes = tuple(range(x.ndim - 1))
@@ -407,6 +546,9 @@ class BatchNorm2d(nnx.Module):
             if y is not None:
                 return y
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+
+
+BatchNorm1d = BatchNorm2d  # the same statistics over every axis but the last (features)
 
 
 def nchw_flatten(h):

@@ -13,7 +13,8 @@ Each model has the chapter's constructor arguments, defaults and attribute names
 Randomness enters only through explicit `jax.random` keys (or an injected `eps`). MLP models take
 (B, D); conv models take and return NHWC. The torch-compatible layers, the NCHW flatten order and
 the conv forms (`ConvForm`) are in `vae_jax.layers`. `REGISTRY` says how each model is built from
-a training config and the data's image shape.
+a training config and the data's image shape; `model_spec` resolves a run's model name, the chapter's
+or one's own (vae_jax.user_models).
 """
 
 from __future__ import annotations
@@ -189,11 +190,11 @@ class ConvVAE(_Gaussian):
             kw, conv_form=conv_form or default_conv_form(param_dtype)
         )  # the conv layers: which form they compute in (vae_jax.layers)
         self.encoder_conv = nnx.Sequential(
-            Conv2d(input_channels, 32, **ckw),
+            Conv2d(input_channels, 32, 4, stride=2, padding=1, **ckw),
             jax.nn.relu,
-            Conv2d(32, 64, **ckw),
+            Conv2d(32, 64, 4, stride=2, padding=1, **ckw),
             jax.nn.relu,
-            Conv2d(64, 128, **ckw),
+            Conv2d(64, 128, 4, stride=2, padding=1, **ckw),
             jax.nn.relu,
         )
         self.fc_mu = Linear(128 * 3 * 3, latent_dim, **kw)
@@ -201,11 +202,11 @@ class ConvVAE(_Gaussian):
         self.decoder_fc = Linear(latent_dim, 128 * 3 * 3, **kw)
         # torch's nn.Sigmoid at index 5 is applied by `decode`; indices match torch's keys.
         self.decoder_conv = nnx.Sequential(
-            ConvTranspose2d(128, 64, output_padding=self.output_padding, **ckw),
+            ConvTranspose2d(128, 64, 4, stride=2, padding=1, output_padding=self.output_padding, **ckw),
             jax.nn.relu,
-            ConvTranspose2d(64, 32, **ckw),
+            ConvTranspose2d(64, 32, 4, stride=2, padding=1, **ckw),
             jax.nn.relu,
-            ConvTranspose2d(32, input_channels, **ckw),
+            ConvTranspose2d(32, input_channels, 4, stride=2, padding=1, **ckw),
         )
 
     def encode(self, x):
@@ -244,15 +245,17 @@ class CelebAVAE(_Gaussian):
         bn = dict(param_dtype=param_dtype, impl=form.norm)
         enc = []
         for cin, cout in [(input_channels, 32), (32, 64), (64, 128), (128, 256)]:
-            enc += [Conv2d(cin, cout, **ckw), BatchNorm2d(cout, **bn), jax.nn.relu]
+            enc += [Conv2d(cin, cout, 4, stride=2, padding=1, **ckw), BatchNorm2d(cout, **bn), jax.nn.relu]
         self.encoder = nnx.Sequential(*enc)
         self.fc_mu = Linear(256 * 4 * 4, latent_dim, **kw)
         self.fc_logvar = Linear(256 * 4 * 4, latent_dim, **kw)
         self.decoder_fc = Linear(latent_dim, 256 * 4 * 4, **kw)
         dec = []
         for cin, cout in [(256, 128), (128, 64), (64, 32)]:
-            dec += [ConvTranspose2d(cin, cout, **ckw), BatchNorm2d(cout, **bn), jax.nn.relu]
-        dec.append(ConvTranspose2d(32, input_channels, **ckw))  # torch's nn.Sigmoid (index 10) -> decode
+            dec += [ConvTranspose2d(cin, cout, 4, stride=2, padding=1, **ckw), BatchNorm2d(cout, **bn), jax.nn.relu]
+        dec.append(
+            ConvTranspose2d(32, input_channels, 4, stride=2, padding=1, **ckw)
+        )  # torch's nn.Sigmoid (index 10) -> decode
         self.decoder = nnx.Sequential(*dec)
 
     def encode(self, x):
@@ -327,3 +330,14 @@ REGISTRY = {
     "celeba_vae": ModelSpec(CelebAVAE, _conv),
 }
 MODELS = {name: spec.cls for name, spec in REGISTRY.items()}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """How the model `name` (a run's config.model) is built: a registered name's ModelSpec, or a model
+    of one's own, path/to/file.py:ClassName or package.module:ClassName (vae_jax.user_models). The one
+    place a run's model class is resolved; a missing file, module or class is one ConfigError line."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    from vae_jax import user_models  # it imports this module
+
+    return user_models.spec(name)

@@ -18,8 +18,8 @@ from vae_jax.trainer import loss_terms
 
 
 def build_model(config: Config, image_shape, num_classes=10, *, rngs):
-    """The model named by config, sized for the data (as its vae_jax.models.REGISTRY entry says)."""
-    return models.REGISTRY[config.model].build(config, image_shape, num_classes, rngs=rngs)
+    """The model named by config, sized for the data (as its vae_jax.models.model_spec says)."""
+    return models.model_spec(config.model).build(config, image_shape, num_classes, rngs=rngs)
 
 
 def _fit_error(config: Config, image_shape):
@@ -34,8 +34,11 @@ def _fit_error(config: Config, image_shape):
         x, y = jnp.zeros((1, *image_shape), jnp.float32), jnp.zeros((1,), jnp.int32)
         return loss_terms(model, x, y, jax.random.key(0), recon=config.recon, beta=config.beta, kl_weight=1.0)[0]
 
+    models.model_spec(config.model)  # a missing file, module or class is its own line, not a misfit
     try:
         jax.eval_shape(loss)
+    except ConfigError:  # an option the model cannot take (vae_jax.user_models)
+        raise
     except (TypeError, ValueError) as e:
         return e
     return None

@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from vae_jax import __version__, checkpoints, convert, datasets, models, train
+from vae_jax.config import is_model_spec, model_label
 from vae_jax.errors import ConfigError, ConversionError, DataError
 from vae_jax.files import atomic_write, json_text, sha256_file, unlock_run_dir
 from vae_jax.tolerances import error, tol
@@ -476,6 +477,12 @@ def check_run(workdir, data_dir=None, log=print) -> int:
     """`vae-jax parity --workdir W`: a run's weights exported to the chapter's torch class, compared on
     the first test images of its data (random inputs in [0, 1] when they cannot be read)."""
     model, config, image_shape = train.restore_run(workdir)
+    if is_model_spec(config.model):  # vae_jax.user_models: no chapter class to hold its weights
+        raise ConfigError(
+            f"parity compares a run with the chapter's PyTorch classes, and {workdir} trained a model of your own "
+            f"({model_label(config.model)}) -- export it (vae-jax export) and load the state_dict into your torch "
+            "class (docs/your_model.md)"
+        )
     config.data_dir = data_dir or config.data_dir
     try:
         test_ds = datasets.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir)

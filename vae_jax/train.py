@@ -22,9 +22,19 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm  # the console bar: bars are drawn only on a terminal (tqdm.auto warns in a notebook)
 
-from vae_jax import __version__, checkpoints, datasets, evaluate, input_pipeline, layers, onednn_conv
-from vae_jax.config import Config
-from vae_jax.errors import CheckpointError, ConfigError, DataError, ReadError, VaeJaxError
+from vae_jax import (
+    __version__,
+    checkpoints,
+    datasets,
+    evaluate,
+    input_pipeline,
+    layers,
+    models,
+    onednn_conv,
+    user_models,
+)
+from vae_jax.config import Config, is_model_spec
+from vae_jax.errors import CheckpointError, ConfigError, DataError, ReadError, VaeJaxError, warn
 from vae_jax.files import atomic_dir, check_replaceable
 from vae_jax.preflight import build_model, check_figures_fit, check_memory, check_model_fits
 from vae_jax.summaries import Summaries
@@ -265,6 +275,17 @@ def how_to_continue(workdir) -> str:
     return f"continue with `vae-jax train --workdir {workdir} --resume` (the checkpoint of step {step} is kept)"
 
 
+def model_source(config: Config, image_shape, recorded: dict | None = None) -> dict | None:
+    """config.json's `model_source` of a model of one's own (vae_jax.user_models.source; None for the
+    chapter's), with a warning line when its file is not the one the run recorded (`recorded`)."""
+    if not is_model_spec(config.model):
+        return None
+    changed = user_models.changed_since(recorded)
+    if changed:
+        warn(f"{changed} -- the checkpoint may not fit it; config.json records the file as it is now")
+    return user_models.source(config.model, config, image_shape)
+
+
 def conv_form_name(model, config: Config | None = None) -> str:
     """'onednn' when the model's convolutions run on oneDNN's kernels, 'lax' when asked for, else 'xla'."""
     onednn = (layers.OnednnConv, layers.OnednnConvTranspose)
@@ -341,6 +362,7 @@ def _setup(config: Config, workdir: Path, *, resume: bool, restart: bool, log) -
             resolved_sizes(config, model),
             conv_form=conv_form_name(model, config),
             steps_per_call=resolved_steps_per_call(config, model),
+            model_source=model_source(config, image_shape, getattr(run, "_saved", {}).get("model_source")),
         )
         check_figures_fit(config, model, test_ds)
         spe = steps_per_epoch(config, train_ds)
@@ -604,6 +626,7 @@ def restore_run(workdir, step: int | None = None):
             f"{path} is damaged ({type(e).__name__}: {e}) -- restore it from the run's "
             "original config.json or train again"
         ) from None
+    models.model_spec(config.model)  # a missing model file, module or class is its own line (not "damaged")
     try:  # a damaged size in config.json must not reach XLA (which aborts on arrays beyond memory)
         check_memory(config, image_shape, training=False)
     except (OverflowError, ValueError, TypeError) as e:
@@ -611,6 +634,9 @@ def restore_run(workdir, step: int | None = None):
             f"{path} is damaged ({type(e).__name__}: {e}) -- restore it from the run's original config.json "
             "or train again"
         ) from None
+    changed = user_models.changed_since(config.model_source)
+    if changed:
+        warn(f"{changed} -- if the checkpoint does not fit it, restore the file the run was trained with")
     run = checkpoints.RunDir(workdir, config, resume=True, read_only=True)
     model = build_model(config, image_shape, rngs=nnx.Rngs(params=purpose_key(config.seed, KeyPurpose.INIT)))
     trainer = Trainer(model, config, steps_per_epoch=1)  # the schedule only shapes opt_state
