@@ -1,5 +1,7 @@
 """Parity suite set-up. The tolerance table is parity_tests/tolerances.py (one place); the shared
-machinery is parity_tests/harness.py (importing it sets jax_default_matmul_precision='highest').
+machinery is parity_tests/harness.py. Every parity test runs at jax_default_matmul_precision 'highest'
+(no TF32 on a GPU), scoped to the test (`_highest_matmul_precision`; harness.precision too): nothing
+else in the session sees it.
 
 `--parity-report DIR` (or PARITY_REPORT=DIR): at the end of the run, DIR/parity.md holds the largest
 error of each (model, direction, dtype, quantity) the tests compared, with its bound (report.py);
@@ -12,10 +14,7 @@ import jax
 import pytest
 import torch
 
-from parity_tests import harness  # sets the matmul precision on import
-
-assert jax.config.jax_default_matmul_precision == "highest"
-
+from parity_tests import harness
 
 _HERE = Path(__file__).resolve().parent
 
@@ -45,6 +44,15 @@ def _torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _highest_matmul_precision():
+    """The test at the highest matmul precision, and nothing after it."""
+    assert jax.config.jax_default_matmul_precision is None, "a matmul precision leaked into this test"
+    with jax.default_matmul_precision("highest"):
+        assert jax.config.jax_default_matmul_precision == "highest"
+        yield
 
 
 @pytest.fixture(autouse=True)

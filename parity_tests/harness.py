@@ -46,21 +46,17 @@ from collections import defaultdict
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+import torch.nn.functional as F
+from flax import nnx
 
-# TF32 / bf16 passes on accelerators would wreck float32 parity; harmless on CPU.
-jax.config.update("jax_default_matmul_precision", "highest")
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from flax import nnx  # noqa: E402
-
-import vae_torch_ref as R  # noqa: E402
-import vae_torch_ref.train as RT  # noqa: E402
-from vae_jax import convert, layers, models  # noqa: E402
-from vae_jax import train as T  # noqa: E402
+import vae_torch_ref as R
+import vae_torch_ref.train as RT
+from vae_jax import convert, layers, models
+from vae_jax import train as T
 
 try:  # as a package (pytest)
     from parity_tests.report import Record
@@ -126,8 +122,10 @@ DTYPES = {"float32": (jnp.float32, torch.float32, np.float32), "float64": (jnp.f
 @contextlib.contextmanager
 def precision(dtype: str):
     """float64: jax.enable_x64 for the block only (a thread-local context manager in jax 0.10;
-    nothing outside the block sees x64). float32: explicitly not x64."""
-    with jax.enable_x64(dtype == "float64"):
+    nothing outside the block sees x64). float32: explicitly not x64. Both at the highest matmul
+    precision, for the block only: TF32 / bf16 passes on accelerators would wreck float32 parity
+    (harmless on CPU), and a global setting would reach every other test of the session."""
+    with jax.enable_x64(dtype == "float64"), jax.default_matmul_precision("highest"):
         yield
 
 

@@ -67,7 +67,7 @@ report = {
     "hardware": {"devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
                  "nvidia_smi": gpu, "host": platform.node(), "cpus": os.cpu_count()},
     "versions": {"jax": jax.__version__, "python": platform.python_version()},
-    "matmul_precision": "highest (set by parity_tests/harness.py)",
+    "matmul_precision": "highest (parity_tests: each test, and harness.precision)",
     "parity": {"exit_code": int(parity_rc), "seconds": int(parity_s), **counts,
                "log": f"parity-{stamp}.log"},
     "bench": {"exit_code": int(bench_rc), "seconds": int(bench_s),

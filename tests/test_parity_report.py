@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from parity_tests import report
-from parity_tests.report import Record  # (not via harness: importing it sets JAX's matmul precision)
+from parity_tests.report import Record
 
 ROOT = Path(__file__).resolve().parents[1]
 

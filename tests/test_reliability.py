@@ -248,7 +248,11 @@ def test_damaged_numbers_in_config_json_are_one_line(trained, tmp_path, capsys):
     (work / "config.json").write_text(
         json.dumps(cfg).replace(f'"latent_dim": {json.dumps(cfg["latent_dim"])}', '"latent_dim": 1e400')
     )
-    one_line(*run(["export", "--workdir", work, "--out", tmp_path / "m.pt"], capsys)[:2], "'latent_dim' is Infinity, not an integer", "restore")
+    one_line(
+        *run(["export", "--workdir", work, "--out", tmp_path / "m.pt"], capsys)[:2],
+        "'latent_dim' is Infinity, not an integer",
+        "restore",
+    )
 
 
 # ----------------------------------------------------------------------------------- bad image files
