@@ -24,6 +24,12 @@ def _train(work, model, capsys, *extra):
     return out
 
 
+def _losses(work):
+    """Each epoch's losses in metrics.jsonl (not its times)."""
+    rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k.endswith(("loss", "recon", "kl"))} for r in rows]
+
+
 def _torch_conv3x3():
     """ConvVAE3x3 written in torch, the attribute names the same: what an exported state_dict loads into."""
     nn = torch.nn
@@ -80,6 +86,9 @@ def test_every_command_on_a_model_of_ones_own(tmp_path, capsys, cls, conv):
     assert code == 0 and "resumed from step 2" in out, (err, out)
     assert [m["epoch"] for m in map(json.loads, (work / "metrics.jsonl").read_text().splitlines())] == [1, 2]
     assert json.loads((work / "config.json").read_text())["model_source"] == src
+    if conv:  # the resumed run is the run trained straight (BatchNorm's statistics in the checkpoint)
+        _train(tmp_path / "straight", f"{MODELS}:{cls}", capsys, "--epochs", "2")
+        assert _losses(tmp_path / "straight") == _losses(work)
 
     code, err, out = run(["eval", "--workdir", work, "--iwae-k", "10", "--json", "--no-progress"], capsys)
     assert code == 0, err
