@@ -32,7 +32,10 @@ BAD = {"positive_int": "0", "nonneg_int": "-1", "positive_float": "0", "nonneg_f
 def test_every_config_field_is_a_train_option_with_its_default():
     parser, t = train_parser()
     options = {s: a for a in t._actions for s in a.option_strings}
-    assert {f.name for f in dataclasses.fields(train.Config)} - {f.name for f in OPTION_FIELDS} == {"checkpoint"}
+    assert {f.name for f in dataclasses.fields(train.Config)} - {f.name for f in OPTION_FIELDS} == {
+        "checkpoint",
+        "model_source",
+    }
     for f in OPTION_FIELDS:
         assert config.option_name(f) in options, f.name
     args = parser.parse_args(["train"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -175,3 +177,31 @@ def test_conv_form_scope_reaches_layers_built_without_one():
 def test_arguments_torch_refuses_are_refused(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def _grads(layer, x):
+    """Gradients of a nonlinear function of the output w.r.t. (kernel, bias, input)."""
+    graphdef, params = nnx.split(layer, nnx.Param)
+    gp, gx = jax.grad(lambda p, x: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x))), (0, 1))(params, x)
+    return np.asarray(gp["kernel"][...]), np.asarray(gp["bias"][...]), np.asarray(gx)
+
+
+@_ONEDNN
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda form: L.Conv2d(4, 6, 3, 2, 1, rngs=nnx.Rngs(0), conv_form=form), (2, 9, 9, 4)),
+        (lambda form: L.Conv2d(4, 6, 5, 1, 2, rngs=nnx.Rngs(0), conv_form=form), (2, 7, 7, 4)),
+        (lambda form: L.ConvTranspose2d(6, 4, 3, 2, 1, 1, rngs=nnx.Rngs(0), conv_form=form), (2, 4, 4, 6)),
+        (lambda form: L.ConvTranspose2d(6, 4, 5, 3, 2, 1, rngs=nnx.Rngs(0), conv_form=form), (2, 3, 3, 6)),
+    ],
+    ids=["conv-k3s2", "conv-k5s1", "tconv-k3s2op1", "tconv-k5s3op1"],
+)
+def test_onednn_gradients_equal_xlas_beyond_the_chapters_sizes(make, shape):
+    """The oneDNN forms of other sizes than k4 s2 p1: the same gradients as XLA's (same parameters)."""
+    a, b = make(L.ConvForm(conv="lax", tconv="lax")), make(L.ONEDNN_CONV_FORM)
+    assert isinstance(b, (L.OnednnConv, L.OnednnConvTranspose)) and not isinstance(a, type(b))
+    x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(b(x)), np.asarray(a(x)), atol=1e-5)
+    for u, v in zip(_grads(b, x), _grads(a, x), strict=True):
+        np.testing.assert_allclose(u, v, atol=1e-4, rtol=1e-4)
