@@ -427,6 +427,12 @@ def test_export_of_a_run_whose_checkpoint_data_is_damaged(run_copy, tmp_path):
     # A fresh process: tensorstore caches what this one already read of the (copied) checkpoint.
     before = snapshot(tmp_path)
     p = _console(["export", "--workdir", run_copy, "--out", tmp_path / "x.pt"], tmp_path)
+    assert_one_line_error(p.returncode, p.stderr, ["is damaged", "differs from the one written with it"], "restore")
+    assert snapshot(tmp_path) == before
+    for sums in (run_copy / "checkpoints").rglob(".vae-jax-sha256"):  # a step from before checksums
+        sums.unlink()
+    before = snapshot(tmp_path)
+    p = _console(["export", "--workdir", run_copy, "--out", tmp_path / "x.pt"], tmp_path)
     assert_one_line_error(p.returncode, p.stderr, ["is damaged", "arrays cannot be read"], "restore the folder")
     assert snapshot(tmp_path) == before
 
