@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from vae_jax import __version__, configs, distributed
+from vae_jax import __version__, configs, distributed, signals
 from vae_jax.config import KINDS, TFDS_DATASETS, Config, option_name
 from vae_jax.configs.exercises import EXPERIMENTS, SIZES
 from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_failure
@@ -309,6 +309,7 @@ def _train_config(args):
 
 def _train(args):
     config, workdir = _train_config(args)
+    args.resolved_workdir = workdir  # for the line after an interrupt
     if not args.process_id:  # within a second of the start: what happens next (JAX loads in seconds)
         what = "resuming" if args.resume else "training"
         print(f"{what} {config.model} on {config.dataset} in {workdir}: loading JAX and the data", flush=True)
@@ -479,17 +480,19 @@ def _run(args):
 
 
 def _kept_after_interrupt(args) -> str:
-    """What an interrupted command leaves, in words (outputs are written whole or not at all)."""
+    """What an interrupted command leaves, in words (outputs are written whole or not at all); a run's
+    folder that was removed (interrupted before its first file) or holds no checkpoint is never
+    advised a --resume."""
     if args.command == "train":
-        from vae_jax.checkpoints import latest_step_on_disk
-
-        workdir = args.workdir or "the workdir"
-        step = latest_step_on_disk(args.workdir) if args.workdir else 0
-        return (
-            f"the checkpoint of step {step} in {workdir} is kept (continue with --resume)"
-            if step
-            else "no checkpoint was written yet (start again, or --resume to keep the options)"
-        )
+        workdir = Path(getattr(args, "resolved_workdir", None) or args.workdir or "the workdir")
+        loaded = sys.modules.get("vae_jax.checkpoints")  # not loaded yet (or half): nothing was written
+        latest = getattr(loaded, "latest_step_on_disk", None)
+        step = latest(workdir) if latest else 0
+        if step:
+            return f"the checkpoint of step {step} in {workdir} is kept -- continue with --resume"
+        if (workdir / "config.json").is_file():
+            return f"no checkpoint was written yet in {workdir} -- start again with --restart"
+        return f"nothing of the run was written in {workdir} -- start again with the same command"
     if args.command == "experiment":
         return "the variants trained so far are kept (run the same command again to continue)"
     return "nothing was written (outputs appear only when complete)"
@@ -520,6 +523,8 @@ def main(argv=None, *, console=False):
     line is written to a saved copy of it, so nothing a library's background thread prints late
     (orbax/tensorstore after a failed restore) can join it.
     """
+    if console:  # SIGTERM as SIGINT, and no interrupt dropped inside a GC callback (vae_jax.signals)
+        signals.install()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = _parser().parse_args(argv)
     args.argv = argv
@@ -544,7 +549,8 @@ def main(argv=None, *, console=False):
     except FloatingPointError as e:
         return fail(f"vae-jax: error: {_one_line(e)}", 3)
     except KeyboardInterrupt:
-        return fail(f"vae-jax: interrupted; {_kept_after_interrupt(args)}", 130)
+        signals.ignore_more()
+        return fail(f"vae-jax: {signals.name()}; {_kept_after_interrupt(args)}", signals.exit_code())
     except (OSError, MemoryError) as e:  # the machine, not the options: disk full, read-only, memory
         line = machine_failure(e)
         if line:
