@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as a shell reports it
+EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the number, as a shell says
 _received: list[int] = []  # the signals received, in order
 
 
