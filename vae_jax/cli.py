@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from vae_jax import __version__, configs, distributed, signals
+from vae_jax import __version__, configs, distributed, jax_env, signals
 from vae_jax.config import KINDS, TFDS_DATASETS, Config, option_name
 from vae_jax.configs.exercises import EXPERIMENTS, SIZES
 from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_failure
@@ -474,6 +474,7 @@ COMMANDS = {
 
 
 def _run(args):
+    jax_env.check_xla_flags()
     if args.command not in ("train", "compare"):  # train checks it once the processes have joined
         _check_platform()
     return COMMANDS[args.command](args)
@@ -563,7 +564,7 @@ def main(argv=None, *, console=False):
             2,
         )
     except Exception as e:
-        line = machine_failure(e)
+        line = machine_failure(e) or jax_env.jax_flag_line(e)
         if line:
             return fail(f"vae-jax: error: {line}", 2)
 
