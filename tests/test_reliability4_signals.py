@@ -2,6 +2,7 @@
 are one line and exit 130/143, limits are refused up front, unclear lines name the problem.
 Every case goes through the `vae-jax` console script."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,8 @@ import time
 
 import pytest
 
-from tests.helpers import TINY, console
+from tests.helpers import TINY, console, one_line, run
+from vae_jax import cli, evaluate
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -83,3 +85,35 @@ def test_xla_flags_xla_refuses_are_one_line_before_anything_runs(tmp_path, flags
     assert code == 2 and len(err) == 1 and err[0].startswith("vae-jax: error: XLA_FLAGS="), err
     assert flags.split("=")[0].lstrip("-") in err[0] and "unset XLA_FLAGS" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------- the importance-sampled NLL's cost
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("trained") / "run"
+    assert cli.main(["train", "--workdir", str(work), *TINY, "--no-figures"]) == 0
+    return work
+
+
+@pytest.mark.parametrize("k", ["1000000000", "99999999999999999999999"])
+def test_an_iwae_k_past_a_day_is_refused_up_front_with_one_that_fits(trained, tmp_path, capsys, k):
+    code, err, _ = run(["eval", "--workdir", trained, "--iwae-k", k, "--out", tmp_path / "e.json"], capsys)
+    line = one_line(code, err, f"--iwae-k {k} would take about", "days")
+    fit = int(line.split("use --iwae-k ")[1].split()[0])
+    assert 1 <= fit < int(k) and not (tmp_path / "e.json").exists()
+    code, err, _ = run(["train", "--workdir", tmp_path / "run", *TINY, "--no-figures", "--iwae-k", k], capsys)
+    one_line(code, err, f"--iwae-k {k} would take about", "use --iwae-k")
+    assert not (tmp_path / "run").exists()  # refused before the first step, and before tensorboardX
+
+
+def test_eval_says_the_nll_cost_first_and_a_line_per_tenth_off_a_terminal(trained, tmp_path, capsys, monkeypatch):
+    code, err, out = run(["eval", "--workdir", trained, "--iwae-k", "30", "--out", tmp_path / "a.json"], capsys)
+    assert code == 0 and err == [], err
+    assert out.splitlines()[0].startswith("NLL (k=30): 20 test images x 30 samples, about ") and "% done" not in out
+    monkeypatch.setattr(evaluate, "PROGRESS_AFTER_SECONDS", 0)  # as for an evaluation of minutes
+    args = ["eval", "--workdir", trained, "--iwae-k", "3000", "--json", "--out", tmp_path / "b.json"]
+    code, err, out = run(args, capsys)
+    assert code == 0 and [line.split(": ")[1].split()[0] for line in err[1:]] == [f"{t}0%" for t in range(1, 10)], err
+    assert err[0].startswith("NLL (k=3000): 20 test images x 3000 samples") and json.loads(out)["iwae_k"] == 3000

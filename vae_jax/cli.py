@@ -424,6 +424,8 @@ def _eval(args):
             key=jax.random.key(args.seed),
             recon=config.recon,
             progress=not args.no_progress,
+            say=functools.partial(print, file=sys.stderr if args.json else sys.stdout, flush=True),
+            brief=args.json,  # stdout holds the JSON line; stderr hears only of an evaluation of minutes
         )
     result.update(num_test=len(test_ds), step=args.step)
     print(json.dumps(result) if args.json else _eval_table(result, config))  # before the file: never lost
