@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +118,73 @@ def test_eval_says_the_nll_cost_first_and_a_line_per_tenth_off_a_terminal(traine
     code, err, out = run(args, capsys)
     assert code == 0 and [line.split(": ")[1].split()[0] for line in err[1:]] == [f"{t}0%" for t in range(1, 10)], err
     assert err[0].startswith("NLL (k=3000): 20 test images x 3000 samples") and json.loads(out)["iwae_k"] == 3000
+
+
+# ------------------------------------------------------------------------------- files that are not a .pt state_dict
+
+
+class _Payload:
+    def __reduce__(self):  # would run `true` if the file were unpickled without weights_only
+        return (os.system, ("true",))
+
+
+def _bad_files(tmp_path):
+    """{name: (path, words of its one line)}: the files `import` and `--init-from` must name."""
+    torch = pytest.importorskip("torch")
+    import collections
+    import pickle
+    import zipfile
+
+    good = tmp_path / "good.pt"
+    torch.save({"encoder_fc1.weight": torch.zeros(400, 64), "encoder_fc1.bias": torch.zeros(400)}, good)
+    files = {}
+
+    def made(name, words):
+        files[name] = (tmp_path / name, words)
+        return tmp_path / name
+
+    torch.save({"w": torch.zeros(3, 3).to_sparse()}, made("sparse.pt", ["tensor 'w' is sparse_coo", "dense"]))
+    torch.save({"a": torch.zeros(2), "x": _Payload()}, made("payload.pt", ["pickled posix.system", "weights-only"]))
+    made("raw.pkl", ["a plain pickle"]).write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with zipfile.ZipFile(made("other.zip", ["it is a zip but not a torch file"]), "w") as z:
+        z.writestr("hello.txt", "hi")
+    made("cut.pt", ["a truncated file"]).write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    storage = torch.zeros(10).untyped_storage()
+
+    class Huge:  # a header declaring 2e9 elements over a storage of 10
+        def __reduce__(self):
+            typed = torch.storage.TypedStorage(wrap_storage=storage, dtype=torch.float32, _internal=True)
+            return (
+                torch._utils._rebuild_tensor_v2,
+                (typed, 0, (2_000_000_000,), (1,), False, collections.OrderedDict()),
+            )
+
+    torch.save({"w": Huge()}, made("huge.pt", ["declares more elements than the file holds"]))
+    nan = {"encoder_fc1.weight": torch.zeros(400, 64), "encoder_fc1.bias": torch.full((400,), float("nan"))}
+    torch.save(nan, made("nan.pt", ["nan.pt", "tensor 'encoder_fc1.bias'", "NaN"]))
+    os.mkfifo(made("fifo.pt", ["it is a named pipe (FIFO)"]))
+    made("folder.pt", ["it is a directory"]).mkdir()
+    files["zero"] = (Path("/dev/zero"), ["it is a character device"])
+    return files
+
+
+def test_import_names_what_a_bad_file_is(tmp_path, capsys):
+    for name, (path, words) in _bad_files(tmp_path).items():
+        code, err, _ = run(["import", path, "--model", "vae", "--workdir", tmp_path / f"w_{name}"], capsys)
+        line = one_line(code, err, *words)
+        assert "no such file" not in line and "RuntimeError" not in line and "Warning" not in line, (name, line)
+        assert not (tmp_path / f"w_{name}").exists()
+
+
+@pytest.mark.parametrize("name", ["sparse.pt", "nan.pt", "fifo.pt", "zero"])
+def test_init_from_a_bad_file_names_it_and_the_tensor(tmp_path, capsys, name):
+    path, words = _bad_files(tmp_path)[name]
+    code, err, _ = run(["train", "--workdir", tmp_path / "run", *TINY, "--no-figures", "--init-from", path], capsys)
+    one_line(code, err, *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_plain_pickle_prints_no_torch_warning(tmp_path):
+    path, words = _bad_files(tmp_path)["raw.pkl"]
+    code, err, _ = _console(["import", path, "--model", "vae", "--workdir", tmp_path / "w"])
+    assert code == 2 and len(err) == 1 and words[0] in err[0], err  # torch's 2-line UserWarning silenced

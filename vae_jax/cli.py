@@ -297,7 +297,7 @@ def _train_config(args):
     for k in ("data_dir", "init_from"):  # stored absolute: eval/plot/resume work from any folder
         if kw.get(k) and k in given:
             kw[k] = os.path.abspath(kw[k])
-    if "init_from" in given and Path(kw["init_from"]).is_file():  # a torch .pt: model and sizes as `import`
+    if "init_from" in given and os.path.exists(kw["init_from"]) and not os.path.isdir(kw["init_from"]):  # a .pt
         from vae_jax import torch_import
 
         kw.update(torch_import.init_options(kw["init_from"], kw, given))

@@ -23,8 +23,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import pickle
-import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vae_jax import __version__, checkpoints, convert, datasets, models, train
+from vae_jax import __version__, checkpoints, convert, datasets, models, pt_files, train
 from vae_jax.errors import ConfigError, ConversionError, DataError
 from vae_jax.files import atomic_dir, atomic_write, unlock_run_dir
 from vae_jax.tolerances import error, tol
@@ -88,24 +86,18 @@ def sha256_file(path) -> str:
 
 
 def _read(path: Path):
-    """torch.load(weights_only=True) of `path`, its refusals as one line."""
+    """torch.load(weights_only=True) of `path`, its refusals as one line (vae_jax.pt_files)."""
+    import warnings
+
     import torch
 
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file -- pass the path of a torch .pt checkpoint")
+    pt_files.check_regular_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found:
-            raise ConversionError(
-                f"{path} holds a pickled {found.group(1)} object, which a weights-only load refuses "
-                "(vae-jax never runs a pickle's code) -- save the tensors alone: "
-                "torch.save(model.state_dict(), path)"
-            ) from None
-        raise ConversionError(f"cannot read {path}: not a torch.save'd file -- pass a .pt state_dict") from None
+        with warnings.catch_warnings():  # torch's 2-line UserWarning about a plain pickle's protocol
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- torch raises many types for a bad file
-        raise ConversionError(f"cannot read {path}: {type(e).__name__} -- is it a torch.save'd state_dict?") from None
+        raise ConversionError(pt_files.unreadable(path, e)) from None
 
 
 def _is_state_dict(obj) -> bool:
@@ -145,7 +137,10 @@ def read_pt(path):
             f"{path} holds no state_dict ({what}) -- save model.state_dict(), alone or under "
             f"{', '.join(map(repr, COMMON_KEYS))}"
         )
+    for k, v in obj.items():
+        pt_files.check_tensor(path, str(k), v)
     tensors = OrderedDict((str(k), _numpy(v)) for k, v in obj.items())
+    pt_files.check_finite(path, tensors)
     return tensors, meta, under, sha256_file(path)
 
 
