@@ -188,3 +188,17 @@ def test_a_plain_pickle_prints_no_torch_warning(tmp_path):
     path, words = _bad_files(tmp_path)["raw.pkl"]
     code, err, _ = _console(["import", path, "--model", "vae", "--workdir", tmp_path / "w"])
     assert code == 2 and len(err) == 1 and words[0] in err[0], err  # torch's 2-line UserWarning silenced
+
+
+# ------------------------------------------------------------------------------- compare, experiment, messages
+
+
+def test_compare_says_when_runs_are_not_comparable(trained, tmp_path, capsys):
+    for name, extra in (("ae", ["--model", "ae"]), ("small", ["--latent-dim", "2"])):
+        assert run(["train", "--workdir", tmp_path / name, *TINY, "--no-figures", *extra], capsys)[0] == 0
+    code, err, out = run(["compare", trained, tmp_path / "ae", tmp_path / "small"], capsys)
+    assert code == 0 and err == [], err
+    first = out.splitlines()[0]
+    assert first.startswith("Not comparable: the runs differ in model (vae in run, ae in ae") and "latent_dim" in first
+    code, _, out = run(["compare", trained, trained], capsys)
+    assert code == 0 and "Not comparable" not in out
