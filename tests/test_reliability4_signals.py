@@ -202,3 +202,29 @@ def test_compare_says_when_runs_are_not_comparable(trained, tmp_path, capsys):
     assert first.startswith("Not comparable: the runs differ in model (vae in run, ae in ae") and "latent_dim" in first
     code, _, out = run(["compare", trained, trained], capsys)
     assert code == 0 and "Not comparable" not in out
+
+
+def test_a_failed_experiment_leaves_no_empty_folder_and_data_lines_use_the_separator(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    args = ["--dataset", "mnist", "--data-dir", tmp_path / "empty"]
+    code, err, _ = run(["experiment", "beta-vae", "--workdir", tmp_path / "exp", *args], capsys)
+    line = one_line(code, err, "MNIST file not found", " -- pass --data-dir")
+    assert "—" not in line and not (tmp_path / "exp").exists()
+    (tmp_path / "mine").mkdir()  # the user's folder stays, without the variant's empty folder
+    one_line(*run(["experiment", "beta-vae", "--workdir", tmp_path / "mine", *args], capsys)[:2])
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+    code, err, _ = run(["train", "--workdir", tmp_path / "run", *TINY, *args], capsys)
+    assert "—" not in one_line(code, err, "MNIST file not found", " -- ")
+
+
+DATA = os.environ.get("VAE_DATA_DIR")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA or not (Path(DATA) / "mnist").is_dir(), reason="needs VAE_DATA_DIR with mnist/")
+def test_prepare_prints_no_absl_warning_nor_progress_bars(tmp_path):
+    pytest.importorskip("tensorflow")
+    args = ["prepare", "--dataset", "mnist", "--manual-dir", Path(DATA) / "mnist", "--data-dir", tmp_path / "tfds"]
+    code, err, out = _console(args)
+    assert code == 0 and err == [], err[:3]  # was `WARNING:absl:Variant folder ...` and tfds's bars
+    assert out.strip().splitlines()[-1] == f"prepared mnist in {tmp_path / 'tfds'}"

@@ -18,7 +18,7 @@ class ReadError(DataError):
     adds how to continue (vae_jax.train)."""
 
     def __str__(self) -> str:
-        return " — ".join(self.args)
+        return " -- ".join(self.args)
 
 
 class ConversionError(VaeJaxError, ValueError):
