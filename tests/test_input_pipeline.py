@@ -65,7 +65,7 @@ def raises_data_error(path, func, *args, **kwargs) -> str:
     with pytest.raises(DataError) as info:
         func(*args, **kwargs)
     message = str(info.value)
-    assert str(path) in message and "\n" not in message and " — " in message, message
+    assert str(path) in message and "\n" not in message and " -- " in message, message
     return message
 
 

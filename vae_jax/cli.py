@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from vae_jax import __version__, configs, distributed
+from vae_jax import __version__, configs, distributed, jax_env, signals
 from vae_jax.config import KINDS, TFDS_DATASETS, Config, ModelChoices, absolute_model_spec, model_label, option_name
 from vae_jax.configs.exercises import EXPERIMENTS, SIZES
 from vae_jax.errors import ConfigError, ConsoleStderr, VaeJaxError, machine_failure
@@ -309,7 +309,7 @@ def _train_config(args):
     for k in ("data_dir", "init_from"):  # stored absolute: eval/plot/resume work from any folder
         if kw.get(k) and k in given:
             kw[k] = os.path.abspath(kw[k])
-    if "init_from" in given and Path(kw["init_from"]).is_file():  # a torch .pt: model and sizes as `import`
+    if "init_from" in given and os.path.exists(kw["init_from"]) and not os.path.isdir(kw["init_from"]):  # a .pt
         from vae_jax import torch_import
 
         kw.update(torch_import.init_options(kw["init_from"], kw, given))
@@ -321,6 +321,7 @@ def _train_config(args):
 
 def _train(args):
     config, workdir = _train_config(args)
+    args.resolved_workdir = workdir  # for the line after an interrupt
     if not args.process_id:  # within a second of the start: what happens next (JAX loads in seconds)
         what = "resuming" if args.resume else "training"
         print(f"{what} {config.model} on {config.dataset} in {workdir}: loading JAX and the data", flush=True)
@@ -450,6 +451,8 @@ def _eval(args):
             key=jax.random.key(args.seed),
             recon=config.recon,
             progress=not args.no_progress,
+            say=functools.partial(print, file=sys.stderr if args.json else sys.stdout, flush=True),
+            brief=args.json,  # stdout holds the JSON line; stderr hears only of an evaluation of minutes
         )
     result.update(num_test=len(test_ds), step=step)
     print(json_text(result, indent=None) if args.json else _eval_table(result, config))  # before the file
@@ -500,23 +503,26 @@ COMMANDS = {
 
 
 def _run(args):
+    jax_env.check_xla_flags()
     if args.command not in ("train", "compare"):  # train checks it once the processes have joined
         _check_platform()
     return COMMANDS[args.command](args)
 
 
 def _kept_after_interrupt(args) -> str:
-    """What an interrupted command leaves, in words (outputs are written whole or not at all)."""
+    """What an interrupted command leaves, in words (outputs are written whole or not at all); a run's
+    folder that was removed (interrupted before its first file) or holds no checkpoint is never
+    advised a --resume."""
     if args.command == "train":
-        from vae_jax.checkpoints import latest_step_on_disk
-
-        workdir = args.workdir or "the workdir"
-        step = latest_step_on_disk(args.workdir) if args.workdir else 0
-        return (
-            f"the checkpoint of step {step} in {workdir} is kept (continue with --resume)"
-            if step
-            else "no checkpoint was written yet (start again, or --resume to keep the options)"
-        )
+        workdir = Path(getattr(args, "resolved_workdir", None) or args.workdir or "the workdir")
+        loaded = sys.modules.get("vae_jax.checkpoints")  # not loaded yet (or half): nothing was written
+        latest = getattr(loaded, "latest_step_on_disk", None)
+        step = latest(workdir) if latest else 0
+        if step or (workdir / "checkpoints" / "0").is_dir():  # step 0: an imported run's weights
+            return f"the checkpoint of step {step} in {workdir} is kept -- continue with --resume"
+        if (workdir / "config.json").is_file():
+            return f"no checkpoint was written yet in {workdir} -- start again with --restart"
+        return f"nothing of the run was written in {workdir} -- start again with the same command"
     if args.command == "experiment":
         return "the variants trained so far are kept (run the same command again to continue)"
     return "nothing was written (outputs appear only when complete)"
@@ -547,6 +553,8 @@ def main(argv=None, *, console=False):
     line is written to a saved copy of it, so nothing a library's background thread prints late
     (orbax/tensorstore after a failed restore) can join it.
     """
+    if console:  # SIGTERM as SIGINT, and no interrupt dropped inside a GC callback (vae_jax.signals)
+        signals.install()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = _parser().parse_args(argv)
     args.argv = argv
@@ -571,7 +579,8 @@ def main(argv=None, *, console=False):
     except FloatingPointError as e:
         return fail(f"vae-jax: error: {_one_line(e)}", 3)
     except KeyboardInterrupt:
-        return fail(f"vae-jax: interrupted; {_kept_after_interrupt(args)}", 130)
+        signals.ignore_more()
+        return fail(f"vae-jax: {signals.name()}; {_kept_after_interrupt(args)}", signals.exit_code())
     except (OSError, MemoryError) as e:  # the machine, not the options: disk full, read-only, memory
         line = machine_failure(e)
         if line:
@@ -584,7 +593,7 @@ def main(argv=None, *, console=False):
             2,
         )
     except Exception as e:
-        line = machine_failure(e)
+        line = machine_failure(e) or jax_env.jax_flag_line(e)
         if line:
             return fail(f"vae-jax: error: {line}", 2)
 

@@ -102,6 +102,26 @@ SETTING = ("model", "dataset", "recon", "batch_size", "lr", "seed", "epochs")
 FINAL = [f"{s}_{t}" for s in ("train", "test") for t in TERMS]
 
 
+# What runs must share for their losses to be compared: the model, its sizes, the data it is tested on.
+COMPARABLE = ("model", "latent_dim", "hidden_dim", "recon", "dataset", "test_dataset", "test_limit")
+
+
+def not_comparable(runs: list[Run]) -> str | None:
+    """One line when the runs differ in model, sizes or data (each key given by both runs compared
+    with the first run's), else None."""
+    base, differ = runs[0], []
+    for key in COMPARABLE:
+        values = {r.label: r.config.get(key) for r in runs if r.config.get(key) is not None}
+        if base.label in values and len(set(map(str, values.values()))) > 1:
+            differ.append(f"{key} ({', '.join(f'{v} in {k}' for k, v in values.items())})")
+    if not differ:
+        return None
+    return (
+        f"Not comparable: the runs differ in {'; '.join(differ)} -- their losses are of different models or "
+        "data; the differences below are not a gap between frameworks or settings"
+    )
+
+
 def _num(v, fmt=".4f") -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -242,7 +262,8 @@ def compare_runs(paths, out=None) -> str:
         if not parent.is_dir():
             raise ConfigError(f"cannot write --out {out}: the folder {parent} does not exist -- create it")
     runs = load_runs(paths)
-    md = table(runs)
+    warning = not_comparable(runs)
+    md = (f"{warning}\n\n" if warning else "") + table(runs)
     if out is not None:
         with atomic_dir(out) as tmp:
             figure(runs, tmp / "compare.png")

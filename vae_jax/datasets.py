@@ -145,14 +145,14 @@ def load_dataset(name: str, split: str, data_dir=None, *, image_size: int = 64, 
     decoded only when read.
     """
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r} — use one of {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r} -- use one of {', '.join(DATASETS)}")
     if source not in ("auto", "files", "tfds"):
-        raise DataError(f"unknown source {source!r} — use 'auto', 'files' or 'tfds'")
+        raise DataError(f"unknown source {source!r} -- use 'auto', 'files' or 'tfds'")
     auto_tfds = data_dir is None or is_tfds_dir(data_dir, name)
     use_tfds = name in TFDS_DATASETS and (source == "tfds" or (source == "auto" and auto_tfds))
     if data_dir is None and not use_tfds and name != "digits":
         raise DataError(
-            f"{name} needs a data_dir — pass --data-dir pointing at a folder with the original files, {PREPARE_HINT}"
+            f"{name} needs a data_dir -- pass --data-dir pointing at a folder with the original files, {PREPARE_HINT}"
         )
     records: ArraySource | ImageFileSource | TfdsSource
     if name == "digits":
@@ -170,7 +170,7 @@ def load_dataset(name: str, split: str, data_dir=None, *, image_size: int = 64, 
     if isinstance(records, ArraySource):
         _check(records.images, records.labels, f"{name} {split}")
     if not len(records):
-        raise DataError(f"{name} {split} is empty — replace the data with an intact copy of the original files")
+        raise DataError(f"{name} {split} is empty -- replace the data with an intact copy of the original files")
     first = np.asarray(records[0][0])  # one record read now: a broken format fails before training
     has_labels = (
         records.labels is not None if isinstance(records, ArraySource) else getattr(records, "has_labels", False)
@@ -182,15 +182,15 @@ def _check(images: np.ndarray, labels: np.ndarray | None, where: str) -> None:
     fix = "replace the data with an intact copy of the original files"
     if images.ndim != 4 or images.dtype not in (np.float32, np.uint8) or len(images) == 0:
         raise DataError(
-            f"{where}: images {images.dtype}{images.shape}, want float32 (N>0, H, W, C) in [0, 1] or uint8 — {fix}"
+            f"{where}: images {images.dtype}{images.shape}, want float32 (N>0, H, W, C) in [0, 1] or uint8 -- {fix}"
         )
     if images.dtype == np.float32:
         if not np.isfinite(images).all():
-            raise DataError(f"{where}: images contain NaN or Inf — {fix}")
+            raise DataError(f"{where}: images contain NaN or Inf -- {fix}")
         if images.min() < 0 or images.max() > 1:
-            raise DataError(f"{where}: pixel values outside [0, 1] — {fix}")
+            raise DataError(f"{where}: pixel values outside [0, 1] -- {fix}")
     if labels is not None and labels.shape != (len(images),):
-        raise DataError(f"{where}: {len(images)} images but labels of shape {labels.shape} — {fix}")
+        raise DataError(f"{where}: {len(images)} images but labels of shape {labels.shape} -- {fix}")
 
 
 def _load_digits(split: str):

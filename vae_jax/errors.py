@@ -18,7 +18,7 @@ class ReadError(DataError):
     adds how to continue (vae_jax.train)."""
 
     def __str__(self) -> str:
-        return " — ".join(self.args)
+        return " -- ".join(self.args)
 
 
 class ConversionError(VaeJaxError, ValueError):
@@ -62,6 +62,10 @@ _STORAGE = {  # errno -> (what, fix)
     13: ("permission denied", "choose a --workdir/--out you may write to"),
     1: ("operation not permitted", "choose a --workdir/--out you may write to"),
     36: ("a file name is too long", "choose a shorter --workdir/--out"),
+    27: (
+        "a file would be larger than this process may write (ulimit -f)",
+        "raise the limit (ulimit -f unlimited) or make the run smaller",
+    ),
 }
 _STORAGE_TEXT = {
     "No space left on device": 28,
@@ -69,6 +73,7 @@ _STORAGE_TEXT = {
     "Read-only file system": 30,
     "Permission denied": 13,
     "File name too long": 36,
+    "File too large": 27,
 }
 _MEMORY_TEXT = (
     "RESOURCE_EXHAUSTED",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -17,38 +18,21 @@ from vae_jax import losses
 from vae_jax.errors import ConfigError
 from vae_jax.models import model_inputs, one_hot
 
+IWAE_MAX_SECONDS = 24 * 3600  # an importance-sampled NLL estimated to take longer is refused up front
+PROGRESS_AFTER_SECONDS = 30  # an estimate longer than this says a line per tenth off a terminal
 
-def iwae_nll(
-    model,
-    images,
-    labels,
-    *,
-    k=5000,
-    key,
-    recon="bce_logits",
-    batch_size=100,
-    chunk=250,
-    binarize_key=None,
-    progress=False,
-):
-    """Mean over images of -log p(x), estimated with k importance samples from q(z|x):
 
-        log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k
-
-    (the IWAE bound; it tightens as k grows). Batched over images and over the k samples
-    (running logsumexp), so memory is bounded by batch_size * chunk decoder outputs whatever k is.
-    The noise of image i depends only on (key, i, chunk index): batch_size does not change the result.
-    Bernoulli likelihood only (recon 'bce' or 'bce_logits').
-    """
+def _iwae_checks(model, recon, k):
     if recon not in ("bce", "bce_logits"):
         raise ConfigError(f"the importance-sampled likelihood needs a Bernoulli decoder (recon bce), got {recon!r}")
     if not hasattr(model, "reparameterize"):
         raise ConfigError("the importance-sampled likelihood needs a VAE (a model with q(z|x)), not an Autoencoder")
     if k < 1:
         raise ConfigError(f"--iwae-k must be >= 1, got {k}")
-    model.eval()
-    graphdef, st = nnx.split(model)
-    chunk = min(chunk, k)
+
+
+def _chunk_fn(graphdef, key, chunk):
+    """The jitted log-sum-exp of one chunk of importance weights per image of a batch."""
 
     @jax.jit
     def chunk_logw(st, x, y, index, ci, valid):
@@ -67,11 +51,117 @@ def iwae_nll(
         logw = jnp.where(jnp.arange(chunk)[:, None] < valid, logw, -jnp.inf)  # last chunk may be partial
         return jax.nn.logsumexp(logw, axis=0)
 
-    total = 0.0
+    return chunk_logw
+
+
+def _seconds(fn, st, images, labels, *, k, chunk, batch_size) -> float:
+    """The estimated seconds of the whole estimate: one chunk of the first batch timed once compiled,
+    times the chunks of every batch."""
+    x, y = images[:batch_size], labels[:batch_size]
+    index = jnp.arange(x.shape[0])
+    jax.block_until_ready(fn(st, x, y, index, 0, chunk))  # compiles
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(st, x, y, index, 0, chunk))
+    return (time.perf_counter() - t0) * -(-images.shape[0] // batch_size) * -(-k // chunk)
+
+
+def iwae_seconds(model, images, labels, *, k, key, recon="bce_logits", batch_size=100, chunk=250) -> float:
+    """The seconds iwae_nll would take here with these arguments, from one timed chunk (about a
+    second: its compile and two calls).
+
+    Returns:
+        the estimate in seconds (a float, however large k is)."""
+    _iwae_checks(model, recon, k)
+    chunk = min(chunk, k)
+    graphdef, st = nnx.split(model)
+    return _seconds(_chunk_fn(graphdef, key, chunk), st, images, labels, k=k, chunk=chunk, batch_size=batch_size)
+
+
+def check_iwae_cost(seconds: float, k: int, n: int, *, max_seconds: float = IWAE_MAX_SECONDS) -> str:
+    """ConfigError past max_seconds, naming an --iwae-k that fits; else the cost in one line.
+
+    Returns:
+        `NLL (k=K): N test images x K samples, about T here` (and how to shorten it past a minute)."""
+    if seconds > max_seconds:
+        fit = _round_down(k * max_seconds / seconds)
+        raise ConfigError(
+            f"--iwae-k {k} would take about {_duration(seconds)} here ({n} test images x {k} samples) -- "
+            f"use --iwae-k {fit} or less (about {_duration(max_seconds)}), or fewer test images (--test-limit)"
+        )
+    line = f"NLL (k={k}): {n} test images x {k} samples, about {_duration(seconds)} here"
+    return line + (" (a lower --iwae-k or --test-limit shortens it)" if seconds > 60 else "")
+
+
+def _round_down(v: float) -> int:
+    """v rounded down to one significant digit (at least 1): 31234 -> 30000."""
+    if v < 1:
+        return 1
+    scale = 10 ** int(math.log10(v))
+    return int(v // scale * scale)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.3g} days"
+
+
+def iwae_nll(
+    model,
+    images,
+    labels,
+    *,
+    k=5000,
+    key,
+    recon="bce_logits",
+    batch_size=100,
+    chunk=250,
+    binarize_key=None,
+    progress=False,
+    say=None,
+    brief=False,
+):
+    """Mean over images of -log p(x), estimated with k importance samples from q(z|x):
+
+        log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k
+
+    (the IWAE bound; it tightens as k grows). Batched over images and over the k samples
+    (running logsumexp), so memory is bounded by batch_size * chunk decoder outputs whatever k is.
+    The noise of image i depends only on (key, i, chunk index): batch_size does not change the result.
+    Bernoulli likelihood only (recon 'bce' or 'bce_logits').
+
+    say: a function of one line. Given, the cost is timed first (check_iwae_cost: refused past
+    IWAE_MAX_SECONDS) and said in one line; with progress, off a terminal, a line per tenth of the
+    chunks of an estimate over PROGRESS_AFTER_SECONDS. brief: the cost line too only for such an
+    estimate.
+    """
+    _iwae_checks(model, recon, k)
+    model.eval()
+    graphdef, st = nnx.split(model)
+    chunk = min(chunk, k)
+    chunk_logw = _chunk_fn(graphdef, key, chunk)
     n = images.shape[0]
     starts = range(0, n, batch_size)
+    tenths: dict[int, int] = {}  # chunk calls done -> tenths done, where a line is said
+    if say is not None:
+        seconds = _seconds(chunk_logw, st, images, labels, k=k, chunk=chunk, batch_size=batch_size)
+        line = check_iwae_cost(seconds, k, n)
+        if not brief or seconds > PROGRESS_AFTER_SECONDS:
+            say(line)
+        if progress and seconds > PROGRESS_AFTER_SECONDS and not sys.stdout.isatty():
+            calls = len(starts) * -(-k // chunk)
+            tenths = {calls * t // 10: t for t in range(1, 10)}
     if progress and sys.stderr.isatty():  # no bar in a log
         starts = tqdm(starts, desc=f"NLL (k={k})", unit="batch", leave=False, dynamic_ncols=True)
+    total = 0.0
+    t0 = time.perf_counter()
+    done = 0
     for bi, a in enumerate(starts):
         x, y = images[a : a + batch_size], labels[a : a + batch_size]
         if binarize_key is not None:
@@ -80,6 +170,10 @@ def iwae_nll(
         index = jnp.arange(a, a + x.shape[0])
         for ci, c0 in enumerate(range(0, k, chunk)):
             lse = jnp.logaddexp(lse, chunk_logw(st, x, y, index, ci, min(chunk, k - c0)))
+            done += 1
+            if done in tenths and say is not None:
+                jax.block_until_ready(lse)
+                say(f"NLL (k={k}): {10 * tenths[done]}% done ({time.perf_counter() - t0:.0f} s)")
         total += float(jnp.sum(lse - math.log(k)))
     return -total / n
 

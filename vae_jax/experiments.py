@@ -14,10 +14,12 @@ batch 128, Adam 1e-3, on whatever dataset is passed -- mnist for the documented 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -569,6 +571,19 @@ def _owner(workdir: Path) -> str | None:
         return None
 
 
+def _remove_empty_folders(workdir: Path, before: set[str] | None) -> None:
+    """After a failed experiment: the empty folders it made (a variant's, the workdir itself when
+    the experiment made it) are removed; anything with a file in it is kept."""
+    for entry in set(os.listdir(workdir)) - (before or set()):
+        with contextlib.suppress(OSError):  # not empty, or not a folder: kept
+            (workdir / entry).rmdir()
+    if before is None:
+        with contextlib.suppress(OSError):
+            if os.listdir(workdir) == [MARKER]:  # the folder this failed experiment made: its mark alone
+                (workdir / MARKER).unlink()
+            workdir.rmdir()
+
+
 def run_experiment(name, workdir, *, dataset="digits", data_dir=None, size="reduced", seed=0, log=print):
     """Run one experiment into workdir; returns its summary (also written to summary.json)."""
     if name not in EXPERIMENTS:
@@ -576,10 +591,15 @@ def run_experiment(name, workdir, *, dataset="digits", data_dir=None, size="redu
     if size not in SIZES:
         raise ConfigError(f"unknown size {size!r}: use one of {', '.join(SIZES)}")
     workdir = Path(workdir)
+    before = set(os.listdir(workdir)) if workdir.is_dir() else None
     _claim(workdir, name)
     ctx = Context(workdir, dataset, data_dir, size, seed, log)
     fn, title = EXPERIMENTS[name]
-    rows, statement, figs, extra = fn(ctx)
+    try:
+        rows, statement, figs, extra = fn(ctx)
+    except BaseException:
+        _remove_empty_folders(workdir, before)
+        raise
     table = write_table(rows, workdir, statement, title)
     summary = {
         "experiment": name,

@@ -33,7 +33,7 @@ def binarize(key: jax.Array, images) -> jax.Array:
 def epoch_permutation(key: jax.Array, num_examples: int, shuffle: bool = True) -> jax.Array:
     """The order of one epoch: a permutation drawn from `key`, or 0..n-1 when not shuffling."""
     if num_examples < 1:
-        raise DataError(f"epoch of {num_examples} examples — the dataset is empty")
+        raise DataError(f"epoch of {num_examples} examples -- the dataset is empty")
     if not shuffle:
         return jnp.arange(num_examples, dtype=jnp.int32)
     return jax.random.permutation(key, num_examples).astype(jnp.int32)
@@ -42,7 +42,7 @@ def epoch_permutation(key: jax.Array, num_examples: int, shuffle: bool = True) -
 def batch_slices(num_examples: int, batch_size: int) -> list[tuple[int, int]]:
     """(start, stop) of each batch; the last, partial batch is kept (drop_last=False)."""
     if num_examples < 1 or batch_size < 1:
-        raise DataError(f"cannot batch {num_examples} examples by {batch_size} — both must be positive")
+        raise DataError(f"cannot batch {num_examples} examples by {batch_size} -- both must be positive")
     return [(start, min(start + batch_size, num_examples)) for start in range(0, num_examples, batch_size)]
 
 

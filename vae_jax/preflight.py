@@ -109,3 +109,16 @@ def check_figures_fit(config: Config, model, test_ds) -> None:
             f"the figures need at least 2 test images, the test set has {len(test_ds)} -- raise "
             "--test-limit or pass --no-figures"
         )
+
+
+def check_iwae_cost(config: Config, model, test_ds) -> None:
+    """ConfigError, before any training, for an --iwae-k whose NLL at the end would take past
+    evaluate.IWAE_MAX_SECONDS here (one chunk timed on the test images: about a second)."""
+    if not config.iwae_k:
+        return
+    from vae_jax import evaluate  # loads tqdm: only a run that estimates the NLL
+
+    rows = min(100, len(test_ds))  # a batch of iwae_nll's: its time does not depend on the pixels
+    x, y = jnp.zeros((rows, *test_ds.image_shape), jnp.float32), jnp.zeros((rows,), jnp.int32)
+    seconds = evaluate.iwae_seconds(model, x, y, k=config.iwae_k, key=jax.random.key(0), recon=config.recon)
+    evaluate.check_iwae_cost(seconds * len(test_ds) / rows, config.iwae_k, len(test_ds))

@@ -50,12 +50,12 @@ def read_bytes(path, fix: str) -> bytes:
     """The file's bytes, gunzipped when the name ends in .gz; any failure is a DataError."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"file not found: {path} — {fix}")
+        raise DataError(f"file not found: {path} -- {fix}")
     try:
         raw = path.read_bytes()
         return gzip.decompress(raw) if path.suffix == ".gz" else raw
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"cannot read {path}: {e} — replace it with an intact copy of the original file") from None
+        raise DataError(f"cannot read {path}: {e} -- replace it with an intact copy of the original file") from None
 
 
 def read_idx(path) -> np.ndarray:
@@ -66,19 +66,19 @@ def read_idx(path) -> np.ndarray:
     if magic not in _IDX_MAGIC:
         raise DataError(
             f"not a uint8 IDX file (bad magic {raw[:4].hex() or 'none'}, want 00000803 "
-            f"for images or 00000801 for labels): {path} — {fix}"
+            f"for images or 00000801 for labels): {path} -- {fix}"
         )
     ndim = _IDX_MAGIC[magic]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"IDX header truncated: {path} — {fix}")
+        raise DataError(f"IDX header truncated: {path} -- {fix}")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     if ndim == 3 and 0 in dims[1:]:
-        raise DataError(f"IDX images of size {dims[1]}x{dims[2]}: {path} — {fix}")
+        raise DataError(f"IDX images of size {dims[1]}x{dims[2]}: {path} -- {fix}")
     size, got = math.prod(dims), len(raw) - header
     if got != size:
         what = "truncated" if got < size else "has trailing bytes"
-        raise DataError(f"IDX file {what}: {path} holds {got} data bytes, its header {dims} says {size} — {fix}")
+        raise DataError(f"IDX file {what}: {path} holds {got} data bytes, its header {dims} says {size} -- {fix}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -91,13 +91,13 @@ def read_amat(path) -> np.ndarray:
     at = bad.start() if bad else zeros.find(b"00")  # a character, or a multi-digit value like 10
     if at >= 0:
         lineno = data.count(b"\n", 0, at) + 1
-        raise DataError(f"bad value {data[at : at + 2]!r} on line {lineno} of {path} — {fix}")
+        raise DataError(f"bad value {data[at : at + 2]!r} on line {lineno} of {path} -- {fix}")
     for number, line in enumerate(zeros.split(b"\n"), 1):
         if line.count(b"0") not in (0, 784):  # blank lines are skipped
-            raise DataError(f"line {number} of {path} has {line.count(b'0')} values, want 784 — {fix}")
+            raise DataError(f"line {number} of {path} has {line.count(b'0')} values, want 784 -- {fix}")
     digits = np.frombuffer(data.translate(None, b" \t\r\n"), np.uint8)
     if not len(digits):
-        raise DataError(f"no images in {path} — {fix}")
+        raise DataError(f"no images in {path} -- {fix}")
     return (digits - ord("0")).reshape(-1, 28, 28)
 
 
@@ -105,14 +105,14 @@ def read_amat(path) -> np.ndarray:
 
 
 def split_error(name: str, split: str, splits) -> DataError:
-    return DataError(f"{name} has no split {split!r} — use one of {', '.join(splits)}")
+    return DataError(f"{name} has no split {split!r} -- use one of {', '.join(splits)}")
 
 
 def _find_file(data_dir, name: str, filename: str, what: str) -> Path:
     """data_dir[/name]/filename[.gz], the first that exists."""
     if not Path(data_dir).is_dir():
         raise DataError(
-            f"data directory {data_dir} does not exist — put {_SOURCES[name]} in a folder "
+            f"data directory {data_dir} does not exist -- put {_SOURCES[name]} in a folder "
             f"and pass it as --data-dir, {PREPARE_HINT}"
         )
     for folder in (Path(data_dir) / name, Path(data_dir)):
@@ -121,7 +121,7 @@ def _find_file(data_dir, name: str, filename: str, what: str) -> Path:
                 return candidate
     raise DataError(
         f"{what} file not found: {Path(data_dir) / filename}.gz (nor in {name}/, nor "
-        f"uncompressed) — pass --data-dir pointing at a folder with the original "
+        f"uncompressed) -- pass --data-dir pointing at a folder with the original "
         f"{what} files, {PREPARE_HINT}"
     )
 
@@ -169,12 +169,12 @@ def load_idx(name: str, data_dir, split: str):
     images, labels = read_idx(image_path), read_idx(label_path)
     fix = f"use the 4 original {what} files"
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise DataError(f"{image_path} holds {images.shape}, want images (n, 28, 28) — {fix}")
+        raise DataError(f"{image_path} holds {images.shape}, want images (n, 28, 28) -- {fix}")
     if labels.ndim != 1 or len(labels) != len(images) or (labels > 9).any():
         raise DataError(
             f"{label_path} holds {labels.shape} labels (max {labels.max(initial=0)}) "
             f"for {len(images)} images in {image_path}, want one label 0..9 per image "
-            f"— {fix}"
+            f"-- {fix}"
         )
     return images[..., None], labels.astype(np.int32)
 
@@ -275,7 +275,7 @@ def image_files(data_dir, split: str) -> list[Path]:
         )
     if not files:
         raise DataError(
-            f"no .png/.jpg images in {folder} — pass --data-dir pointing at a folder "
+            f"no .png/.jpg images in {folder} -- pass --data-dir pointing at a folder "
             f"of images (split {split!r} reads <data-dir>/{split}/"
             f"{' or <data-dir> itself' if split == 'train' else ''})"
         )
@@ -308,19 +308,19 @@ def celeba_files(data_dir, split: str) -> list[Path]:
         raise split_error("celeb_a", split, ("train", "valid", "test"))
     partition, folder = root / CELEBA_PARTITION, root / CELEBA_IMAGES
     if not partition.is_file():
-        raise DataError(f"CelebA partition file not found: {partition} — {fix}")
+        raise DataError(f"CelebA partition file not found: {partition} -- {fix}")
     if not folder.is_dir():
-        raise DataError(f"CelebA image folder not found: {folder} — {fix}")
+        raise DataError(f"CelebA image folder not found: {folder} -- {fix}")
     wanted = _CELEBA_SPLITS[split]
     names = [name for name, part in _read_partition(partition, fix).items() if part == wanted]
     if not names:
-        raise DataError(f"{partition} lists no image of split {split!r} (partition {wanted}) — {fix}")
+        raise DataError(f"{partition} lists no image of split {split!r} (partition {wanted}) -- {fix}")
     present = {e.name: e for e in os.scandir(folder)}
     missing = [n for n in names if n not in present]
     if missing:
         raise DataError(
             f"{len(missing)} images of split {split!r} listed in {partition} are missing from "
-            f"{folder}, e.g. {missing[0]} — {fix}"
+            f"{folder}, e.g. {missing[0]} -- {fix}"
         )
     irregular = [n for n in names if not present[n].is_file()]
     if irregular:
@@ -328,7 +328,7 @@ def celeba_files(data_dir, split: str) -> list[Path]:
     empty = [n for n in names if present[n].stat().st_size == 0]
     if empty:
         raise DataError(
-            f"{len(empty)} images of split {split!r} are empty files, e.g. {folder / empty[0]} — "
+            f"{len(empty)} images of split {split!r} are empty files, e.g. {folder / empty[0]} -- "
             "replace them with the original files"
         )
     return [folder / n for n in names]
@@ -341,7 +341,7 @@ def _read_partition(partition: Path, fix: str) -> dict[str, str]:
     try:
         text = partition.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {partition}: {e} — {fix}") from None
+        raise DataError(f"cannot read {partition}: {e} -- {fix}") from None
     parts: dict[str, str] = {}
     lines: dict[str, int] = {}
     repeated: list[tuple[str, int, str]] = []
@@ -350,7 +350,7 @@ def _read_partition(partition: Path, fix: str) -> dict[str, str]:
         if not fields:
             continue
         if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-            raise DataError(f"line {number} of {partition} is {line.strip()[:60]!r}, want '<file>.jpg 0|1|2' — {fix}")
+            raise DataError(f"line {number} of {partition} is {line.strip()[:60]!r}, want '<file>.jpg 0|1|2' -- {fix}")
         name, part = fields
         if name in parts:
             repeated.append((name, number, part))

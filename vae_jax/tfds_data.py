@@ -46,7 +46,7 @@ class TfdsSource:
             if image.max(initial=0) > 1:
                 raise DataError(
                     f"tfds binarized_mnist record {i} holds values up to {image.max()}, want 0/1 "
-                    "— prepare the dataset again with `vae-jax prepare`"
+                    "-- prepare the dataset again with `vae-jax prepare`"
                 )
             image = image * np.uint8(255)
         return image, np.int32(ex.get("label", 0))
@@ -82,6 +82,9 @@ def _tfds():
             vars(shim).update({k: v for k, v in vars(importlib.resources).items() if not k.startswith("__")})
             vars(shim)["abc"] = importlib.abc
             sys.modules["importlib_resources"] = shim
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)  # absl's warnings (OpenCV, dataset_info.json) are not ours
     try:
         import tensorflow_datasets as tfds
     except ImportError:
@@ -89,6 +92,7 @@ def _tfds():
             "this data needs TensorFlow Datasets, which is not installed -- pip install 'vae-jax[tfds]', "
             "or pass --data-dir with the original files (MNIST IDX, CelebA's folder)"
         ) from None
+    tfds.disable_progress_bar()  # no third-party lines on the console
     return tfds
 
 
@@ -109,12 +113,12 @@ def load_tfds(name: str, split: str, data_dir, size: int) -> TfdsSource:
         message = (str(e).strip().splitlines() or [""])[0]
         raise DataError(
             f"cannot read tfds dataset {name!r} split {split!r} from {where}: "
-            f"{type(e).__name__}: {message} — pass --data-dir pointing at the original "
+            f"{type(e).__name__}: {message} -- pass --data-dir pointing at the original "
             f"files, {PREPARE_HINT} (array_record format)"
         ) from None
     if not len(records):
         raise DataError(
-            f"tfds dataset {name!r} split {split!r} in {where} is empty — prepare it again with `vae-jax prepare`"
+            f"tfds dataset {name!r} split {split!r} in {where} is empty -- prepare it again with `vae-jax prepare`"
         )
     return records
 
@@ -133,7 +137,7 @@ def download_and_prepare(name: str, data_dir=None) -> None:
         urls = sorted(builder.url_infos or {})
     except Exception as e:  # noqa: BLE001 -- tfds raises many kinds for a bad name or folder
         raise DataError(
-            f"no tfds dataset {name!r} ({type(e).__name__}) — use one of {', '.join(TFDS_DATASETS)}"
+            f"no tfds dataset {name!r} ({type(e).__name__}) -- use one of {', '.join(TFDS_DATASETS)}"
         ) from None
     get = (
         f"get the original files ({', '.join(urls) or 'see the dataset page on tensorflow.org/datasets'}) and "
@@ -146,19 +150,19 @@ def download_and_prepare(name: str, data_dir=None) -> None:
         except OSError as e:
             raise DataError(
                 f"{name} is not prepared in {builder.data_dir} and downloading it failed ({host}: "
-                f"{e.strerror or e}) — {get}"
+                f"{e.strerror or e}) -- {get}"
             ) from None
     try:
         import tensorflow  # noqa: F401 -- tfds writes prepared datasets with it
     except ImportError:
-        raise DataError(f"preparing {name} needs TensorFlow — pip install 'vae-jax[tf]', or {get}") from None
+        raise DataError(f"preparing {name} needs TensorFlow -- pip install 'vae-jax[tf]', or {get}") from None
     try:
         builder.download_and_prepare(
             file_format="array_record", download_config=tfds.download.DownloadConfig(try_download_gcs=False)
         )
     except Exception as e:  # noqa: BLE001 -- network and checksum errors of many kinds
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise DataError(f"downloading {name} failed ({detail}) — {get}") from None
+        raise DataError(f"downloading {name} failed ({detail}) -- {get}") from None
 
 
 def prepare_tfds(name: str, manual_dir, data_dir) -> Path:
@@ -176,23 +180,23 @@ def prepare_tfds(name: str, manual_dir, data_dir) -> Path:
         builder = tfds.builder(name, data_dir=os.fspath(data_dir))
     except Exception as e:  # noqa: BLE001 -- tfds raises many kinds for an unknown or damaged builder
         raise DataError(
-            f"no tfds dataset {name!r}: {type(e).__name__} — use one of {', '.join(TFDS_DATASETS)}"
+            f"no tfds dataset {name!r}: {type(e).__name__} -- use one of {', '.join(TFDS_DATASETS)}"
         ) from None
     if builder.is_prepared():
         return Path(builder.data_dir)
     manual_dir = Path(manual_dir)
     if not manual_dir.is_dir():
-        raise DataError(f"folder not found: {manual_dir} — pass the folder holding the original {name} files")
+        raise DataError(f"folder not found: {manual_dir} -- pass the folder holding the original {name} files")
     wanted = sorted({info.filename for info in (builder.url_infos or {}).values() if info.filename})
     if not wanted:
         raise DataError(
             f"tfds dataset {name!r} registers no file names, so it cannot be prepared "
-            "offline — download it with tfds on a machine with network access"
+            "offline -- download it with tfds on a machine with network access"
         )
 
     def no_network(dl_manager, resource):
         raise DataError(
-            f"preparing {name} needs {resource.url}, which is not in {manual_dir} — put the original file there"
+            f"preparing {name} needs {resource.url}, which is not in {manual_dir} -- put the original file there"
         )
 
     with tempfile.TemporaryDirectory(prefix="vae_jax_prepare_") as tmp:
@@ -209,7 +213,7 @@ def prepare_tfds(name: str, manual_dir, data_dir) -> Path:
         if missing:
             raise DataError(
                 f"cannot prepare {name} offline: {', '.join(missing)} not in "
-                f"{manual_dir} — put the original {name} files there"
+                f"{manual_dir} -- put the original {name} files there"
             )
         config = tfds.download.DownloadConfig(manual_dir=os.fspath(staged), try_download_gcs=False)
         try:
@@ -221,7 +225,7 @@ def prepare_tfds(name: str, manual_dir, data_dir) -> Path:
             bad = [info.filename for url, info in builder.url_infos.items() if f"{url}," in str(e)]
             raise DataError(
                 f"{manual_dir / bad[0] if bad else manual_dir} is not the original "
-                f"{name} file (checksum mismatch) — replace it with the original "
+                f"{name} file (checksum mismatch) -- replace it with the original "
                 "download"
             ) from None
     return Path(builder.data_dir)

@@ -25,7 +25,6 @@ import itertools
 import json
 import math
 import os
-import pickle
 import re
 import shutil
 from collections import OrderedDict
@@ -35,7 +34,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vae_jax import __version__, checkpoints, convert, datasets, models, train
+from vae_jax import __version__, checkpoints, convert, datasets, models, pt_files, train
 from vae_jax.config import is_model_spec, model_label
 from vae_jax.errors import ConfigError, ConversionError, DataError
 from vae_jax.files import atomic_write, json_text, sha256_file, unlock_run_dir
@@ -84,24 +83,18 @@ class Loaded:
 
 
 def _read(path: Path):
-    """torch.load(weights_only=True) of `path`, its refusals as one line."""
+    """torch.load(weights_only=True) of `path`, its refusals as one line (vae_jax.pt_files)."""
+    import warnings
+
     import torch
 
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file -- pass the path of a torch .pt checkpoint")
+    pt_files.check_regular_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found:
-            raise ConversionError(
-                f"{path} holds a pickled {found.group(1)} object, which a weights-only load refuses "
-                "(vae-jax never runs a pickle's code) -- save the tensors alone: "
-                "torch.save(model.state_dict(), path)"
-            ) from None
-        raise ConversionError(f"cannot read {path}: not a torch.save'd file -- pass a .pt state_dict") from None
+        with warnings.catch_warnings():  # torch's 2-line UserWarning about a plain pickle's protocol
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- torch raises many types for a bad file
-        raise ConversionError(f"cannot read {path}: {type(e).__name__} -- is it a torch.save'd state_dict?") from None
+        raise ConversionError(pt_files.unreadable(path, e)) from None
 
 
 def _is_state_dict(obj) -> bool:
@@ -141,7 +134,10 @@ def read_pt(path):
             f"{path} holds no state_dict ({what}) -- save model.state_dict(), alone or under "
             f"{', '.join(map(repr, COMMON_KEYS))}"
         )
+    for k, v in obj.items():
+        pt_files.check_tensor(path, str(k), v)
     tensors = OrderedDict((str(k), _numpy(v)) for k, v in obj.items())
+    pt_files.check_finite(path, tensors)
     return tensors, meta, under, sha256_file(path)
 
 

@@ -36,7 +36,7 @@ from vae_jax import (
 from vae_jax.config import Config, is_model_spec
 from vae_jax.errors import CheckpointError, ConfigError, DataError, ReadError, VaeJaxError, warn
 from vae_jax.files import atomic_dir, check_replaceable
-from vae_jax.preflight import build_model, check_figures_fit, check_memory, check_model_fits
+from vae_jax.preflight import build_model, check_figures_fit, check_iwae_cost, check_memory, check_model_fits
 from vae_jax.summaries import Summaries
 from vae_jax.trainer import Trainer, loss_terms, to_host, zero_sums  # noqa: F401 -- train.loss_terms, as callers use it
 
@@ -365,6 +365,7 @@ def _setup(config: Config, workdir: Path, *, resume: bool, restart: bool, log) -
             model_source=model_source(config, image_shape, getattr(run, "_saved", {}).get("model_source")),
         )
         check_figures_fit(config, model, test_ds)
+        check_iwae_cost(config, model, test_ds)
         spe = steps_per_epoch(config, train_ds)
         trainer = Trainer(model, config, steps_per_epoch=spe)
         if config.devices > 1:
@@ -531,7 +532,9 @@ def _finish(r: _Run, summaries, final: dict[str, Any] | None, wall: float) -> di
     if config.iwae_k:
         test_x, test_y = device_arrays(r.test_ds)
         key = jax.random.fold_in(r.root, KeyPurpose.IWAE)
-        nll = evaluate.iwae_nll(model, test_x, test_y, k=config.iwae_k, key=key, recon=config.recon, binarize_key=None)
+        nll = evaluate.iwae_nll(
+            model, test_x, test_y, k=config.iwae_k, key=key, recon=config.recon, progress=config.progress, say=r.log
+        )
         summary["iwae_nll"] = nll
         summaries.scalars(step, {"test/iwae_nll": nll})
         r.log(f"importance-sampled NLL (k={config.iwae_k}): {nll:.3f} nats")
