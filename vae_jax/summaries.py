@@ -11,6 +11,7 @@ import, and the other processes and --no-tensorboard need none).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 
@@ -19,6 +20,7 @@ class Summaries:
 
     def __init__(self, workdir, *, enabled: bool = True):
         self._writer = None
+        self._last_step_loss: tuple[int, float] | None = None  # (step, time) of the last train/step_loss
         if enabled:
             from tensorboardX import SummaryWriter
 
@@ -30,6 +32,13 @@ class Summaries:
             return
         for tag, value in values.items():
             self._writer.add_scalar(tag, float(value), int(step))
+
+    def step_loss(self, step: int, value: float) -> None:
+        """train/step_loss at optimizer step `step`, and train/steps_per_sec since the one before."""
+        now, last = time.perf_counter(), self._last_step_loss
+        rate = {} if last is None else {"train/steps_per_sec": (step - last[0]) / (now - last[1])}
+        self.scalars(step, {"train/step_loss": value, **rate})
+        self._last_step_loss = (step, now)
 
     def hparams(self, options: dict, metrics: tuple[str, ...]) -> None:
         """The run's options (numbers, strings, flags; others as text) for the HParams tab, with the

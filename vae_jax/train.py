@@ -122,12 +122,7 @@ def _log_step_losses(summaries, config: Config, num_examples: int, before: int, 
         if step % config.log_every:
             continue
         rows = min(config.batch_size, num_examples - (i + j) * config.batch_size)
-        now = time.perf_counter()
-        last = getattr(summaries, "last", None)
-        rate = {} if last is None else {"train/steps_per_sec": (step - last[0]) / (now - last[1])}
-        value = float(np.ravel(to_host(loss))[j])
-        summaries.scalars(step, {"train/step_loss": value / rows, **rate})
-        summaries.last = (step, now)
+        summaries.step_loss(step, float(np.ravel(to_host(loss))[j]) / rows)
 
 
 def train_part(

@@ -59,6 +59,7 @@ class Trainer:
 
     def __init__(self, model, config: Config, steps_per_epoch: int | None = None):
         self.config = config
+        model = nnx.clone(model)  # the caller's model keeps its mode
         model.train()
         # nnx.split's return type leaves the number of states open; two filters give two
         self.graphdef, params, batch_stats = cast(
@@ -66,7 +67,6 @@ class Trainer:
         )
         model.eval()
         self.eval_graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
-        model.train()
         self.tx = optax.adam(learning_rate(config, steps_per_epoch))
         self._init_state = {
             "params": params,
