@@ -15,7 +15,9 @@ from vae_jax.layers import BatchNorm2d, nchw_flatten, nchw_unflatten
 class TorchMLP(nn.Module):
     def __init__(self, d=48, h=32, z=6):
         super().__init__()
-        self.enc = nn.Sequential(nn.Linear(d, h), nn.BatchNorm1d(h), nn.LeakyReLU(0.2), nn.Linear(h, h), nn.LeakyReLU(0.2))
+        self.enc = nn.Sequential(
+            nn.Linear(d, h), nn.BatchNorm1d(h), nn.LeakyReLU(0.2), nn.Linear(h, h), nn.LeakyReLU(0.2)
+        )
         self.fc_mu, self.fc_logvar = nn.Linear(h, z), nn.Linear(h, z)
         self.dec = nn.Sequential(nn.Linear(z, h), nn.LeakyReLU(0.2), nn.Linear(h, d), nn.Sigmoid())
 

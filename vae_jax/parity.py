@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -152,9 +153,8 @@ def _terms(v) -> tuple:
 
 
 def _default_losses():
-    from vae_torch_ref.losses import vae_loss as torch_vae_loss
-
     from vae_jax.losses import vae_loss
+    from vae_torch_ref.losses import vae_loss as torch_vae_loss
 
     return torch_vae_loss, vae_loss
 
@@ -170,6 +170,9 @@ class _Setup:
     dtype: str
     sizes: list  # S_l per flax tap (call order)
     n_loss: int
+    flax_names: list = dataclasses.field(default_factory=list)  # the Flax layers' calls, in order
+    flax_shapes: list = dataclasses.field(default_factory=list)  # and their output shapes
+    fns: dict = dataclasses.field(default_factory=dict)  # the jitted Flax functions of this check
 
 
 def _torch_run(s, tm, eps, *, train, grads):
@@ -177,55 +180,75 @@ def _torch_run(s, tm, eps, *, train, grads):
 
     tm.train(train)
     x = torch.from_numpy(np.array(s.x, order="C", copy=True))
-    with parity_taps.inject_eps(torch.from_numpy(eps)), parity_taps.torch_taps(tm, grads=grads) as taps:
-        with torch.set_grad_enabled(grads):
-            out = _outputs(tm(x))
-            terms = _terms(s.losses[0](out[0], x, *out[1:3])) if grads else ()
+    inject = parity_taps.inject_eps(torch.from_numpy(eps))
+    with inject, parity_taps.torch_taps(tm, grads=grads) as taps, torch.set_grad_enabled(grads):
+        out = _outputs(tm(x))
+        terms = _terms(s.losses[0](out[0], x, *out[1:3])) if grads else ()
     if grads:
         tm.zero_grad(set_to_none=True)
         terms[0].backward()
     return [_nhwc(o) for o in out], [float(t.detach()) for t in terms], taps
 
 
-def _flax_call(s, m, eps, probes, want_loss):
-    x = jnp.asarray(_nhwc(s.x))
+def _flax_call(s, m, x, eps, probes, want_loss):
     with parity_taps.flax_taps(m, probes) as taps:
-        out = _outputs(m(x, key=None, eps=jnp.asarray(eps)))
+        out = _outputs(m(x, key=None, eps=eps))
     terms = _terms(s.losses[1](out[0], x, *out[1:3])) if want_loss else (jnp.zeros(()),)
     return out, terms, taps
 
 
+def _flax_fn(s, graphdef, want_loss):
+    """The Flax model's forward (and loss) as one jitted function of (params, rest, probes, x, eps),
+    compiled once per check and mode; with the loss, its value and gradient with respect to the
+    parameters and the probes (the gradient at each layer output)."""
+    key = (graphdef, want_loss)
+    if key not in s.fns:
+
+        def apply(params, rest, probes, x, eps):
+            m = nnx.merge(graphdef, params, rest, copy=True)
+            out, terms, taps = _flax_call(s, m, x, eps, probes, want_loss)
+            return terms[0], (out, terms, [t.out for t in taps], nnx.state(m, nnx.Not(nnx.Param)))
+
+        s.fns[key] = jax.jit(jax.value_and_grad(apply, argnums=(0, 2), has_aux=True) if want_loss else apply)
+    return s.fns[key]
+
+
+def _split(fm):
+    """(graphdef, params, the rest: batch statistics and counters) of a Flax model."""
+    graphdef, params, rest = nnx.split(fm, nnx.Param, ...)  # type: ignore[misc]
+    return graphdef, params, rest
+
+
+def _xf(s):
+    return jnp.asarray(_nhwc(s.x))
+
+
 def _flax_eval(s, fm, eps):
     fm.eval()
-    out, _, taps = _flax_call(s, fm, eps, None, False)
+    graphdef, params, rest = _split(fm)
+    _, (out, _, touts, _) = _flax_fn(s, graphdef, False)(params, rest, None, _xf(s), jnp.asarray(eps))
+    taps = [parity_taps.Tap(n, None, (), np.asarray(t)) for n, t in zip(s.flax_names, touts, strict=False)]
     return [np.asarray(o) for o in out], taps
 
 
-def _flax_grad_run(s, fm, eps, n_taps):
+def _probes(s):
+    return [jnp.zeros(shape, _xf(s).dtype) for shape in s.flax_shapes]
+
+
+def _flax_grad_run(s, fm, eps):
     """Train mode: outputs, loss terms, layer outputs, the gradient at each layer output (d/d probe),
-    parameter gradients (an nnx.State) and the updated model (a copy)."""
+    parameter gradients in torch's layout per layer, and the updated model (a copy)."""
     fm.train()
-    graphdef, params, rest = nnx.split(fm, nnx.Param, ...)
-
-    names: list[str] = []
-
-    def f(params, probes):
-        m = nnx.merge(graphdef, params, rest, copy=True)
-        out, terms, taps = _flax_call(s, m, eps, probes, True)
-        names[:] = [t.name for t in taps]
-        return terms[0], (out, terms, [t.out for t in taps], nnx.state(m, nnx.Not(nnx.Param)))
-
-    probes = [jnp.zeros(shape, jnp.asarray(s.x).dtype) for shape in n_taps]
-    (_, (out, terms, touts, new_rest)), (gp, gprobe) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(
-        params, probes
-    )
+    graphdef, params, rest = _split(fm)
+    fn = _flax_fn(s, graphdef, True)
+    (_, (out, terms, touts, new_rest)), (gp, gprobe) = fn(params, rest, _probes(s), _xf(s), jnp.asarray(eps))
     updated = nnx.merge(graphdef, params, new_rest, copy=True)
     gmodel = nnx.merge(graphdef, gp, rest, copy=True)
     grads = {".".join(str(p) for p in path): convert.layer_tensors(mod) for path, mod in nnx.iter_modules(gmodel)}
     return (
         [np.asarray(o) for o in out],
         [float(t) for t in terms],
-        [parity_taps.Tap(n, None, (), np.asarray(t)) for n, t in zip(names, touts, strict=True)],
+        [parity_taps.Tap(n, None, (), np.asarray(t)) for n, t in zip(s.flax_names, touts, strict=False)],
         [np.asarray(g) for g in gprobe],
         grads,
         updated,
@@ -234,9 +257,7 @@ def _flax_grad_run(s, fm, eps, n_taps):
 
 def _cmp(checks, phase, quantity, name, a, b, t, seed, pair=(None, None), order=0, scale=None, can_fail=True):
     a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        e = math.inf
-    elif not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+    if a.shape != b.shape or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         e = math.inf
     else:
         e = error(a, b, t.metric, scale)
@@ -282,10 +303,10 @@ def _bn_fed(ttaps) -> set[str]:
     """torch names of layers whose bias feeds a BatchNorm directly (its input is that layer's output
     tensor itself): in train mode their bias gradient is zero in exact arithmetic."""
     out = set()
-    for a, b in zip(ttaps, ttaps[1:], strict=False):
-        if b.input_is_previous and type(b.module).__name__.startswith("BatchNorm") and b.module.training:
-            if getattr(a.module, "bias", None) is not None:
-                out.add(a.name)
+    for a, b in itertools.pairwise(ttaps):
+        bn = b.input_is_previous and type(b.module).__name__.startswith("BatchNorm") and b.module.training
+        if bn and getattr(a.module, "bias", None) is not None:
+            out.add(a.name)
     return out
 
 
@@ -349,8 +370,7 @@ def _train_step(s, checks, seed) -> int:
         eps = _eps(s, seed, salt)
         tm, fm = copy.deepcopy(s.tm), nnx.clone(s.fm)
         tout, tterms, ttaps = _torch_run(s, tm, eps, train=True, grads=True)
-        shapes = [tuple(np.moveaxis(t.out, 1, -1).shape) if t.out.ndim >= 3 else t.out.shape for t in ttaps]
-        fout, fterms, ftaps, fgout, fgrads, updated = _flax_grad_run(s, fm, eps, shapes)
+        fout, fterms, ftaps, fgout, fgrads, updated = _flax_grad_run(s, fm, eps)
         if not _kinks(s, ttaps, [t.out for t in ftaps]) or salt == MAX_REDRAWS - 1:
             break
         redraws += 1
@@ -401,23 +421,23 @@ def _adam_checks(s, checks, steps, optimizer, seed):
     tm, fm = copy.deepcopy(s.tm), nnx.clone(s.fm)
     tm.train(), fm.train()
     opt, tx, lr = _optimizers(optimizer, tm)
-    graphdef, params, rest = nnx.split(fm, nnx.Param, ...)
+    graphdef, params, rest = _split(fm)
     state = tx.init(params)
+    fn = _flax_fn(s, graphdef, True)
+
+    @jax.jit
+    def update(g, state, params):
+        updates, state = tx.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
     tl = scaled(s.dtype, "model_loss", s.sizes[-1] + math.sqrt(s.n_loss))
     adam_loss = tol(s.dtype, "adam_loss")
     for step in range(steps):
         eps = _eps(s, seed, 1000 + step)
         _, tterms, _ = _torch_run(s, tm, eps, train=True, grads=True)
         opt.step()
-
-        def f(params, eps=eps):
-            m = nnx.merge(graphdef, params, rest, copy=True)
-            _, terms, _ = _flax_call(s, m, eps, None, True)
-            return terms[0], nnx.state(m, nnx.Not(nnx.Param))
-
-        (total, rest), g = jax.value_and_grad(f, has_aux=True)(params)
-        updates, state = tx.update(g, state, params)
-        params = optax.apply_updates(params, updates)
+        (total, (_, _, _, rest)), (g, _) = fn(params, rest, _probes(s), _xf(s), jnp.asarray(eps))
+        params, state = update(g, state, params)
         bound = tl if step == 0 else type(tl)(tl.metric, max(tl.bound, adam_loss.bound), tl.why)
         _cmp(checks, "adam", "loss before the step", f"step {step}", float(total), tterms[0], bound, seed,
              ("step", "step"), step)  # fmt: skip
@@ -431,8 +451,9 @@ def _adam_checks(s, checks, steps, optimizer, seed):
             diffs.append(np.abs(fsd[k].astype(np.float64) - v.detach().cpu().numpy()).ravel())
     d = np.concatenate(diffs) if diffs else np.zeros(1)
     q = scaled(s.dtype, "model_adam_q90", lr * max(steps, 1))
-    checks.append(Check("adam", "90th percentile of |param diff|", f"after {steps} steps", float(np.quantile(d, 0.9)),
-                        q.bound, q.metric, True, float(np.quantile(d, 0.9)) <= q.bound, seed, "step", "step", steps))  # fmt: skip
+    q90 = float(np.quantile(d, 0.9))
+    checks.append(Check("adam", "90th percentile of |param diff|", f"after {steps} steps", q90, q.bound, q.metric,
+                        True, q90 <= q.bound, seed, "step", "step", steps))  # fmt: skip
     hard = 2 * 1.01 * lr * steps
     checks.append(Check("adam", "max |param diff| (Adam's own step bound)", f"after {steps} steps", float(d.max()),
                         hard, "abs", False, True, seed, "step", "step", steps + 1))  # fmt: skip
@@ -466,7 +487,9 @@ def _setup(torch_model, flax_model, x, loss, dtype, direction) -> _Setup:
             "-- draw eps once (torch.randn_like(std)) in reparameterize, as the chapter's models do"
         )
     s = _Setup(tm, fm, [], x, shapes[0], losses, dtype, [], int(x.size))
-    _, ftaps = _flax_eval(s, fm, _eps(s, 0, 0))
+    fm.eval()
+    _, _, ftaps = _flax_call(s, fm, _xf(s), jnp.asarray(_eps(s, 0, 0)), None, False)
+    s.flax_names, s.flax_shapes = [t.name for t in ftaps], [tuple(t.out.shape) for t in ftaps]
     s.pairs = parity_match.pair_layers(ttaps, ftaps, parity_taps.torch_leaves(tm), parity_taps.flax_leaves(fm))
     parity_match.copy_weights(s.pairs, direction)
     total, s.sizes = 0.0, []

@@ -88,7 +88,7 @@ def pair_layers(torch_taps, flax_taps, torch_leaves, flax_leaves) -> list[Pair]:
             )
         t, f = tcalls[i], fcalls[i]
         pair = Pair(t.name, f.name, t.module, f.module, t.in_shape, f.in_shape)
-        kinds = convert.TORCH_KINDS[convert.layer_kind(f.module)]
+        kinds = convert.TORCH_KINDS.get(convert.layer_kind(f.module) or object, ())
         if type(t.module).__name__ not in kinds:
             raise ConversionError(
                 f"layer {i + 1} in call order: {pair.label} -- a {_cls(f.module)} stands for torch's "
@@ -216,7 +216,10 @@ def _conv_conventions(p) -> list[Convention]:
     diff("stride", t.stride, _tup(f.strides, n), f"pass strides={tuple(t.stride)}")
     diff("dilation", t.dilation, _tup(f.kernel_dilation, n), f"pass kernel_dilation={tuple(t.dilation)}")
     if t.groups != getattr(f, "feature_group_count", 1):
-        out.append(Convention(p.torch_name, p.flax_name, f"groups: torch {t.groups}, Flax {getattr(f, 'feature_group_count', 1)}", "pass the same groups"))
+        groups = getattr(f, "feature_group_count", 1)
+        out.append(
+            Convention(p.torch_name, p.flax_name, f"groups: torch {t.groups}, Flax {groups}", "pass the same groups")
+        )
     spatial = tuple(p.flax_in[1:-1])
     transpose = isinstance(f, nnx.ConvTranspose)
     have = _flax_conv_pad(f, spatial, transpose)

@@ -67,7 +67,7 @@ def inject_eps(eps, expected_draws: int | None = 1, shapes: list | None = None):
         shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
         return give(shape, kwargs.get("dtype"), lambda: real_randn(*size, **kwargs))
 
-    torch.randn_like, torch.randn = like, randn
+    torch.randn_like, torch.randn = like, randn  # type: ignore[assignment]
     try:
         yield draws
     finally:
