@@ -100,7 +100,9 @@ class Report:
         d = self.first_divergence
         if d:
             lines += ["", f"First divergence: **{d.torch_name}** (torch) / **{d.flax_name}** (Flax), {d.phase}: "]
-            lines[-1] += f"error {d.max_error:.2e} > bound {d.bound:.2e}. {d.detail}".rstrip()
+            lines[-1] += (
+                d.detail if d.phase == "convention" else f"error {d.max_error:.2e} > bound {d.bound:.2e}, {d.detail}."
+            )
         if self.conventions:
             lines += ["", "## Conventions that differ", ""] + [f"- {c.line()}" for c in self.conventions]
         lines += ["", "## Mapping (call order)", "", self.mapping, "", "## Checks", ""]
@@ -109,7 +111,7 @@ class Report:
         for c in self.checks:
             res = "ok" if c.passed else "FAIL"
             lines.append(
-                f"| {c.phase} | {c.quantity} | {c.name} | {c.seed} | {c.error:.2e} | {c.bound:.2e} | {c.metric} | "
+                f"| {c.phase} | {_cell(c.quantity)} | {_cell(c.name)} | {c.seed} | {c.error:.2e} | {c.bound:.2e} | {c.metric} | "
                 f"{'yes' if c.can_fail else 'no (shown)'} | {res} |"
             )
         lines += ["", f"Batches redrawn because a layer output lay within rounding of a kink at 0: {self.redraws}."]
@@ -134,6 +136,10 @@ class Report:
         suite.set("tests", str(len(self.conventions) + len(self.checks)))
         suite.set("failures", str(failures))
         atomic_write(path, ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 # ------------------------------------------------------------------------------------ the runs
