@@ -111,7 +111,8 @@ class Report:
         for c in self.checks:
             res = "ok" if c.passed else "FAIL"
             lines.append(
-                f"| {c.phase} | {_cell(c.quantity)} | {_cell(c.name)} | {c.seed} | {c.error:.2e} | {c.bound:.2e} | {c.metric} | "
+                f"| {c.phase} | {_cell(c.quantity)} | {_cell(c.name)} | {c.seed} | {c.error:.2e} | {c.bound:.2e} | "
+                f"{c.metric} | "
                 f"{'yes' if c.can_fail else 'no (shown)'} | {res} |"
             )
         lines += ["", f"Batches redrawn because a layer output lay within rounding of a kink at 0: {self.redraws}."]
