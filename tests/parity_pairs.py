@@ -76,10 +76,11 @@ class FlaxConv(nnx.Module):
         self.c2 = nnx.Conv(8, 16, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), rngs=rngs)
         self.fc_mu, self.fc_logvar = nnx.Linear(256, z, rngs=rngs), nnx.Linear(256, z, rngs=rngs)
         self.dec_fc = nnx.Linear(z, 256, rngs=rngs)
+        # torch's ConvTranspose2d(k=4, s=2, p=1) pads the dilated input by k - 1 - p = 2
         pad = ((tconv_pad, tconv_pad), (tconv_pad, tconv_pad))
-        kw = dict(strides=(2, 2), padding=pad, transpose_kernel=transpose_kernel, rngs=rngs)
-        self.t1 = nnx.ConvTranspose(16, 8, (4, 4), **kw)
-        self.t2 = nnx.ConvTranspose(8, 1, (4, 4), **kw)
+        kw = dict(strides=(2, 2), transpose_kernel=transpose_kernel, rngs=rngs)
+        self.t1 = nnx.ConvTranspose(16, 8, (4, 4), padding=pad, **kw)
+        self.t2 = nnx.ConvTranspose(8, 1, (4, 4), padding=((2, 2), (2, 2)), **kw)
 
     def __call__(self, x, key=None, eps=None):
         act = lambda v: jax.nn.leaky_relu(v, 0.2)

@@ -93,6 +93,10 @@ class Report:
     def passed(self) -> bool:
         return not self.conventions and all(c.passed for c in self.checks)
 
+    def numeric_divergence(self) -> Divergence | None:
+        """The first failing numeric check (conventions aside), in phase and call order."""
+        return _first_divergence(dataclasses.replace(self, conventions=[]))
+
     def to_markdown(self) -> str:
         """The report as markdown: verdict, device, first divergence, conventions, mapping, checks."""
         verdict = "PASSED" if self.passed else "FAILED"
@@ -561,16 +565,19 @@ def check(
         report = Report(name or type(torch_model).__name__, dtype, device, parity_match.mapping_table(s.pairs))
         report.conventions = parity_match.conventions(s.pairs)
         for seed in range(seeds):
+            phase = "forward (eval)"
             try:
                 _eval_checks(s, report.checks, seed)
+                phase = "forward (train)"
                 report.redraws += _train_step(s, report.checks, seed)
+                phase = "adam"
                 if steps:
                     _adam_checks(s, report.checks, steps, optimizer, seed)
             except (TypeError, ValueError) as e:  # shapes that do not fit: the conventions say why
                 if not report.conventions:
                     raise
-                report.checks.append(Check("forward (eval)", "run", str(e).splitlines()[0][:200], math.inf, 0.0,
-                                           "abs", True, False, seed))  # fmt: skip
+                what = str(e).splitlines()[0][:200]
+                report.checks.append(Check(phase, "run", what, math.inf, 0.0, "abs", True, False, seed, order=10**6))
                 break
     report.first_divergence = _first_divergence(report)
     return report
