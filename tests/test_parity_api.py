@@ -43,7 +43,7 @@ def test_the_correct_mlp_port_passes_every_check():
     assert set(parity.PHASES) - {"convention"} <= phases
     assert all(c.error <= c.bound for c in r.checks if c.can_fail)
     # the one check that cannot fail is Adam's own step bound; the quantile beside it can
-    assert [c.quantity for c in r.checks if not c.can_fail] == ["max |param diff| (Adam's own step bound)"]
+    assert [c.quantity for c in r.checks if not c.can_fail] == ["largest parameter error (Adam's own step bound)"]
     # enc.0 feeds a BatchNorm1d: its bias's gradient is zero in exact arithmetic, judged as noise
     fed = [c for c in r.checks if c.quantity.startswith("BatchNorm-fed")]
     assert {c.name for c in fed} == {"torch: enc.0.bias", "Flax: enc.0.bias"}

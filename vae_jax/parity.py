@@ -332,8 +332,8 @@ def _grad_checks(s, checks, tm_grads, fgrads, fed, seed):
                 wmax = {"torch": float(np.abs(tg["weight"]).max()), "Flax": float(np.abs(fg["weight"]).max())}
                 for who, v in (("torch", g), ("Flax", fg.get(k, np.zeros_like(g)))):
                     noise = float(np.abs(v).max()) / max(wmax[who], 1e-30)
-                    _cmp(checks, "grad", "BatchNorm-fed bias |grad|/max|weight grad|", f"{who}: {name}", noise,
-                         0.0, t, seed, (p.torch_name, p.flax_name), i)  # fmt: skip
+                    what = "BatchNorm-fed bias: max abs grad / max abs weight grad"
+                    _cmp(checks, "grad", what, f"{who}: {name}", noise, 0.0, t, seed, (p.torch_name, p.flax_name), i)
                 continue
             t = scaled(s.dtype, "model_grad", big)
             _cmp(checks, "grad", "parameter gradient", name, fg.get(k, np.zeros(0)), g, t, seed,
@@ -463,11 +463,11 @@ def _adam_checks(s, checks, steps, optimizer, seed):
     d = np.concatenate(diffs) if diffs else np.zeros(1)
     q = scaled(s.dtype, "model_adam_q90", lr * max(steps, 1))
     q90 = float(np.quantile(d, 0.9))
-    checks.append(Check("adam", "90th percentile of |param diff|", f"after {steps} steps", q90, q.bound, q.metric,
-                        True, q90 <= q.bound, seed, "step", "step", steps))  # fmt: skip
-    hard = 2 * 1.01 * lr * steps
-    checks.append(Check("adam", "max |param diff| (Adam's own step bound)", f"after {steps} steps", float(d.max()),
-                        hard, "abs", False, True, seed, "step", "step", steps + 1))  # fmt: skip
+    after = f"after {steps} steps"
+    what = "90th percentile of the parameter error"
+    checks.append(Check("adam", what, after, q90, q.bound, q.metric, True, q90 <= q.bound, seed, "step", "step", steps))
+    hard, what = 2 * 1.01 * lr * steps, "largest parameter error (Adam's own step bound)"
+    checks.append(Check("adam", what, after, float(d.max()), hard, "abs", False, True, seed, "step", "step", steps + 1))
 
 
 # ------------------------------------------------------------------------------------ the check
