@@ -310,15 +310,35 @@ def _kinks(s, ttaps, ftouts) -> int:
     return n
 
 
-def _bn_fed(ttaps) -> set[str]:
-    """torch names of layers whose bias feeds a BatchNorm directly (its input is that layer's output
-    tensor itself): in train mode their bias gradient is zero in exact arithmetic."""
-    out = set()
+def _bn_fed(ttaps) -> dict[str, str]:
+    """{torch name of a layer whose bias feeds a train-mode BatchNorm directly (its input is that
+    layer's output tensor itself): the BatchNorm's name}. Those biases have a zero gradient in exact
+    arithmetic (BatchNorm subtracts the batch mean, so a per-channel shift cancels)."""
+    out = {}
     for a, b in itertools.pairwise(ttaps):
         bn = b.input_is_previous and type(b.module).__name__.startswith("BatchNorm") and b.module.training
         if bn and getattr(a.module, "bias", None) is not None:
-            out.add(a.name)
+            out[a.name] = b.name
     return out
+
+
+def bn_fed_biases(torch_model, x) -> dict[str, str]:
+    """The biases of `torch_model` that feed a BatchNorm directly, found from the graph of one
+    train-mode forward on `x` (not from names): {state_dict key of the bias: the BatchNorm's name}.
+
+    Args:
+        torch_model: a torch.nn.Module (a copy is run; the model and its statistics are unchanged).
+        x: a torch tensor or numpy array the model takes.
+    Returns:
+        e.g. {"encoder.0.bias": "encoder.1"}.
+    """
+    import torch  # optional: the [torch] extra
+
+    tm = copy.deepcopy(torch_model).train()
+    x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, order="C", copy=True))
+    with torch.no_grad(), parity_taps.inject_eps(None, None), parity_taps.torch_taps(tm) as taps:
+        tm(x)
+    return {f"{k}.bias": v for k, v in _bn_fed(taps).items()}
 
 
 def _grad_checks(s, checks, tm_grads, fgrads, fed, seed):
