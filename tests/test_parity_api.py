@@ -214,3 +214,40 @@ def test_the_pytest_fixture_writes_the_report(tmp_path, slope):
     assert p.returncode == (0 if slope == 0.2 else 1), p.stdout[-3000:] + p.stderr[-3000:]
     md = (tmp_path / "rep" / "parity.md").read_text()
     assert ("PASSED" if slope == 0.2 else "First divergence: **enc.3**") in md
+
+
+def test_the_optimizer_checks_can_fail():
+    import optax
+
+    r = parity.check(_torch(TorchMLP), FlaxMLP(rngs=nnx.Rngs(1)), XM, steps=2,
+                     optimizer=(lambda p: torch.optim.Adam(p, lr=1e-3), optax.adam(1e-4)))  # fmt: skip
+    d = r.first_divergence
+    assert d.phase == "adam" and d.max_error > d.bound, r.to_markdown()
+    q90 = next(c for c in r.checks if c.quantity == "90th percentile of the parameter error")
+    assert not q90.passed and q90.can_fail
+    assert all(c.passed for c in r.checks if c.phase != "adam")
+
+
+def test_a_loss_pair_and_a_loss_that_differs():
+    from vae_jax.losses import elbo
+    from vae_torch_ref.losses import elbo_loss
+
+    t_loss = lambda recon, x, mu, logvar: elbo_loss(recon, x, mu, logvar, beta=4.0)
+    r = parity.check(_torch(TorchMLP), FlaxMLP(rngs=nnx.Rngs(1)), XM, steps=0,
+                     loss=(t_loss, lambda recon, x, mu, logvar: elbo(recon, x, mu, logvar, beta=4.0)))  # fmt: skip
+    assert r.passed, r.to_markdown()
+    r = parity.check(_torch(TorchMLP), FlaxMLP(rngs=nnx.Rngs(1)), XM, steps=0,
+                     loss=(t_loss, lambda recon, x, mu, logvar: elbo(recon, x, mu, logvar, beta=1.0)))  # fmt: skip
+    d = r.first_divergence
+    assert (d.torch_name, d.phase) == ("loss", "loss") and "term 0" in d.detail, r.to_markdown()
+
+
+def test_bounds_scale_with_the_model_and_the_dtype():
+    from vae_jax.tolerances import scaled
+
+    small, big = scaled("float32", "model_grad", 10.0), scaled("float32", "model_grad", 1000.0)
+    assert big.bound == 100 * small.bound and small.metric == "rel"
+    assert scaled("float64", "model_grad", 10.0).bound == small.bound * 2.0**-29
+    r = _report("mlp", slope=0.01)
+    layer = [c.bound for c in r.checks if c.phase == "forward (eval)" and c.quantity == "layer output"]
+    assert layer == sorted(layer) and layer[0] < layer[-1]  # S_l grows along the call order

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import math
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -39,9 +38,11 @@ from flax import nnx
 
 from vae_jax import convert, parity_match, parity_taps
 from vae_jax.files import atomic_write
+from vae_jax.parity_taps import bn_fed_biases
 from vae_jax.tolerances import error, scaled, tol
 
 MAX_REDRAWS = 8
+__all__ = ["PHASES", "Check", "Divergence", "Report", "bn_fed_biases", "check"]
 PHASES = ("convention", "forward (eval)", "forward (train)", "loss", "backward", "grad", "bn_stats", "adam")
 
 
@@ -310,37 +311,6 @@ def _kinks(s, ttaps, ftouts) -> int:
     return n
 
 
-def _bn_fed(ttaps) -> dict[str, str]:
-    """{torch name of a layer whose bias feeds a train-mode BatchNorm directly (its input is that
-    layer's output tensor itself): the BatchNorm's name}. Those biases have a zero gradient in exact
-    arithmetic (BatchNorm subtracts the batch mean, so a per-channel shift cancels)."""
-    out = {}
-    for a, b in itertools.pairwise(ttaps):
-        bn = b.input_is_previous and type(b.module).__name__.startswith("BatchNorm") and b.module.training
-        if bn and getattr(a.module, "bias", None) is not None:
-            out[a.name] = b.name
-    return out
-
-
-def bn_fed_biases(torch_model, x) -> dict[str, str]:
-    """The biases of `torch_model` that feed a BatchNorm directly, found from the graph of one
-    train-mode forward on `x` (not from names): {state_dict key of the bias: the BatchNorm's name}.
-
-    Args:
-        torch_model: a torch.nn.Module (a copy is run; the model and its statistics are unchanged).
-        x: a torch tensor or numpy array the model takes.
-    Returns:
-        e.g. {"encoder.0.bias": "encoder.1"}.
-    """
-    import torch  # optional: the [torch] extra
-
-    tm = copy.deepcopy(torch_model).train()
-    x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, order="C", copy=True))
-    with torch.no_grad(), parity_taps.inject_eps(None, None), parity_taps.torch_taps(tm) as taps:
-        tm(x)
-    return {f"{k}.bias": v for k, v in _bn_fed(taps).items()}
-
-
 def _grad_checks(s, checks, tm_grads, fgrads, fed, seed):
     big = 2 * s.sizes[-1]
     for i, p in enumerate(s.pairs):
@@ -419,7 +389,7 @@ def _train_step(s, checks, seed) -> int:
         if tt.grad is not None:
             _cmp(checks, "backward", "gradient at layer output", f"{tt.name} / {fnames[i]}", g, _nhwc(tt.grad), tg,
                  seed, (tt.name, fnames[i]), n - i)  # fmt: skip
-    _grad_checks(s, checks, tmods, fgrads, _bn_fed(ttaps), seed)
+    _grad_checks(s, checks, tmods, fgrads, parity_taps.bn_fed(ttaps), seed)
     _bn_stat_checks(s, checks, tm, updated, seed)
     return redraws
 

@@ -7,6 +7,8 @@
   flax_taps       the same for a Flax model: the `__call__` of each layer class in the model is wrapped
                   for the block, recording (path, module, input, output) in call order; given probes,
                   each output gets `+ probe` so that d loss / d probe is the gradient at that output
+  bn_fed_biases   the biases that feed a BatchNorm directly, from the graph of one forward (a
+                  BatchNorm's input is the previous layer's output tensor itself), not from names
   precision       float64 (jax.enable_x64) for a block only, JAX matmuls at "highest" precision and
                   torch's TF32 off for the block: nothing global is changed outside it
 
@@ -16,10 +18,13 @@ torch is imported inside functions only (it is an optional extra).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import itertools
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 
 from vae_jax import convert
@@ -214,6 +219,37 @@ def flax_taps(model, probes=None):
                 del cls.__call__
             else:
                 cls.__call__ = orig
+
+
+def bn_fed(ttaps) -> dict[str, str]:
+    """{torch name of a layer whose bias feeds a train-mode BatchNorm directly (its input is that
+    layer's output tensor itself): the BatchNorm's name}. Those biases have a zero gradient in exact
+    arithmetic (BatchNorm subtracts the batch mean, so a per-channel shift cancels)."""
+    out = {}
+    for a, b in itertools.pairwise(ttaps):
+        bn = b.input_is_previous and type(b.module).__name__.startswith("BatchNorm") and b.module.training
+        if bn and getattr(a.module, "bias", None) is not None:
+            out[a.name] = b.name
+    return out
+
+
+def bn_fed_biases(torch_model, x) -> dict[str, str]:
+    """The biases of `torch_model` that feed a BatchNorm directly, found from the graph of one
+    train-mode forward on `x` (not from names): {state_dict key of the bias: the BatchNorm's name}.
+
+    Args:
+        torch_model: a torch.nn.Module (a copy is run; the model and its statistics are unchanged).
+        x: a torch tensor or numpy array the model takes.
+    Returns:
+        e.g. {"encoder.0.bias": "encoder.1"}.
+    """
+    import torch  # optional: the [torch] extra
+
+    tm = copy.deepcopy(torch_model).train()
+    x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, order="C", copy=True))
+    with torch.no_grad(), inject_eps(None, None), torch_taps(tm) as taps:
+        tm(x)
+    return {f"{k}.bias": v for k, v in bn_fed(taps).items()}
 
 
 @contextlib.contextmanager
