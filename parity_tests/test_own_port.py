@@ -3,6 +3,7 @@ conftest.py) runs vae_jax.parity.check, and the report's checks land in parity-r
 the chapter's models. The pair is tests/parity_pairs.py's MLP VAE (BatchNorm1d, LeakyReLU)."""
 
 import numpy as np
+import pytest
 import torch
 from flax import nnx
 
@@ -14,3 +15,26 @@ def test_an_mlp_vae_of_your_own(parity):
     x = np.random.default_rng(0).uniform(0, 1, (8, 48)).astype(np.float32)
     report = parity(TorchMLP(), FlaxMLP(rngs=nnx.Rngs(0)), x, steps=5, seeds=2)
     assert report.passed, report.to_markdown()
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("VAE", (4, 784)),
+        ("ConvVAE28", (4, 1, 28, 28)),
+        pytest.param("CelebAVAE", (2, 3, 64, 64), marks=pytest.mark.slow),
+    ],
+)
+def test_the_chapters_models_through_the_public_check(parity, name, shape):
+    """The chapter's own pairs pass vae_jax.parity.check too: layers paired by call order, and
+    CelebAVAE's 7 BatchNorm-fed biases found from the graph."""
+    import vae_torch_ref as R
+    from vae_jax import models
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
+    tm, fm = getattr(R, name)(), getattr(models, name)(rngs=nnx.Rngs(0))
+    report = parity(tm, fm, x, steps=2, name=f"{name} (parity.check)")
+    assert report.passed, report.to_markdown()
+    fed = {c.name for c in report.checks if c.quantity.startswith("BatchNorm-fed") and c.name.startswith("torch")}
+    assert len(fed) == (7 if name == "CelebAVAE" else 0)
