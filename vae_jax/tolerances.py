@@ -195,9 +195,12 @@ TOLERANCES: dict[tuple[str, str], Tol] = {
 # implementation reaches), and through a stack of layers whose outputs are ~ their inputs' size the
 # relative errors add. So the forward error of layer l relative to max|its output| is ~ u * S_l, a
 # gradient's (forward then backward through the whole model) ~ 2 u S, the loss's ~ u (S + sqrt(N)) for
-# N loss terms. C = 16 is the margin: the chapter's models meet their table bounds above with the
-# same margin over what was measured, and every porting bug of the issue (a wrong momentum, eps,
-# slope, padding or flatten order) errs by 1e-4 .. 1 of the scale, far above 16 u S in float32.
+# N loss terms. C = 16 is the margin. Measured (vae_jax.parity.check, 2 seeds, 5 Adam steps, CPU): the
+# largest error / bound of any forward, loss, gradient or BatchNorm check is 0.06 in float32 and 0.11
+# in float64 (the Adam checks: 0.23 and 0.011) over the chapter's VAE,
+# ConvVAE28 and CelebAVAE and tests/parity_pairs.py's MLP and conv VAEs, while the porting bugs of
+# tests/test_parity_api.py exceed their bounds 10^4 - 10^5 times (SAME padding: 1.2 against 2.9e-6 at
+# the first conv; a LeakyReLU slope: 0.18 against 1.5e-5; NHWC flatten order: 0.71 against 4.1e-5).
 TOLERANCES.update(
     {
         (F32, "model_forward"): Tol("rel", 16.0, "each output and layer activation: 16 * u * S_l, per tensor"),
@@ -206,10 +209,11 @@ TOLERANCES.update(
         (F32, "model_bn_stats"): Tol("rel", 16.0, "running mean/var after one train step: as its BatchNorm's input"),
         # Adam's step is scale-free, so elements whose gradient is rounding noise move +-lr at random in
         # each framework (see "adam" above): the largest error is bounded by Adam itself and cannot fail.
-        # What can: the 90th percentile of |param diff| over all elements, which a wrong update rule, a
-        # wrong lr or betas, or wrong gradients move to ~lr * steps, while matching runs keep it at the
-        # trajectories' rounding (chapter's chaotic ConvVAE: the 99.9th percentile measured 0.4 lr steps).
-        (F32, "model_adam_q90"): Tol("abs", 0.05, "90th percentile of |param diff| after the steps: 0.05 * lr * steps"),
+        # What can: the 90th percentile of the elementwise parameter error, which a wrong update rule, a
+        # wrong lr or betas, or wrong gradients move to ~lr * steps (an lr of 1e-4 for 1e-3: 0.9 lr
+        # steps), while matching runs keep it at the trajectories' drift: measured 0.032 lr steps for
+        # the chaotic CelebAVAE (5 steps, seed 1), <= 2e-4 lr steps for the other models.
+        (F32, "model_adam_q90"): Tol("abs", 0.2, "90th percentile of the parameter error: 0.2 lr * steps"),
         (F64, "model_forward"): Tol("rel", 16.0, "as float32, u = 2^-53"),
         (F64, "model_grad"): Tol("rel", 32.0, "as float32, u = 2^-53"),
         (F64, "model_loss"): Tol("rel", 16.0, "as float32, u = 2^-53"),
