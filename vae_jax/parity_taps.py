@@ -100,7 +100,7 @@ class Tap:
 def torch_leaves(model) -> list[tuple[str, Any]]:
     """(name, module) of each torch module holding parameters or buffers of its own."""
     return [
-        (n, m)
+        (n or "(the model itself)", m)
         for n, m in model.named_modules()
         if list(m.parameters(recurse=False)) or [b for b in m.buffers(recurse=False) if b is not None]
     ]
