@@ -38,3 +38,20 @@ def test_the_chapters_models_through_the_public_check(parity, name, shape):
     assert report.passed, report.to_markdown()
     fed = {c.name for c in report.checks if c.quantity.startswith("BatchNorm-fed") and c.name.startswith("torch")}
     assert len(fed) == (7 if name == "CelebAVAE" else 0)
+
+
+def test_float64_through_the_public_check(parity):
+    """float64 within the call only (conftest's _no_x64_leak checks the rest); a model on oneDNN's
+    float32 kernels is one line saying so."""
+    import vae_torch_ref as R
+    from vae_jax import layers, models
+    from vae_jax.errors import ConversionError
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 1, 28, 28))
+    fm = models.ConvVAE28(rngs=nnx.Rngs(0), conv_form=layers.DEFAULT_CONV_FORM)
+    report = parity(R.ConvVAE28(), fm, x, steps=2, dtype="float64", name="ConvVAE28 (parity.check)")
+    assert report.passed and "float64" in report.device, report.to_markdown()
+    onednn = models.ConvVAE28(rngs=nnx.Rngs(0), conv_form=layers.ONEDNN_CONV_FORM)
+    with pytest.raises(ConversionError, match="oneDNN's float32 kernels, which float64 cannot use"):
+        parity(R.ConvVAE28(), onednn, x, steps=0, dtype="float64")

@@ -472,9 +472,24 @@ def _copies(torch_model, flax_model, dtype):
     return tm, nnx.merge(graphdef, state, copy=True)
 
 
+def _float32_only(flax_model) -> None:
+    """One line for a layer computed by oneDNN's float32-only kernels (vae_jax.layers' "onednn" form)."""
+    from vae_jax import layers
+    from vae_jax.errors import ConversionError
+
+    for name, m in parity_taps.flax_leaves(flax_model):
+        if isinstance(m, (layers.OnednnConv, layers.OnednnConvTranspose)) or getattr(m, "impl", None) == "onednn":
+            raise ConversionError(
+                f"Flax layer {name} ({type(m).__name__}) computes with oneDNN's float32 kernels, which float64 cannot "
+                "use -- build the model with conv_form=vae_jax.layers.DEFAULT_CONV_FORM (the XLA forms) for float64"
+            )
+
+
 def _setup(torch_model, flax_model, x, loss, dtype, direction) -> _Setup:
     import torch  # optional: the [torch] extra
 
+    if dtype == "float64":
+        _float32_only(flax_model)
     tm, fm = _copies(torch_model, flax_model, dtype)
     x = np.asarray(x, np.float64 if dtype == "float64" else np.float32)
     losses = _default_losses() if loss is None else tuple(loss)
