@@ -353,9 +353,10 @@ class RunDir:
 
     def last_good_step(self, below: int | None = None) -> int | None:
         """The newest checkpoint (before `below`) whose files match their checksums, or None."""
-        if not self.ckpt_dir.exists():
+        if not self.ckpt_dir.is_dir():
             return None
-        steps = sorted((s for s in self.manager.all_steps() if below is None or s < below), reverse=True)
+        numbers = (int(p.name) for p in self.ckpt_dir.iterdir() if p.name.isdigit() and p.is_dir())
+        steps = sorted((s for s in numbers if below is None or s < below), reverse=True)
         return next((s for s in steps if checksum_failure(self.ckpt_dir / str(s)) is None), None)
 
     def latest_step(self) -> int:
@@ -383,10 +384,13 @@ class RunDir:
             line = machine_failure(e)
             if line is None:
                 raise
-            raise CheckpointError(
-                f"checkpoint {step} in {self.ckpt_dir}: {line}; the last complete checkpoint "
-                "is kept (--resume once there is room)"
-            ) from None
+            kept = self.last_good_step(below=step)
+            then = (
+                f"the checkpoint of step {kept} is kept (--resume once there is room)"
+                if kept is not None
+                else "no checkpoint was written before it (--restart once there is room)"
+            )
+            raise CheckpointError(f"checkpoint {step} in {self.ckpt_dir}: {line}; {then}") from None
 
     def restore(self, init_state, step: int | None = None):
         """(state, number): the latest checkpoint (or that of `step`), or init_state and None when there
