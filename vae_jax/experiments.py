@@ -574,13 +574,14 @@ def _owner(workdir: Path) -> str | None:
 def _remove_empty_folders(workdir: Path, before: set[str] | None) -> None:
     """After a failed experiment: the empty folders it made (a variant's, the workdir itself when
     the experiment made it) are removed; anything with a file in it is kept."""
-    for entry in set(os.listdir(workdir)) - (before or set()):
+    made = set(os.listdir(workdir)) - (before or set())
+    for entry in made - {MARKER}:
         with contextlib.suppress(OSError):  # not empty, or not a folder: kept
             (workdir / entry).rmdir()
+    if MARKER in made and os.listdir(workdir) == [MARKER]:  # this failed experiment's mark, alone
+        (workdir / MARKER).unlink()
     if before is None:
         with contextlib.suppress(OSError):
-            if os.listdir(workdir) == [MARKER]:  # the folder this failed experiment made: its mark alone
-                (workdir / MARKER).unlink()
             workdir.rmdir()
 
 
