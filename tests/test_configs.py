@@ -1,6 +1,7 @@
 """vae_jax.configs: the presets of `vae-jax train`, and which one a command line takes."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -40,7 +41,8 @@ def test_options_given_win_over_the_preset():
 
 
 def test_a_resume_takes_its_run_options_not_a_preset(tmp_path):
-    (tmp_path / "config.json").write_text('{"dataset": "digits", "epochs": 7, "batch_size": 50, "lr": 0.01}')
+    saved = {**dataclasses.asdict(train.Config()), "dataset": "digits", "epochs": 7, "batch_size": 50, "lr": 0.01}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
     config = resolved("--workdir", str(tmp_path), "--resume")
     assert (config.epochs, config.batch_size, config.lr) == (7, 50, 0.01)
     with pytest.raises(ConfigError, match="--config starts a new run"):
