@@ -15,6 +15,9 @@ import pytest
 import torch
 
 from parity_tests import harness
+from vae_jax import pytest_plugin
+from vae_jax.pytest_plugin import parity  # noqa: F401 -- the fixture, for tests of your own ports
+
 
 _HERE = Path(__file__).resolve().parent
 
@@ -96,6 +99,7 @@ def pytest_sessionfinish(session, exitstatus):
         return
     from parity_tests import report
 
+    harness.RECORDS.extend(_own_port_records())
     summary = (
         f"{session.testscollected} tests collected, {session.testsfailed} failed (pytest exit status "
         f"{int(exitstatus)}); {len(harness.RECORDS)} comparisons."
@@ -104,6 +108,23 @@ def pytest_sessionfinish(session, exitstatus):
         folder, harness.RECORDS, model_order=harness.MODEL_NAMES, redraws=harness.REDRAWS, summary=summary
     )
     session.config.stash[_REPORT] = path
+
+
+def _own_port_records():
+    """The `parity` fixture's reports (vae_jax.parity) as report records: per (model, phase: quantity),
+    each check's largest error, its bound (None when it cannot fail) and its metric."""
+    from parity_tests import report
+
+    out = []
+    for nodeid, rep in pytest_plugin.REPORTS:
+        for c in rep.checks:
+            bound = c.bound if c.can_fail else None
+            quantity = f"{c.phase}: {c.quantity}"
+            out.append(report.Record(rep.dtype, quantity, c.error, bound, c.passed, rep.name, None, nodeid, c.metric))
+        for c in rep.conventions:
+            quantity = f"convention: {c.line()}"
+            out.append(report.Record(rep.dtype, quantity, float("inf"), 0.0, False, rep.name, None, nodeid, "exact"))
+    return out
 
 
 _REPORT = pytest.StashKey[Path]()

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
 from collections import defaultdict
 from typing import Any
 
@@ -305,7 +304,7 @@ def nhwc(a):
 
 # ------------------------------------------------------------------------ torch's eps injection
 
-from vae_torch_ref.noise import inject_eps  # noqa: E402 -- re-exported for the suite
+from vae_jax.parity_taps import inject_eps  # noqa: E402 -- the package's (vae_jax.parity), re-exported
 
 # ------------------------------------------------------------------- JAX: one jitted case
 
@@ -573,17 +572,14 @@ def bn_buffers(jm, tm):
     return out
 
 
-def bn_fed_biases(tm):
+def bn_fed_biases(tm, name):
     """{torch key of a conv bias that feeds a BatchNorm2d: key prefix of that BatchNorm}. In train
-    mode these biases have an exactly zero gradient (BatchNorm cancels a per-channel shift)."""
-    out = {}
-    for prefix, mod in tm.named_modules():
-        if isinstance(mod, torch.nn.Sequential):
-            layers = list(mod)
-            for i, (a, b) in enumerate(itertools.pairwise(layers)):
-                if isinstance(b, torch.nn.BatchNorm2d) and getattr(a, "bias", None) is not None:
-                    out[f"{prefix}.{i}.bias"] = f"{prefix}.{i + 1}"
-    return out
+    mode these biases have an exactly zero gradient (BatchNorm cancels a per-channel shift). Found by
+    the package from the graph of one forward (vae_jax.parity.bn_fed_biases), not from names."""
+    from vae_jax import parity
+
+    b = make_batch(name, "float64" if next(tm.parameters()).dtype == torch.float64 else "float32", 0)
+    return parity.bn_fed_biases(tm, to_torch_x(SPECS[name], b.x))
 
 
 @functools.cache
@@ -678,7 +674,7 @@ def run_case(name: str, direction: str, seed: int, dtype: str) -> dict:
             res["loss"].append(
                 compare(kl_j, kl_t, dtype=dtype, quantity="kl", model=name, scales=scales, context=ctx(f"KL {w}"))
             )
-        fed = bn_fed_biases(tm) if spec.bn else {}
+        fed = bn_fed_biases(tm, name) if spec.bn else {}
         regular = [k for k in gt if k.split(":", 1)[1] not in fed]
         res["grad"].append(
             compare(
@@ -763,7 +759,7 @@ def adam_trajectories(name: str, direction: str, seed: int, dtype: str):
         graphdef, params, stats = nnx.split(jm, nnx.Param, nnx.BatchStat)
         opt_state = _ADAM.init(params)
         opt = torch.optim.Adam(tm.parameters(), lr=ADAM_LR, betas=(0.9, 0.999), eps=1e-8)
-        fed = bn_fed_biases(tm) if spec.bn else {}
+        fed = bn_fed_biases(tm, name) if spec.bn else {}
         bias_hist = {k: [] for k in fed}
         jloss, tloss = {}, {}
         for step in range(ADAM_STEPS):

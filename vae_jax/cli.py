@@ -236,9 +236,17 @@ def _torch_parsers(sub):
     _add_config_options(im, skip=("init_from", "init_from_sha256"))  # the run's options, as train's
     im.set_defaults(model=None)  # the file's 'model' entry
 
-    pa = sub.add_parser("parity", help="compare a run's Flax model with the chapter's PyTorch class")
-    pa.add_argument("--workdir", required=True)
+    pa = sub.add_parser("parity", help="compare a run's Flax model with the chapter's PyTorch class, or your own pair")
+    pa.add_argument("--workdir", default=None, help="a run directory: its model against the chapter's class")
     pa.add_argument("--data-dir", default=None)
+    pa.add_argument("--torch", default=None, metavar="FILE.py:NAME", help="your torch model (class or factory)")
+    pa.add_argument("--flax", default=None, metavar="FILE.py:NAME", help="its Flax NNX port (built with rngs=)")
+    pa.add_argument("--input-shape", default=None, metavar="B,C,H,W", help="the batch, in torch's layout")
+    pa.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    pa.add_argument("--steps", type=int, default=5, help="optimizer steps compared (Adam, lr 1e-3)")
+    pa.add_argument("--seeds", type=int, default=1)
+    pa.add_argument("--seed", type=int, default=0, help="initialisation and the batch")
+    pa.add_argument("--report", default=None, metavar="DIR", help="write DIR/parity.md and DIR/junit.xml")
 
     cp = sub.add_parser("compare", help="runs of vae-jax or scripts/train_torch.py on one figure and one table")
     cp.add_argument("runs", nargs="+", metavar="RUN", help="run directories; differences are from the first")
@@ -372,6 +380,10 @@ def _import(args):
 def _parity(args):
     from vae_jax import torch_import
 
+    if args.torch or args.flax or not args.workdir:
+        from vae_jax import parity_cli
+
+        return parity_cli.run(args)
     return torch_import.check_run(args.workdir, args.data_dir)
 
 

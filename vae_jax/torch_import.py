@@ -387,7 +387,7 @@ def parity_rows(model, config, image_shape, x, y, seed: int) -> list[dict]:
 
     import vae_torch_ref as R
     import vae_torch_ref.train as RT
-    from vae_torch_ref.noise import inject_eps
+    from vae_jax.parity_taps import inject_eps
 
     model.eval()
     exported = convert.to_numpy_state_dict(model)
