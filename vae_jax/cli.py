@@ -215,6 +215,12 @@ def _data_parsers(sub):
     ex.add_argument("--seed", type=_nonneg_int, default=0)
 
 
+TORCH_MODEL_HELP = (
+    "your torch.nn.Module (path/to/file.py:ClassName or module:ClassName) where the chapter's classes do not "
+    "fit: its layers paired with --model's (or the run's) by call order (docs/your_model.md)"
+)
+
+
 def _torch_parsers(sub):
     """import, parity, compare: runs and checkpoints between vae-jax and PyTorch."""
     im = sub.add_parser("import", help="make a run directory from a PyTorch checkpoint (.pt state_dict)")
@@ -233,12 +239,14 @@ def _torch_parsers(sub):
         help="accept a mapping of the file's keys by order that their names contradict (a logvar layer "
         "to the chapter's mu)",
     )
+    im.add_argument("--torch-model", default=None, metavar="FILE.py:CLASS", help=TORCH_MODEL_HELP)
     _add_config_options(im, skip=("init_from", "init_from_sha256"))  # the run's options, as train's
     im.set_defaults(model=None)  # the file's 'model' entry
 
     pa = sub.add_parser("parity", help="compare a run's Flax model with the chapter's PyTorch class, or your own pair")
     pa.add_argument("--workdir", default=None, help="a run directory: its model against the chapter's class")
     pa.add_argument("--data-dir", default=None)
+    pa.add_argument("--torch-model", default=None, metavar="FILE.py:CLASS", help=TORCH_MODEL_HELP)
     pa.add_argument("--torch", default=None, metavar="FILE.py:NAME", help="your torch model (class or factory)")
     pa.add_argument("--flax", default=None, metavar="FILE.py:NAME", help="its Flax NNX port (built with rngs=)")
     pa.add_argument("--input-shape", default=None, metavar="B,C,H,W", help="the batch, in torch's layout")
@@ -372,6 +380,12 @@ def _import(args):
     from vae_jax import torch_import
 
     options, named = _config_options(args), _given_options(args.argv, "import")
+    if args.torch_model:
+        from vae_jax import torch_models
+
+        options["model"] = absolute_model_spec(options["model"]) if options.get("model") else None
+        spec = absolute_model_spec(args.torch_model)
+        return torch_models.import_run(args.file, args.workdir, options, named, spec)
     return torch_import.import_run(
         args.file, args.workdir, options, named, renames=args.rename, trust_order=args.trust_order
     )
@@ -380,6 +394,10 @@ def _import(args):
 def _parity(args):
     from vae_jax import torch_import
 
+    if args.torch_model and args.workdir and not (args.torch or args.flax):
+        from vae_jax import torch_models
+
+        return torch_models.check_run(args.workdir, args.torch_model, args.data_dir)
     if args.torch or args.flax or not args.workdir:
         from vae_jax import parity_cli
 
