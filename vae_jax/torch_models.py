@@ -41,29 +41,47 @@ def torch_class(spec: str) -> type:
     return cls
 
 
-def build(spec: str, image_shape, sizes: dict, num_classes: int = 10):
+def constructor_args(cls, image_shape, sizes: dict, num_classes: int = 10) -> dict:
+    """The sizes the torch class's constructor takes, for images of `image_shape` (H, W, C) and the
+    `sizes` (latent_dim, hidden_dim; None: its own default)."""
+    params = inspect.signature(cast(Any, cls).__init__).parameters
+    h, w, c = (int(d) for d in image_shape)
+    data: dict[str, Any] = {"input_dim": h * w * c, "input_channels": c, "image_shape": [c, h, w]}
+    data["num_classes"] = num_classes
+    args = {k: v for k, v in data.items() if k in params}
+    return args | {k: int(sizes[k]) for k in SIZES if k in params and sizes.get(k) is not None}
+
+
+def build(spec: str, image_shape, sizes: dict, num_classes: int = 10, seed: int = 0):
     """The user's torch model for images of `image_shape` (H, W, C), with the `sizes` (latent_dim,
-    hidden_dim) its constructor takes (its own defaults for those it leaves None), seeded 0."""
+    hidden_dim) its constructor takes (its own defaults for those it leaves None), initialised after
+    torch.manual_seed(seed); `flat_input` set on it (user_models.takes_flat)."""
     import torch  # optional: the [torch] extra
 
     cls = torch_class(spec)
-    params = inspect.signature(cast(Any, cls).__init__).parameters
-    h, w, c = (int(d) for d in image_shape)
-    data: dict[str, Any] = {
-        "input_dim": h * w * c,
-        "input_channels": c,
-        "image_shape": (c, h, w),
-        "num_classes": num_classes,
-    }
-    args = {k: v for k, v in data.items() if k in params}
-    args |= {k: int(sizes[k]) for k in SIZES if k in params and sizes.get(k) is not None}
-    torch.manual_seed(0)
+    args = constructor_args(cls, image_shape, sizes, num_classes)
+    torch.manual_seed(seed)
     try:
-        model = cls(**args)
+        model = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
     except Exception as e:  # noqa: BLE001 -- the user's code: whatever it raises is one line
         raise ConfigError(f"{OPTION} {spec}: {cls.__name__}({args}) fails ({type(e).__name__}: {e})") from None
     model.flat_input = user_models.takes_flat(cls)
     return model
+
+
+def source(spec: str, image_shape, sizes: dict) -> dict:
+    """What config.json records of a torch model of one's own: its file (or module), class, the file's
+    sha256 and the constructor's arguments (the sizes given and its defaults)."""
+    from vae_jax.files import sha256_file
+
+    cls = torch_class(spec)
+    where, name = user_models.parse(spec)
+    path = Path(where).resolve() if where.endswith(".py") else Path(inspect.getfile(cls)).resolve()
+    bound = inspect.signature(cast(Any, cls).__init__).bind_partial(None, **constructor_args(cls, image_shape, sizes))
+    bound.apply_defaults()
+    args = {k: v for k, v in list(bound.arguments.items())[1:] if isinstance(v, (int, float, str, bool, list))}
+    out = {"class": name, "path": str(path), "sha256": sha256_file(path), "args": args}
+    return out if where.endswith(".py") else {"module": where, **out}
 
 
 def torch_input(model, x_nhwc: np.ndarray) -> np.ndarray:
