@@ -76,7 +76,7 @@ def build_model(model, image_shape, latent_dim=None, hidden_dim=None):
         from vae_jax import torch_models
 
         sizes = {"latent_dim": latent_dim, "hidden_dim": hidden_dim}
-        return torch_models.build(model, image_shape, sizes, seed=torch.initial_seed())
+        return torch_models.build(model, image_shape, sizes, seed=torch.initial_seed(), option="--model")
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r} -- use one of {', '.join(MODELS)} or path/to/file.py:ClassName")
     sizes = {"latent_dim": latent_dim} if latent_dim is not None else {}

@@ -30,14 +30,14 @@ OPTION = "--torch-model"
 SIZES = ("latent_dim", "hidden_dim")
 
 
-def torch_class(spec: str) -> type:
+def torch_class(spec: str, option: str = OPTION) -> type:
     """The torch.nn.Module subclass `spec` names (path/to/file.py:ClassName or module:ClassName);
     one-line ConfigError naming --torch-model for a missing file, module or class, or another object."""
     import torch  # optional: the [torch] extra
 
-    cls = user_models.load_object(spec, OPTION)
+    cls = user_models.load_object(spec, option)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
-        raise ConfigError(f"{OPTION} {spec}: {getattr(cls, '__name__', cls)} is not a torch.nn.Module subclass")
+        raise ConfigError(f"{option} {spec}: {getattr(cls, '__name__', cls)} is not a torch.nn.Module subclass")
     return cls
 
 
@@ -52,19 +52,19 @@ def constructor_args(cls, image_shape, sizes: dict, num_classes: int = 10) -> di
     return args | {k: int(sizes[k]) for k in SIZES if k in params and sizes.get(k) is not None}
 
 
-def build(spec: str, image_shape, sizes: dict, num_classes: int = 10, seed: int = 0):
+def build(spec: str, image_shape, sizes: dict, num_classes: int = 10, seed: int = 0, option: str = OPTION):
     """The user's torch model for images of `image_shape` (H, W, C), with the `sizes` (latent_dim,
     hidden_dim) its constructor takes (its own defaults for those it leaves None), initialised after
     torch.manual_seed(seed); `flat_input` set on it (user_models.takes_flat)."""
     import torch  # optional: the [torch] extra
 
-    cls = torch_class(spec)
+    cls = torch_class(spec, option)
     args = constructor_args(cls, image_shape, sizes, num_classes)
     torch.manual_seed(seed)
     try:
         model = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
     except Exception as e:  # noqa: BLE001 -- the user's code: whatever it raises is one line
-        raise ConfigError(f"{OPTION} {spec}: {cls.__name__}({args}) fails ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"{option} {spec}: {cls.__name__}({args}) fails ({type(e).__name__}: {e})") from None
     model.flat_input = user_models.takes_flat(cls)
     return model
 
