@@ -169,6 +169,7 @@ def check_run(workdir, torch_spec: str, data_dir=None, log=print) -> int:
     0 when it passes, 1 when it fails (the first diverging layer named)."""
     from vae_jax import datasets, torch_import
 
+    torch_class(torch_spec)  # a missing file or class before the run is read
     model, config, image_shape = train.restore_run(workdir)
     tm = build(torch_spec, image_shape, _sizes(config, model))
     config.data_dir = data_dir or config.data_dir
