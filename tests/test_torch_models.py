@@ -74,6 +74,7 @@ def test_parity_workdir_with_torch_model(pt, tmp_path, capsys):
     last = out.strip().splitlines()[-1]
     assert last.startswith("parity check failed: first divergence at enc2 (torch) / enc2 (Flax)"), last
     assert "-- FAILED" in out
+    one_line(*run(["parity", "--workdir", work], capsys)[:2], "model of your own", "--torch-model")
 
 
 @pytest.mark.parametrize(
