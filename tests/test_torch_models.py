@@ -14,6 +14,7 @@ import torch
 from tests.byom_torch_models import TorchMLPVAE
 from tests.helpers import one_line, run
 from vae_jax.errors import ConversionError
+from vae_jax.files import sha256_file
 
 HERE = Path(__file__).resolve().parent
 FLAX = f"{HERE / 'byom_models.py'}:MLPVAE"
@@ -104,3 +105,19 @@ def test_from_pt_with_a_torch_class(pt):
     assert np.array_equal(np.asarray(model.out.bias[...]), pt[1]["out.bias"].numpy())
     with pytest.raises(ConversionError, match="does not load into TorchMLPVAE strictly"):
         torch_models.from_pt(pt[0], FLAX, TORCH, (28, 28, 1), hidden_dim=64, latent_dim=4)
+
+
+def test_train_init_from_pt_with_a_torch_class(pt, tmp_path, capsys):
+    """train --init-from FILE.pt --torch-model: the run starts from the file's weights (an lr of 1e-30
+    leaves them as they are, which export gives back) and records the class and the file's sha256."""
+    work = tmp_path / "ft"
+    args = ["train", "--workdir", work, "--init-from", pt[0], "--model", FLAX, "--torch-model", TORCH, *SIZES]
+    code, err, _ = run([*args, *DATA, "--epochs", "1", "--lr", "1e-30", "--no-progress", "--no-figures"], capsys)
+    assert code == 0, err
+    cfg = json.loads((work / "config.json").read_text())
+    assert cfg["torch_model"] == TORCH and cfg["init_from_sha256"] == sha256_file(pt[0])
+    assert run(["export", "--workdir", work, "--out", tmp_path / "ft.pt"], capsys)[0] == 0
+    back = torch.load(tmp_path / "ft.pt", weights_only=True)
+    assert all(torch.allclose(back[k], v, atol=1e-6) for k, v in pt[1].items())
+    code, err, _ = run(["train", "--workdir", tmp_path / "x", "--model", FLAX, "--torch-model", TORCH], capsys)
+    one_line(code, err, "--torch-model goes with --init-from FILE.pt")

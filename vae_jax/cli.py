@@ -239,7 +239,6 @@ def _torch_parsers(sub):
         help="accept a mapping of the file's keys by order that their names contradict (a logvar layer "
         "to the chapter's mu)",
     )
-    im.add_argument("--torch-model", default=None, metavar="FILE.py:CLASS", help=TORCH_MODEL_HELP)
     _add_config_options(im, skip=("init_from", "init_from_sha256"))  # the run's options, as train's
     im.set_defaults(model=None)  # the file's 'model' entry
 
@@ -325,7 +324,11 @@ def _train_config(args):
     for k in ("data_dir", "init_from"):  # stored absolute: eval/plot/resume work from any folder
         if kw.get(k) and k in given:
             kw[k] = os.path.abspath(kw[k])
-    if "init_from" in given and Path(kw["init_from"]).is_file():  # a torch .pt: model and sizes as `import`
+    if kw.get("torch_model") and "torch_model" in given:  # vae_jax.torch_models
+        if not (kw.get("init_from") and Path(kw["init_from"]).is_file()):
+            raise ConfigError("--torch-model goes with --init-from FILE.pt -- pass the .pt file saved from the class")
+        kw["torch_model"] = absolute_model_spec(kw["torch_model"])
+    elif "init_from" in given and Path(kw["init_from"]).is_file():  # a torch .pt: model and sizes as `import`
         from vae_jax import torch_import
 
         kw.update(torch_import.init_options(kw["init_from"], kw, given))
@@ -380,12 +383,12 @@ def _import(args):
     from vae_jax import torch_import
 
     options, named = _config_options(args), _given_options(args.argv, "import")
-    if args.torch_model:
+    if options.get("torch_model"):
         from vae_jax import torch_models
 
         options["model"] = absolute_model_spec(options["model"]) if options.get("model") else None
-        spec = absolute_model_spec(args.torch_model)
-        return torch_models.import_run(args.file, args.workdir, options, named, spec)
+        options["torch_model"] = absolute_model_spec(options["torch_model"])
+        return torch_models.import_run(args.file, args.workdir, options, named, options["torch_model"])
     return torch_import.import_run(
         args.file, args.workdir, options, named, renames=args.rename, trust_order=args.trust_order
     )

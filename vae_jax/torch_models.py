@@ -203,29 +203,50 @@ def from_pt(path, model: str, torch_model: str, image_shape, **sizes):
     return flax_model
 
 
-def load(path, model: str, torch_spec: str, image_shape, sizes: dict, config=None, log=None):
+def _into(fm, path, torch_spec: str, image_shape, sizes: dict, seed: int = 0):
+    """(torch model, meta, under, sha256): the .pt file strictly into the torch class, its weights
+    mapped into the Flax model `fm` (in place)."""
+    from vae_jax import torch_import
+
+    tensors, meta, under, digest = torch_import.read_pt(path)
+    tm = build(torch_spec, image_shape, sizes)
+    load_strict(tm, tensors, Path(path))
+    x = np.random.default_rng(seed).uniform(0, 1, (2, *image_shape)).astype(np.float32)
+    map_weights(tm, fm, x)
+    fm.eval()
+    return tm, meta, under, digest
+
+
+def load(path, model: str, torch_spec: str, image_shape, sizes: dict, config=None):
     """(Flax model, torch model, the .pt file's (meta, under, sha256)): the file strictly into the torch
     class, its weights mapped into the Flax model of one's own built for `config` (default: a Config of
-    `model` and `sizes`); the mapping table to `log`."""
+    `model` and `sizes`; sizes left None: the file's entries, else the classes' defaults)."""
     from vae_jax import torch_import
 
     if not is_model_spec(model or ""):
         raise ConfigError(f"{OPTION} needs --model path/to/flax_file.py:ClassName, the Flax port to load it into")
-    tensors, meta, under, digest = torch_import.read_pt(path)
+    _, meta, _, _ = torch_import.read_pt(path)
     sizes = {k: sizes.get(k) if sizes.get(k) is not None else meta.get(k) for k in SIZES}
-    tm = build(torch_spec, image_shape, sizes)
-    load_strict(tm, tensors, Path(path))
     config = config or train.Config(model=model, **sizes)
     config = dataclasses.replace(config, **{k: v for k, v in sizes.items() if v is not None})
     key = train.purpose_key(config.seed, train.KeyPurpose.INIT)
     fm = train.build_model(config, image_shape, rngs=nnx.Rngs(params=key))
-    x = np.random.default_rng(config.seed).uniform(0, 1, (2, *image_shape)).astype(np.float32)
-    table = map_weights(tm, fm, x)
-    if log:
-        log(f"{Path(path).name}: {type(tm).__name__}'s layers mapped into {type(fm).__name__} by call order:")
-        log(table)
-    fm.eval()
+    tm, meta, under, digest = _into(fm, path, torch_spec, image_shape, sizes, config.seed)
     return fm, tm, (meta, under, digest)
+
+
+def load_pt_into(model, path, config, image_shape) -> str:
+    """`train --init-from FILE.pt --torch-model FILE.py:Cls`: the file's weights into the Flax `model`
+    (built from `config`) through the torch class `config.torch_model`; returns the file's sha256
+    (checked against config.init_from_sha256 when that is set)."""
+    sizes = {k: getattr(config, k) if getattr(config, k) is not None else getattr(model, k, None) for k in SIZES}
+    _, _, _, digest = _into(model, path, config.torch_model, image_shape, sizes, config.seed)
+    if config.init_from_sha256 and config.init_from_sha256 != digest:
+        raise ConfigError(
+            f"the file has sha256 {digest}, not --init-from-sha256 {config.init_from_sha256} -- pass "
+            "the file the run started from"
+        )
+    return digest
 
 
 def import_run(path, workdir, kw: dict, given, torch_spec: str, log=print) -> int:
