@@ -215,12 +215,6 @@ def _data_parsers(sub):
     ex.add_argument("--seed", type=_nonneg_int, default=0)
 
 
-TORCH_MODEL_HELP = (
-    "your torch.nn.Module (path/to/file.py:ClassName or module:ClassName) where the chapter's classes do not "
-    "fit: its layers paired with --model's (or the run's) by call order (docs/your_model.md)"
-)
-
-
 def _torch_parsers(sub):
     """import, parity, compare: runs and checkpoints between vae-jax and PyTorch."""
     im = sub.add_parser("import", help="make a run directory from a PyTorch checkpoint (.pt state_dict)")
@@ -245,7 +239,9 @@ def _torch_parsers(sub):
     pa = sub.add_parser("parity", help="compare a run's Flax model with the chapter's PyTorch class, or your own pair")
     pa.add_argument("--workdir", default=None, help="a run directory: its model against the chapter's class")
     pa.add_argument("--data-dir", default=None)
-    pa.add_argument("--torch-model", default=None, metavar="FILE.py:CLASS", help=TORCH_MODEL_HELP)
+    pa.add_argument(
+        "--torch-model", metavar="FILE.py:CLASS", help="with --workdir: your torch class, not the chapter's"
+    )
     pa.add_argument("--torch", default=None, metavar="FILE.py:NAME", help="your torch model (class or factory)")
     pa.add_argument("--flax", default=None, metavar="FILE.py:NAME", help="its Flax NNX port (built with rngs=)")
     pa.add_argument("--input-shape", default=None, metavar="B,C,H,W", help="the batch, in torch's layout")
