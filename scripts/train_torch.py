@@ -2,15 +2,20 @@
 
 The chapter's VAE with the chapter's own loop (vae_torch_ref.train.train_epoch / test_epoch: the
 clamped BCE of vae_loss, a shuffled DataLoader, Adam); cvae and conv_vae28 through
-train_epoch_general with the same loss. Data: the embedded digits (no download) or MNIST from
+train_epoch_general with the same loss; a torch model of your own with `--model path/to/file.py:ClassName`
+(forward(x) -> (recon, mu, logvar), constructor sizes by name as vae_jax.torch_models builds it: input_dim
+takes flat images, input_channels / image_shape NCHW ones) with that same loss. Data: the embedded digits (no download) or MNIST from
 --data-dir (read by vae_torch_ref.data, as ToTensor does), the first --train-limit / --test-limit images.
 
 <workdir> (new or empty) gets config.json (vae_jax.train.Config's option names, plus "framework":
 "torch" and image_shape), metrics.jsonl (vae-jax's fields, per sample), model.pt (the state_dict,
-the chapter's keys) and summary.json, each written atomically.
+the chapter's keys) and summary.json, each written atomically. --data-order torch (the default) is
+the chapter's shuffled DataLoader; --data-order jax feeds each epoch's batches in vae-jax's order
+(vae_jax.train.epoch_order of the seed), so this run and `vae-jax train --seed S` see the same batches.
 
     python scripts/train_torch.py --epochs 10 --workdir runs/torch_digits
     python scripts/train_torch.py --data-dir ../shared/data --epochs 10 --seed 0 --workdir runs/torch_s0
+    python scripts/train_torch.py --model my_torch_vae.py:MyVAE --data-order jax --workdir runs/mine_torch
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from vae_jax.config import KINDS
+from vae_jax.config import KINDS, absolute_model_spec, is_model_spec
 from vae_jax.errors import ConfigError, DataError, VaeJaxError, machine_failure
 from vae_jax.files import atomic_write, lock_run_dir
 from vae_torch_ref import models as tm
@@ -36,6 +41,7 @@ from vae_torch_ref.data import mnist_datasets
 
 MODELS = ("vae", "cvae", "conv_vae28")  # the MNIST models with an ELBO (the chapter's loss)
 DATASETS = ("digits", "mnist")
+DATA_ORDERS = ("torch", "jax")  # the chapter's shuffled DataLoader, or vae_jax.train.epoch_order
 # config.json: vae_jax.train.Config's names for what this loop has (recon "bce": vae_loss's clamped BCE)
 FIXED = {"recon": "bce", "beta": 1.0, "kl_anneal_epochs": 0, "binarize": "none", "lr_schedule": "constant"}
 
@@ -64,9 +70,15 @@ def load_splits(dataset, data_dir, train_limit=None, test_limit=None):
 
 
 def build_model(model, image_shape, latent_dim=None, hidden_dim=None):
-    """The chapter's class for `model`, sized as vae_jax.models builds it (None: the chapter's size)."""
+    """The chapter's class for `model`, sized as vae_jax.models builds it (None: the chapter's size), or
+    the torch model of one's own that the spec `model` names (vae_jax.torch_models.build)."""
+    if is_model_spec(model):
+        from vae_jax import torch_models
+
+        sizes = {"latent_dim": latent_dim, "hidden_dim": hidden_dim}
+        return torch_models.build(model, image_shape, sizes, seed=torch.initial_seed(), option="--model")
     if model not in MODELS:
-        raise ConfigError(f"unknown model {model!r} -- use one of {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {model!r} -- use one of {', '.join(MODELS)} or path/to/file.py:ClassName")
     sizes = {"latent_dim": latent_dim} if latent_dim is not None else {}
     if model == "conv_vae28":
         return tm.ConvVAE28(input_channels=image_shape[-1], **sizes)
@@ -93,10 +105,21 @@ def _run_dir(workdir) -> Path:
     return _fresh(workdir)  # no other writer got there first
 
 
+def train_loader(train_ds, batch_size, num_workers, data_order, seed, epoch, torch_loader=None):
+    """The epoch's training batches: torch's shuffled DataLoader (`torch_loader`, made once), or for
+    data_order "jax" a DataLoader whose sampler is vae_jax.train.epoch_order(seed, epoch, n)."""
+    if data_order == "torch":
+        return torch_loader
+    from vae_jax.train import epoch_order
+
+    order = [int(i) for i in epoch_order(seed, epoch, len(train_ds))]
+    return DataLoader(train_ds, batch_size=batch_size, sampler=order, num_workers=num_workers)
+
+
 def _epoch(net, model, loaders, optimizer, epoch):
     """One epoch of training then testing; the metrics row, as vae_jax.train.epoch_metrics writes it."""
     cpu = torch.device("cpu")
-    kw = {"flatten": model != "conv_vae28", "conditional": model == "cvae"}
+    kw = {"flatten": getattr(net, "flat_input", model != "conv_vae28"), "conditional": model == "cvae"}
     t0 = time.perf_counter()
     if model == "vae":  # the chapter's loop, verbatim
         tr = tt.train_epoch(net, loaders[0], optimizer, cpu)
@@ -133,6 +156,7 @@ def train_torch(
     test_limit=None,
     num_workers=2,
     threads=None,
+    data_order="torch",
     workdir=None,
     log=print,
 ):
@@ -147,10 +171,9 @@ def train_torch(
     torch.manual_seed(seed)
     train_ds, test_ds = load_splits(dataset, data_dir, train_limit, test_limit)
     image_shape = [*train_ds.tensors[0].shape[2:], train_ds.tensors[0].shape[1]]  # HWC, as vae-jax
-    loaders = (
-        DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers),
-        DataLoader(test_ds, batch_size=batch_size, shuffle=False, num_workers=num_workers),
-    )
+    shuffled = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers)
+    test_loader = DataLoader(test_ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    model = absolute_model_spec(model)
     net = build_model(model, image_shape, latent_dim, hidden_dim)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     run = _run_dir(workdir) if workdir is not None else None
@@ -168,13 +191,21 @@ def train_torch(
         "train_limit": train_limit,
         "test_limit": test_limit,
         "num_workers": num_workers,
+        "data_order": data_order,
         "framework": "torch",
         "image_shape": image_shape,
     }
+    if is_model_spec(model):
+        from vae_jax import torch_models
+
+        config["model_source"] = torch_models.source(
+            model, image_shape, {"latent_dim": latent_dim, "hidden_dim": hidden_dim}
+        )
     if run:
         atomic_write(run / "config.json", json.dumps(config, indent=2) + "\n")
     history = []
     for epoch in range(1, epochs + 1):
+        loaders = (train_loader(train_ds, batch_size, num_workers, data_order, seed, epoch, shuffled), test_loader)
         m = _epoch(net, model, loaders, optimizer, epoch)
         history.append(m)
         if run:  # the whole file anew each epoch, as vae-jax's RunDir.append_metrics
@@ -196,7 +227,7 @@ def train_torch(
             "num_train": len(train_ds),
             "num_test": len(test_ds),
             "epochs": len(history),
-            "steps": len(history) * len(loaders[0]),
+            "steps": len(history) * len(shuffled),
             "wall_time_s": time.perf_counter() - t_start,
             "final": history[-1],
         }
@@ -232,7 +263,7 @@ def _kind(kind):
 def parser():
     pos, nonneg = _kind("positive_int"), _kind("nonneg_int")
     p = _Parser(prog="train_torch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="vae", choices=MODELS)
+    p.add_argument("--model", default="vae", help=f"one of {', '.join(MODELS)}, or path/to/file.py:ClassName")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="default: mnist with --data-dir, else digits")
     p.add_argument("--data-dir", default=None, help="folder with the original MNIST .gz files (or its parent)")
     p.add_argument("--latent-dim", type=pos, default=None, help="default: the chapter's for the model")
@@ -244,6 +275,13 @@ def parser():
     p.add_argument("--train-limit", type=pos, default=None, help="use the first N training images")
     p.add_argument("--test-limit", type=pos, default=None, help="use the first N test images")
     p.add_argument("--num-workers", type=nonneg, default=2, help="DataLoader worker processes (the chapter's 2)")
+    p.add_argument(
+        "--data-order",
+        default="torch",
+        choices=DATA_ORDERS,
+        help="torch: a shuffled DataLoader "
+        "(the chapter's); jax: vae-jax's epoch order of --seed, the batches `vae-jax train` sees",
+    )
     p.add_argument("--threads", type=pos, default=None, help="torch's CPU threads (default: torch's choice)")
     p.add_argument("--workdir", required=True, help="the run directory to write (new or empty)")
     return p

@@ -2,9 +2,11 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from scripts import train_torch
 from vae_jax import cli, convert
@@ -59,7 +61,8 @@ def test_metrics_have_vae_jax_fields(torch_dir, jax_run):
 def test_config_uses_vae_jax_option_names(torch_dir):
     cfg = json.loads((torch_dir / "config.json").read_text())
     fields = {f.name for f in dataclasses.fields(T.Config)}
-    assert set(cfg) - fields == {"framework", "num_workers", "image_shape"}
+    assert set(cfg) - fields == {"framework", "num_workers", "image_shape", "data_order"}
+    assert cfg["data_order"] == "torch"  # the default: the chapter's shuffled DataLoader
     assert cfg["framework"] == "torch" and cfg["image_shape"] == [28, 28, 1]
     assert (cfg["model"], cfg["dataset"], cfg["train_limit"], cfg["test_limit"], cfg["recon"]) == (
         "vae",
@@ -119,3 +122,54 @@ def test_other_models(tmp_path):
     for model in ("cvae", "conv_vae28"):
         rows = read_metrics(torch_run(tmp_path / model, "--model", model, "--epochs", "1"))
         assert set(rows[0]) == METRICS and rows[0]["test_kl"] > 0
+
+
+TORCH_MODELS = Path(__file__).resolve().parent / "byom_torch_models.py"
+
+
+def test_user_torch_model_run_compare_reads(tmp_path, capsys):
+    """--model FILE.py:ClassName trains a torch model of one's own into the run layout; compare reads it."""
+    spec = f"{TORCH_MODELS}:TorchMLPVAE"
+    work = torch_run(tmp_path / "mine", "--model", spec, "--hidden-dim", "32", "--latent-dim", "4")
+    cfg = json.loads((work / "config.json").read_text())
+    src = cfg["model_source"]
+    assert cfg["model"] == spec and src["class"] == "TorchMLPVAE" and src["path"] == str(TORCH_MODELS)
+    assert src["args"] == {"input_dim": 784, "hidden_dim": 32, "latent_dim": 4} and len(src["sha256"]) == 64
+    sd = torch.load(work / "model.pt", weights_only=True)
+    assert sd["enc1.weight"].shape == (32, 784) and sd["mu.weight"].shape == (4, 16)
+    rows = read_metrics(work)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["train_loss"] < rows[0]["train_loss"]
+    code = cli.main(["compare", str(work), str(work), "--out", str(tmp_path / "cmp")])
+    assert code == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| torch |" in table and f"{rows[-1]['test_loss']:.4f}" in table
+
+
+def test_data_order_jax_is_vae_jax_epoch_order():
+    """--data-order jax: each epoch's batches are vae_jax.train.epoch_order's, in order."""
+    n, batch = 23, 5
+    ds = TensorDataset(torch.zeros(n, 1), torch.arange(n))
+    for seed, epoch in ((0, 1), (0, 2), (3, 1)):
+        loader = train_torch.train_loader(ds, batch, 0, "jax", seed, epoch)
+        batches = [labels.tolist() for _, labels in loader]
+        order = T.epoch_order(seed, epoch, n).tolist()
+        assert batches == [order[i : i + batch] for i in range(0, n, batch)]
+    assert T.epoch_order(0, 1, n).tolist() != T.epoch_order(0, 2, n).tolist()  # a new order each epoch
+    shuffled = DataLoader(ds, batch_size=batch, shuffle=True)
+    assert train_torch.train_loader(ds, batch, 0, "torch", 0, 1, shuffled) is shuffled
+
+
+def test_data_order_jax_run_records_it(tmp_path):
+    work = torch_run(tmp_path / "j", "--data-order", "jax", "--epochs", "1")
+    assert json.loads((work / "config.json").read_text())["data_order"] == "jax"
+    assert read_metrics(work)[0]["train_loss"] > 0
+
+
+@pytest.mark.parametrize("spec, words", [("nowhere.py:X", ["no file"]), ("{models}:Absent", ["no class 'Absent'"])])
+def test_missing_torch_model_is_one_line(tmp_path, capsys, spec, words):
+    spec = spec.format(models=TORCH_MODELS)
+    code = train_torch.main([*TINY, "--num-workers", "0", "--model", spec, "--workdir", str(tmp_path / "new")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("train_torch: error: --model "), err
+    assert all(w in err[0] for w in words), err
+    assert not (tmp_path / "new").exists()

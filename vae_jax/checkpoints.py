@@ -141,7 +141,10 @@ def environment_differences(saved: dict) -> list[str]:
     return out
 
 
-ADDED_LATER = ("model_source",)  # options newer than the schema's check: a run without them has the default
+ADDED_LATER = (
+    "model_source",
+    "torch_model",
+)  # options newer than the schema's check: a run without them has the default
 
 
 def check_saved_config(saved: dict, path) -> dict:

@@ -239,6 +239,9 @@ def _torch_parsers(sub):
     pa = sub.add_parser("parity", help="compare a run's Flax model with the chapter's PyTorch class, or your own pair")
     pa.add_argument("--workdir", default=None, help="a run directory: its model against the chapter's class")
     pa.add_argument("--data-dir", default=None)
+    pa.add_argument(
+        "--torch-model", metavar="FILE.py:CLASS", help="with --workdir: your torch class, not the chapter's"
+    )
     pa.add_argument("--torch", default=None, metavar="FILE.py:NAME", help="your torch model (class or factory)")
     pa.add_argument("--flax", default=None, metavar="FILE.py:NAME", help="its Flax NNX port (built with rngs=)")
     pa.add_argument("--input-shape", default=None, metavar="B,C,H,W", help="the batch, in torch's layout")
@@ -317,7 +320,11 @@ def _train_config(args):
     for k in ("data_dir", "init_from"):  # stored absolute: eval/plot/resume work from any folder
         if kw.get(k) and k in given:
             kw[k] = os.path.abspath(kw[k])
-    if "init_from" in given and os.path.exists(kw["init_from"]) and not os.path.isdir(kw["init_from"]):  # a .pt
+    if kw.get("torch_model") and "torch_model" in given:  # vae_jax.torch_models
+        if not (kw.get("init_from") and Path(kw["init_from"]).is_file()):
+            raise ConfigError("--torch-model goes with --init-from FILE.pt -- pass the .pt file saved from the class")
+        kw["torch_model"] = absolute_model_spec(kw["torch_model"])
+    elif "init_from" in given and os.path.exists(kw["init_from"]) and not os.path.isdir(kw["init_from"]):  # a .pt
         from vae_jax import torch_import
 
         kw.update(torch_import.init_options(kw["init_from"], kw, given))
@@ -373,6 +380,12 @@ def _import(args):
     from vae_jax import torch_import
 
     options, named = _config_options(args), _given_options(args.argv, "import")
+    if options.get("torch_model"):
+        from vae_jax import torch_models
+
+        options["model"] = absolute_model_spec(options["model"]) if options.get("model") else None
+        options["torch_model"] = absolute_model_spec(options["torch_model"])
+        return torch_models.import_run(args.file, args.workdir, options, named, options["torch_model"])
     return torch_import.import_run(
         args.file, args.workdir, options, named, renames=args.rename, trust_order=args.trust_order
     )
@@ -381,6 +394,10 @@ def _import(args):
 def _parity(args):
     from vae_jax import torch_import
 
+    if args.torch_model and args.workdir and not (args.torch or args.flax):
+        from vae_jax import torch_models
+
+        return torch_models.check_run(args.workdir, args.torch_model, args.data_dir)
     if args.torch or args.flax or not args.workdir:
         from vae_jax import parity_cli
 

@@ -140,6 +140,12 @@ class Config:
         "start from the weights of this run directory's latest checkpoint, or of a torch .pt state_dict "
         "(fine-tuning; fresh Adam state); same model and image shape",
     )
+    torch_model: str | None = option(
+        None,
+        "with --init-from FILE.pt (and import): your torch class the file was saved from, "
+        "path/to/file.py:ClassName; its layers paired with --model's by call order (docs/your_model.md)",
+        metavar="FILE.py:CLASS",
+    )
     init_from_sha256: str | None = option(
         None, "the sha256 of the --init-from .pt file: recorded by train; when given, the file must have it"
     )
@@ -195,6 +201,11 @@ class Config:
             if valid is not None and v not in valid:
                 own = f", or your own as {MODEL_SPEC_FORMS}" if f.name == "model" else ""
                 raise ConfigError(f"unknown {f.metadata['what']} {v!r}: use one of {', '.join(valid)}{own}")
+        if self.torch_model is not None and not (is_model_spec(self.torch_model) and is_model_spec(self.model)):
+            raise ConfigError(
+                f"--torch-model {self.torch_model}: expected path/to/file.py:ClassName, with --model your Flax port "
+                "as path/to/file.py:ClassName"
+            )
         if self.model_source is not None and not isinstance(self.model_source, dict):
             raise ConfigError(f"model_source must be a JSON object, got {type(self.model_source).__name__}")
         for f in fields:  # then numbers: the kind of each

@@ -476,8 +476,8 @@ def check_run(workdir, data_dir=None, log=print) -> int:
     if is_model_spec(config.model):  # vae_jax.user_models: no chapter class to hold its weights
         raise ConfigError(
             f"parity compares a run with the chapter's PyTorch classes, and {workdir} trained a model of your own "
-            f"({model_label(config.model)}) -- export it (vae-jax export) and load the state_dict into your torch "
-            "class (docs/your_model.md)"
+            f"({model_label(config.model)}) -- pass your torch class too: vae-jax parity --workdir W --torch-model "
+            "path/to/torch_file.py:ClassName (docs/your_model.md)"
         )
     config.data_dir = data_dir or config.data_dir
     try:

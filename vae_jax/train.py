@@ -562,11 +562,14 @@ def initial_weights_from(path, trainer, state, config: Config, image_shape):
     --train-k or learning rate). The source must be the same model on images of the same shape.
     `path` a .pt file: its state_dict (see vae_jax.torch_import), its sha256 into config.init_from_sha256."""
     if Path(path).is_file():  # a torch .pt checkpoint: vae_jax.torch_import
-        from vae_jax import torch_import  # here: torch_import imports this module
+        from vae_jax import torch_import, torch_models  # here: they import this module
 
         src, src_config, src_shape = build_model(config, image_shape, rngs=nnx.Rngs(0)), config, image_shape
-        try:
-            config.init_from_sha256 = torch_import.load_pt_into(src, path, config)  # recorded in config.json
+        try:  # recorded in config.json; a torch class of one's own (--torch-model): by call order
+            if config.torch_model:
+                config.init_from_sha256 = torch_models.load_pt_into(src, path, config, image_shape)
+            else:
+                config.init_from_sha256 = torch_import.load_pt_into(src, path, config)
         except VaeJaxError as e:
             raise ConfigError(f"--init-from {path}: {e}") from None
     elif not (Path(path) / "config.json").exists():

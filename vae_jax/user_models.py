@@ -93,12 +93,14 @@ def _file_sha256(path) -> str | None:
 _loaded: dict[tuple, object] = {}  # (path, sha256) -> module: a file is executed once per process
 
 
-def _module(name: str, where: str):
+def _module(name: str, where: str, option: str = "--model"):
     """The user's module: the file `where` (a .py path) or the importable module `where`."""
     if where.endswith(".py"):
         path = Path(where).expanduser().resolve()
         if not path.is_file():
-            raise ConfigError(f"--model {name}: no file {path} -- pass path/to/file.py:ClassName of a file that exists")
+            raise ConfigError(
+                f"{option} {name}: no file {path} -- pass path/to/file.py:ClassName of a file that exists"
+            )
         key = (str(path), _file_sha256(path))
         if key not in _loaded:
             mod_name = f"vae_jax_user_model_{key[1][:12] if key[1] else 'x'}_{path.stem}"
@@ -111,7 +113,7 @@ def _module(name: str, where: str):
             except Exception as e:  # noqa: BLE001 -- the user's code: whatever it raises is one line
                 sys.modules.pop(mod_name, None)
                 raise ConfigError(
-                    f"--model {name}: {path} fails to load ({type(e).__name__}: {e}) -- fix the file"
+                    f"{option} {name}: {path} fails to load ({type(e).__name__}: {e}) -- fix the file"
                 ) from None
             _loaded[key] = module
         return _loaded[key]
@@ -119,22 +121,42 @@ def _module(name: str, where: str):
         return importlib.import_module(where)
     except ModuleNotFoundError as e:
         raise ConfigError(
-            f"--model {name}: no module named {e.name!r} -- put {where} on PYTHONPATH (or pass path/to/file.py:"
+            f"{option} {name}: no module named {e.name!r} -- put {where} on PYTHONPATH (or pass path/to/file.py:"
             "ClassName)"
         ) from None
     except Exception as e:  # noqa: BLE001 -- the user's code
-        raise ConfigError(f"--model {name}: module {where} fails to import ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"{option} {name}: module {where} fails to import ({type(e).__name__}: {e})") from None
+
+
+def load_object(spec: str, option: str = "--model"):
+    """The object (class, function, instance) that `spec` names: `path/to/file.py:Name` (the file run
+    once per process and content) or `package.module:Name`.
+
+    Args:
+        spec: the user's `where:Name`.
+        option: the option that gave it, named in the errors (e.g. "--torch-model").
+    Returns:
+        The module's attribute `Name`.
+    Raises:
+        ConfigError: one line naming the option, for a malformed spec, a missing file or module, a
+            file that fails to load, or a module without `Name`.
+    """
+    where, cls_name = parse(spec)
+    if not where or not cls_name:
+        raise ConfigError(f"{option} {spec}: expected path/to/file.py:ClassName or package.module:ClassName")
+    module = _module(spec, where, option)
+    obj = getattr(module, cls_name, None)
+    if obj is None:
+        raise ConfigError(
+            f"{option} {spec}: {where} has no class {cls_name!r} -- pass one of its classes after the colon"
+        )
+    return obj
 
 
 def _user_class(name: str) -> type:
     """The user's class, checked for the interface."""
-    where, cls_name = parse(name)
-    module = _module(name, where)
-    cls = getattr(module, cls_name, None)
-    if cls is None:
-        raise ConfigError(
-            f"--model {name}: {where} has no class {cls_name!r} -- pass one of its classes after the colon"
-        )
+    cls = load_object(name, "--model")
+    cls_name = parse(name)[1]
     if not (isinstance(cls, type) and issubclass(cls, nnx.Module)):
         raise ConfigError(f"--model {name}: {cls_name} is not a flax.nnx.Module subclass -- see {DOCS}")
     missing = [m for m in _REQUIRED if not any(m in vars(c) for c in cls.__mro__ if c is not object)]
@@ -162,6 +184,12 @@ def adapted_class(name: str) -> type:
         }
         _adapted[cls] = type(cls)(cls.__name__, (cls, _Interface), ns)
     return _adapted[cls]
+
+
+def takes_flat(cls) -> bool:
+    """Whether the class takes flat images: its `flat_input`, else input_dim in its constructor (True)
+    or input_channels / image_shape (False); a ConfigError when none says."""
+    return _flat(cls, _signature(cls).parameters)
 
 
 def _flat(cls, params) -> bool:
