@@ -469,6 +469,17 @@ def _check(rows, what: str, where: str):
         )
 
 
+def run_inputs(config, image_shape, log=print):
+    """(x, y, what) for a parity check of a run: its first test images, or random inputs in [0, 1]
+    (said in one line) when its data cannot be read here."""
+    try:
+        test_ds = datasets.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir)
+    except DataError as e:
+        test_ds = None
+        log(f"the run's data cannot be read ({str(e)[:120]}): random inputs instead")
+    return _inputs(config, image_shape, test_ds)
+
+
 def check_run(workdir, data_dir=None, log=print) -> int:
     """`vae-jax parity --workdir W`: a run's weights exported to the chapter's torch class, compared on
     the first test images of its data (random inputs in [0, 1] when they cannot be read)."""
@@ -479,13 +490,8 @@ def check_run(workdir, data_dir=None, log=print) -> int:
             f"({model_label(config.model)}) -- pass your torch class too: vae-jax parity --workdir W --torch-model "
             "path/to/torch_file.py:ClassName (docs/your_model.md)"
         )
-    config.data_dir = data_dir or config.data_dir
-    try:
-        test_ds = datasets.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir)
-    except DataError as e:
-        test_ds = None
-        log(f"the run's data cannot be read ({str(e)[:120]}): random inputs instead")
-    x, y, what = _inputs(config, image_shape, test_ds)
+    config = dataclasses.replace(config, data_dir=data_dir or config.data_dir)
+    x, y, what = run_inputs(config, image_shape, log)
     rows = parity_rows(model, config, image_shape, x, y, config.seed)
     log(parity_table(rows, f"{type(model).__name__}, {what}"))
     _check(rows, what, f"run {workdir}")

@@ -24,7 +24,7 @@ from flax import nnx
 
 from vae_jax import parity, parity_match, parity_taps, train, user_models
 from vae_jax.config import is_model_spec
-from vae_jax.errors import ConfigError, ConversionError, DataError
+from vae_jax.errors import ConfigError, ConversionError
 
 OPTION = "--torch-model"
 SIZES = ("latent_dim", "hidden_dim")
@@ -167,18 +167,13 @@ def check_run(workdir, torch_spec: str, data_dir=None, log=print) -> int:
     torch class holding the same weights (copied Flax -> torch), by vae_jax.parity.check on the first
     test images of its data (random inputs in [0, 1] when they cannot be read). Prints the report;
     0 when it passes, 1 when it fails (the first diverging layer named)."""
-    from vae_jax import datasets, torch_import
+    from vae_jax import torch_import
 
     torch_class(torch_spec)  # a missing file or class before the run is read
     model, config, image_shape = train.restore_run(workdir)
     tm = build(torch_spec, image_shape, _sizes(config, model))
-    config.data_dir = data_dir or config.data_dir
-    try:
-        test_ds = datasets.load_dataset(config.test_dataset or config.dataset, "test", config.data_dir)
-    except DataError as e:
-        test_ds = None
-        log(f"the run's data cannot be read ({str(e)[:120]}): random inputs instead")
-    x, _, what = torch_import._inputs(config, image_shape, test_ds)
+    config = dataclasses.replace(config, data_dir=data_dir or config.data_dir)
+    x, _, what = torch_import.run_inputs(config, image_shape, log)
     report = check(tm, model, x, "flax->torch", steps=5)
     log(report.to_markdown())
     line = failure(report)
